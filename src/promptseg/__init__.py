@@ -1,0 +1,19 @@
+"""promptseg: training-free open-vocabulary segmentation with frozen text-to-image diffusion models."""
+
+__version__ = "0.1.0"
+
+from promptseg.backbone import Backbone, load_backbone
+from promptseg.methods import SegmentationResult, build_method, list_methods, method_config
+from promptseg.text import Label, parse_labels
+
+__all__ = [
+    "Backbone",
+    "Label",
+    "SegmentationResult",
+    "__version__",
+    "build_method",
+    "list_methods",
+    "load_backbone",
+    "method_config",
+    "parse_labels",
+]

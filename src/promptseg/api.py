@@ -1,0 +1,100 @@
+"""High-level calls behind the command line: segment image files, read label files.
+
+    from promptseg.api import segment_files
+    outcomes = segment_files(["a.jpg", "b.png"], ["cat", "dog"], method="baseline", model="shapes", out_dir="out")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from promptseg.backbone import DEFAULT_MODEL, load_backbone
+from promptseg.io import ImageLoadError, load_image, save_result
+from promptseg.methods import build_method, method_config
+from promptseg.text import parse_labels
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input file: `outputs` (kind -> path) on success, else `error`."""
+
+    path: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def read_label_file(path: str | Path) -> list[str]:
+    """One class a line, commas separating synonyms of that class; blank lines and `#` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} does not exist")
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    labels = [line for line in lines if line]
+    if not labels:
+        raise ValueError(f"label file {path} has no labels")
+    return labels
+
+
+def split_cli_labels(text: str) -> list[str]:
+    """`--labels "cat,person|people"` -> ["cat", "person, people"]: commas separate labels, `|` synonyms."""
+    return [", ".join(s.strip() for s in item.split("|")) for item in text.split(",")]
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def segment_files(
+    paths: Sequence[str | Path],
+    labels: Sequence[str],
+    *,
+    method: str = "baseline",
+    model: str = DEFAULT_MODEL,
+    out_dir: str | Path = "promptseg_out",
+    device: str | None = None,
+    dtype: str | None = None,
+    settings: dict | None = None,
+    prompt: str | None = None,
+    allow_pickle: bool = False,
+    on_progress: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Segment each image file into `labels` and write its four outputs to `out_dir`.
+
+    Labels and settings are checked before the model loads. A file that cannot be read is reported in its
+    `FileOutcome.error` and the other files are still processed.
+    """
+    import time
+
+    labels = parse_labels(labels)
+    config = method_config(method, **(settings or {}))
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no image files given")
+    backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    segmenter = build_method(method, backbone, config)
+    outcomes = []
+    for path, stem in zip(paths, _unique_stems(paths)):
+        start = time.perf_counter()
+        outcome = FileOutcome(path=path)
+        try:
+            image = load_image(path)
+        except ImageLoadError as err:
+            outcome.error = str(err)
+        else:
+            kwargs = {"prompt": prompt} if prompt is not None else {}
+            result = segmenter(image, labels, **kwargs)
+            outcome.outputs = save_result(result, image, out_dir, stem)
+        outcome.seconds = time.perf_counter() - start
+        outcomes.append(outcome)
+        if on_progress is not None:
+            on_progress(outcome)
+    return outcomes

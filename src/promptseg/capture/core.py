@@ -1,0 +1,124 @@
+"""The one attention-capture core: ``with capture(unet, layers, store):``.
+
+Recording layers get a `RecordingProcessor`, which runs diffusers' own `AttnProcessor` (so the attention maths
+is diffusers', never a hand copy) and reads the probabilities it computes through `Attention.get_attention_scores`.
+Every other layer keeps the processor it had (the fast SDPA path). On exit, even after an exception, the
+original processors are put back. A UNet under capture refuses a second capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor
+
+from promptseg.capture.layers import AttentionLayer
+from promptseg.capture.store import AttentionStore
+
+_ACTIVE_FLAG = "_promptseg_capture_active"
+
+
+class StopForward(Exception):
+    """Raised inside the UNet once every recorded layer has run, when the capture was asked to stop early."""
+
+
+class RecordingProcessor:
+    """An attention processor that computes attention like diffusers' `AttnProcessor` and records it.
+
+    Args:
+        store (`AttentionStore`): where the maps go.
+        kind (`str`): "self" or "cross".
+        on_recorded (`callable`, *optional*): called after each recording (used for early stopping).
+    """
+
+    def __init__(self, store: AttentionStore, kind: str, on_recorded=None):
+        self.store = store
+        self.kind = kind
+        self.on_recorded = on_recorded
+        self._stock = AttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        stock_scores = attn.get_attention_scores
+        store, kind = self.store, self.kind
+
+        def scores_and_record(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None):
+            probs = stock_scores(query, key, mask)  # (B * heads, N, K)
+            store.add(kind, probs, attn.heads)
+            if kind == "cross" and store.keep_queries:
+                store.add_query(attn, query)
+            return probs
+
+        # Shadow the bound method on this instance for the duration of the stock call only.
+        attn.get_attention_scores = scores_and_record
+        try:
+            out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        finally:
+            del attn.get_attention_scores
+        if self.on_recorded is not None:
+            self.on_recorded()
+        return out
+
+
+@contextmanager
+def capture(
+    unet: torch.nn.Module,
+    layers: Sequence[AttentionLayer],
+    store: AttentionStore,
+    *,
+    stop_after_last: bool = False,
+) -> Iterator[AttentionStore]:
+    """Record attention of `layers` into `store` for every UNet forward inside the block.
+
+    Args:
+        unet: a diffusers `UNet2DConditionModel` (anything with `attn_processors` / `set_attn_processor`).
+        layers (`Sequence[AttentionLayer]`): the layers to record (see `select_layers`); the rest keep their
+            processors.
+        store (`AttentionStore`): receives the maps.
+        stop_after_last (`bool`, defaults to `False`): raise `StopForward` inside a forward as soon as every
+            recorded layer has run once, so the rest of the UNet (and its backward pass) is skipped. Call the UNet
+            through `run_until_captured` then.
+
+    Raises:
+        RuntimeError: the UNet is already under capture.
+        ValueError: no layers were given, or a layer name is not in the UNet.
+    """
+    if getattr(unet, _ACTIVE_FLAG, False):
+        raise RuntimeError("this UNet is already under capture(); leave the first `with capture(...)` block first")
+    if not layers:
+        raise ValueError("capture() needs at least one layer; see promptseg.capture.select_layers")
+    originals = dict(unet.attn_processors)
+    unknown = [layer.name for layer in layers if layer.name not in originals]
+    if unknown:
+        raise ValueError(f"layers not in this UNet: {unknown}")
+
+    seen = {"n": 0}
+    n_layers = len(layers)
+
+    def count_and_stop() -> None:
+        seen["n"] += 1
+        if seen["n"] == n_layers:
+            seen["n"] = 0
+            raise StopForward()
+
+    hook = count_and_stop if stop_after_last else None
+    processors = dict(originals)
+    for layer in layers:
+        processors[layer.name] = RecordingProcessor(store, layer.kind, hook)
+    unet.set_attn_processor(processors)
+    setattr(unet, _ACTIVE_FLAG, True)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(originals)
+        setattr(unet, _ACTIVE_FLAG, False)
+
+
+def run_until_captured(unet: torch.nn.Module, *args, **kwargs) -> None:
+    """Call `unet(*args, **kwargs)` under a `capture(..., stop_after_last=True)`, ending at the last recorded layer."""
+    try:
+        unet(*args, **kwargs)
+    except StopForward:
+        return
+    raise RuntimeError("the UNet finished without reaching every recorded layer; was stop_after_last set?")

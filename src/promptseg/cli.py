@@ -1,0 +1,106 @@
+"""The `promptseg` command line: parses arguments and calls the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from promptseg import __version__
+from promptseg.backbone import DEFAULT_MODEL
+
+
+def _settings(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], dict):  # JSON object keys are strings; resolution weights are numbers
+            out[key] = {float(k): v for k, v in out[key].items()}
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="baseline", help="segmentation method (see `promptseg methods`)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="change a method setting, value as JSON (e.g. --set timestep=50 --set 'cross_weights={\"1.0\": 1}')",
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from promptseg.api import read_label_file, segment_files, split_cli_labels
+
+    if (args.labels is None) == (args.labels_file is None):
+        raise SystemExit("give the classes with exactly one of --labels or --labels-file")
+    labels = split_cli_labels(args.labels) if args.labels is not None else read_label_file(args.labels_file)
+    bar = tqdm(total=len(args.images), unit="image", disable=None)
+    outcomes = segment_files(
+        args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
+        dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
+        on_progress=lambda outcome: bar.update(1),
+    )
+    bar.close()
+    failed = [o for o in outcomes if o.error]
+    for outcome in failed:
+        print(f"skipped {outcome.error}", file=sys.stderr)
+    print(f"wrote {len(outcomes) - len(failed)} of {len(outcomes)} image(s) to {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from promptseg.methods import list_methods
+
+    for name, summary in list_methods().items():
+        print(f"{name:10s} {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"promptseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment images into the given classes")
+    seg.add_argument("images", nargs="+", help="image files")
+    seg.add_argument("--labels", help='classes, comma-separated; "|" joins synonyms of one class: "cat,person|people"')
+    seg.add_argument("--labels-file", help="file with one class a line, commas separating synonyms")
+    seg.add_argument("--out", default="promptseg_out", help="output folder")
+    seg.add_argument("--prompt", default=None, help="conditioning prompt or caption, for methods that take one")
+    _model_args(seg)
+    seg.set_defaults(func=cmd_segment)
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"promptseg: error: {err}", file=sys.stderr)
+        return 2
+
+
+def app() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,201 @@
+"""What every method shares: the result type, the method registry, and the steps all methods end with.
+
+A method is a class with a two-stage API, like segment-anything's predictor:
+`prepared = method.prepare(image)` pays for what depends on the image alone, and
+`method.segment(prepared, labels)` may then be called for any number of label sets. `method(image, labels)` does
+both. Methods register themselves by name with `@register_method("name", ConfigClass)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from promptseg.capture import attention_grids
+from promptseg.refine import resize_maps
+from promptseg.text import Label, parse_labels
+
+BACKGROUND = "background"
+
+
+@dataclass
+class SegmentationResult:
+    """The output of a method for one image and one label set.
+
+    Attributes:
+        label_map (`np.ndarray`): HxW int32 at the input image's size; value i means `labels[i]`.
+        scores (`np.ndarray`): KxHxW float32, one score map per entry of `labels`, in [0, 1]. When background comes
+            from a threshold, `scores[0]` is that constant threshold.
+        labels (`list[str]`): the names of the label-map values; "background" first when background comes from a
+            score threshold.
+        timings (`dict[str, float]`): seconds per stage ("prepare", "segment", ...).
+        warnings (`list[str]`): anything the method wants the user to know (e.g. an optimisation stopped early).
+    """
+
+    label_map: np.ndarray
+    scores: np.ndarray
+    labels: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreparedImage:
+    """What a method keeps about one image between `prepare` and `segment`.
+
+    Attributes:
+        size (`tuple[int, int]`): the original image size (h, w).
+        pixels (`torch.Tensor`): (1, 3, H, W) in [-1, 1] at the model's native size.
+        latents (`torch.Tensor`): (1, C, h, w) clean VAE latents.
+        extra (`dict`): method-specific state (noise, captured attention, ...).
+        timings (`dict[str, float]`): seconds spent preparing.
+    """
+
+    size: tuple[int, int]
+    pixels: torch.Tensor
+    latents: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, tuple[type, type]] = {}
+
+
+def register_method(name: str, config_cls: type):
+    """Class decorator: make a method available by `name` with its settings dataclass `config_cls`."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = (cls, config_cls)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_methods() -> dict[str, str]:
+    """Registered method names with the first line of their docstrings."""
+    _import_builtin_methods()
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in sorted(_REGISTRY.items())}
+
+
+def method_config(name: str, **overrides):
+    """The settings dataclass of method `name` with its defaults, changed by `overrides`.
+
+    Raises:
+        ValueError: an unknown method name or setting.
+    """
+    _import_builtin_methods()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    config_cls = _REGISTRY[name][1]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(known)}")
+    return config_cls(**overrides)
+
+
+def build_method(name: str, backbone, config=None, **overrides):
+    """An instance of method `name` on `backbone`, with `config` or its defaults changed by `overrides`."""
+    if config is None:
+        config = method_config(name, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    return _REGISTRY[name][0](backbone, config)
+
+
+def _import_builtin_methods() -> None:
+    import promptseg.methods.baseline  # noqa: F401
+
+
+def resolve_weights(weights: dict[float, float], unet, latent_hw, kind: str) -> dict[tuple[int, int], float]:
+    """Map {fraction of the latent side: weight} onto the grids where the UNet has `kind` attention.
+
+    A fraction f means the grid whose side is f times the latent side (SD 1.5's 16x16 cross-attention is 0.25 of
+    its 64x64 latent). Fractions with no such grid in this UNet are dropped.
+
+    Raises:
+        ValueError: no requested grid exists in this UNet (the message lists the grids that do).
+    """
+    available = attention_grids(unet, latent_hw, kind)
+    out: dict[tuple[int, int], float] = {}
+    for fraction, weight in weights.items():
+        side = latent_hw[0] * float(fraction)
+        for grid in available:
+            if abs(grid[0] - side) < 0.5 and weight > 0:
+                out[grid] = out.get(grid, 0.0) + float(weight)
+    if not out:
+        fractions = [round(g[0] / latent_hw[0], 4) for g in available]
+        raise ValueError(
+            f"none of the {kind}-attention resolutions {sorted(weights)} (fractions of the latent side) exists in this "
+            f"UNet; it has {kind}-attention at fractions {fractions}"
+        )
+    return out
+
+
+def to_pil(image) -> Image.Image:
+    """An RGB PIL image from a PIL image or an HxWx3 uint8 array."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return Image.fromarray(image)
+    raise TypeError(f"expected a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
+
+
+def prepare_pixels(backbone, image) -> PreparedImage:
+    """Resize to the native size and VAE-encode: the first step of every method."""
+    start = time.perf_counter()
+    pil = to_pil(image)
+    pixels = backbone.preprocess(pil)
+    with torch.no_grad():
+        latents = backbone.encode_image(pixels)
+    return PreparedImage(
+        size=(pil.height, pil.width),
+        pixels=pixels,
+        latents=latents,
+        timings={"encode": time.perf_counter() - start},
+    )
+
+
+def finish(
+    scores: torch.Tensor,
+    labels: Sequence[Label],
+    size: tuple[int, int],
+    background_threshold: float | None,
+    timings: dict[str, float],
+    warnings: list[str] | None = None,
+) -> SegmentationResult:
+    """Upsample (K, h, w) scores in [0, 1] to the image `size`, add background, take the argmax.
+
+    Background: a label named "background" is an ordinary label; otherwise, when `background_threshold` is set, a
+    pixel whose best score is below it is background.
+    """
+    names = [label.name for label in labels]
+    maps = resize_maps(scores[None].float(), size)[0].clamp(0, 1)
+    if background_threshold is not None and BACKGROUND not in names:
+        maps = torch.cat([torch.full_like(maps[:1], float(background_threshold)), maps])
+        names = [BACKGROUND] + names
+    label_map = maps.argmax(dim=0).to(torch.int32)
+    return SegmentationResult(
+        label_map=label_map.cpu().numpy(),
+        scores=maps.cpu().numpy().astype(np.float32),
+        labels=names,
+        timings=dict(timings),
+        warnings=list(warnings or []),
+    )
+
+
+def as_labels(labels) -> list[Label]:
+    """`Label` objects from strings or labels."""
+    if labels and all(isinstance(label, Label) for label in labels):
+        return list(labels)
+    return parse_labels(labels)

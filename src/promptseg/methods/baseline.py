@@ -1,0 +1,148 @@
+"""The diffusion baseline: one noised UNet pass, cross-attention refined by self-attention.
+
+This is the "Diffusion Baseline" of InvSeg's Table 1 and DiffSegmenter's recipe: resize to the native size,
+VAE-encode, add noise once at `timestep`, run the UNet once with every label in one prompt, mix per-resolution
+cross-attention with fixed weights, refine with self-attention (InvSeg eq. 2: M = norm(A_self · A_cross)),
+upsample to the image size and take the argmax over labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from promptseg.capture import AttentionStore, capture, select_layers
+from promptseg.methods.base import (
+    PreparedImage,
+    as_labels,
+    finish,
+    prepare_pixels,
+    register_method,
+    resolve_weights,
+)
+from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
+from promptseg.text import build_prompt, label_scores
+
+
+@dataclass
+class BaselineConfig:
+    """Settings of the diffusion baseline. Resolutions are fractions of the latent side (SD 1.5: 0.25 = 16x16)."""
+
+    timestep: int = 100
+    """Noise level of the single UNet pass (DiffSegmenter: t=100)."""
+    cross_weights: dict[float, float] = field(default_factory=lambda: {0.125: 0.3, 0.25: 0.5, 0.5: 0.1, 1.0: 0.1})
+    """Weight of each cross-attention resolution (DiffSegmenter: 8/16/32/64 -> 0.3/0.5/0.1/0.1)."""
+    self_weights: dict[float, float] = field(default_factory=lambda: {1.0: 1.0})
+    """Weight of each self-attention resolution (DiffSegmenter: the 64x64 maps alone); the finest sets the grid."""
+    places: tuple[str, ...] = ("down", "mid", "up")
+    """UNet parts whose attention layers are read."""
+    template: str = "a photograph of {}"
+    """Prompt template; `{}` becomes the labels joined by `joiner` (DiffSegmenter's "a photograph of")."""
+    joiner: str = " and "
+    """Text between label names in the prompt."""
+    conditioning: str = "labels"
+    """"labels": the UNet sees the label prompt (one pass per label set, the paper's recipe); "prompt": the UNet
+    sees the prompt given to `prepare` (default empty) once per image, and any label set is read from the kept
+    queries (OVAM-style, cheap re-segmentation)."""
+    refine_iterations: int = 1
+    """Times the cross-attention is propagated by self-attention (1 = eq. 2)."""
+    background_threshold: float | None = 0.5
+    """Pixels whose best score is below this are background, unless a label is named "background"; None: never."""
+    seed: int = 0
+    """Seed of the noise added to the latents."""
+
+    def __post_init__(self):
+        if self.conditioning not in ("labels", "prompt"):
+            raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
+        if self.refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
+
+
+def noised_latents(backbone, latents: torch.Tensor, timestep: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`latents` noised to `timestep` with seeded Gaussian noise: (noisy, noise)."""
+    if not 0 <= timestep < backbone.num_train_timesteps:
+        raise ValueError(f"timestep must be in [0, {backbone.num_train_timesteps}), got {timestep}")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    t = torch.tensor([timestep], device=latents.device)
+    return backbone.scheduler.add_noise(latents, noise, t), noise
+
+
+def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False):
+    """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers`; returns the store."""
+    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries)
+    t = torch.full((latents.shape[0],), timestep, device=latents.device)
+    with torch.no_grad(), capture(backbone.unet, layers, store):
+        backbone.unet(latents, t, encoder_hidden_states=text.to(backbone.dtype))
+    return store
+
+
+@register_method("baseline", BaselineConfig)
+class Baseline:
+    """Diffusion baseline (DiffSegmenter recipe): one noised UNet pass, cross-attention refined by self-attention."""
+
+    def __init__(self, backbone, config: BaselineConfig | None = None):
+        self.backbone = backbone
+        self.config = config or BaselineConfig()
+        latent_hw = backbone.latent_size
+        self.cross_grids = resolve_weights(self.config.cross_weights, backbone.unet, latent_hw, "cross")
+        self.self_grids = resolve_weights(self.config.self_weights, backbone.unet, latent_hw, "self")
+        self.target = max(self.self_grids, key=lambda g: g[0] * g[1])
+        self.layers = select_layers(
+            backbone.unet,
+            latent_hw,
+            self_grids=self.self_grids,
+            cross_grids=self.cross_grids,
+            places=self.config.places,
+        )
+
+    def prepare(self, image, prompt: str | None = None) -> PreparedImage:
+        """Encode `image` (PIL or HxWx3 uint8) and noise it; with conditioning="prompt", also run the UNet once."""
+        start = time.perf_counter()
+        prepared = prepare_pixels(self.backbone, image)
+        noisy, _ = noised_latents(self.backbone, prepared.latents, self.config.timestep, self.config.seed)
+        prepared.extra["noisy"] = noisy
+        if self.config.conditioning == "prompt":
+            with torch.no_grad():
+                text = self.backbone.encode_text(prompt or "")
+            prepared.extra["store"] = attention_pass(
+                self.backbone, noisy, self.config.timestep, text, self.layers, keep_queries=True
+            )
+        elif prompt is not None:
+            raise ValueError("a prompt for prepare() needs conditioning='prompt'; with 'labels' the labels are the prompt")
+        prepared.timings["prepare"] = time.perf_counter() - start
+        return prepared
+
+    def segment(self, prepared: PreparedImage, labels) -> "SegmentationResult":  # noqa: F821
+        """Segment a prepared image into `labels` (strings, commas separating synonyms, or `Label`s)."""
+        start = time.perf_counter()
+        labels = as_labels(labels)
+        tokens = build_prompt(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
+        with torch.no_grad():
+            text = self.backbone.encode_text(tokens.prompt)
+            if self.config.conditioning == "labels":
+                store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
+                cross = {g: store.mean("cross", g) for g in self.cross_grids}
+            else:
+                store = prepared.extra["store"]
+                cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
+            scores = self.scores(store, cross, tokens.positions)
+        timings = {**prepared.timings, "segment": time.perf_counter() - start}
+        return finish(scores[0], labels, prepared.size, self.config.background_threshold, timings)
+
+    def scores(self, store: AttentionStore, cross: dict, positions) -> torch.Tensor:
+        """(B, K, h, w) refined score maps in [0, 1] from token cross-attention per grid and captured self-attention."""
+        maps = {g: tokens_to_maps(label_scores(c, positions), g) for g, c in cross.items()}
+        mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
+        total = sum(self.self_grids.values())
+        self_attn = sum(
+            resize_self_attention(store.mean("self", g), g, self.target) * (w / total) for g, w in self.self_grids.items()
+        )
+        refined = refine(self_attn, maps_to_tokens(mixed), self.config.refine_iterations)
+        return minmax(tokens_to_maps(refined, self.target))
+
+    def __call__(self, image, labels, prompt: str | None = None):
+        """`segment(prepare(image), labels)`."""
+        return self.segment(self.prepare(image, prompt), labels)

@@ -1,0 +1,68 @@
+"""Turning captured attention into score maps: resizing, normalising, self-attention refinement.
+
+Shapes: a self-attention map is (B, N, N) with N = h * w (row i: where pixel i attends); a cross-attention map
+for K labels is (B, N, K). Score maps are (B, K, h, w).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalise each map of (B, K, h, w) over its pixels to [0, 1] (a flat map becomes 0)."""
+    flat = maps.flatten(2)
+    low = flat.amin(dim=-1, keepdim=True)
+    high = flat.amax(dim=-1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(eps)).view_as(maps)
+
+
+def tokens_to_maps(cross: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, K) -> (B, K, h, w)."""
+    h, w = grid
+    return cross.transpose(1, 2).reshape(cross.shape[0], cross.shape[2], h, w)
+
+
+def maps_to_tokens(maps: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) -> (B, N, K)."""
+    return maps.flatten(2).transpose(1, 2)
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, K, h, w) maps to `size` (no-op when already that size)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_self_attention(attn: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """Resize a (B, N, N) self-attention map on `grid` to `target` in both query and key pixels.
+
+    Rows are re-normalised to sum to one, so the result is again row-stochastic.
+    """
+    if tuple(grid) == tuple(target):
+        return attn
+    b = attn.shape[0]
+    h, w = grid
+    big_h, big_w = target
+    keys = resize_maps(attn.reshape(b * h * w, 1, h, w), target).reshape(b, h * w, big_h * big_w)
+    queries = resize_maps(keys.transpose(1, 2).reshape(b * big_h * big_w, 1, h, w), target)
+    out = queries.reshape(b, big_h * big_w, big_h * big_w).transpose(1, 2).clamp_min(0)
+    return out / out.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def refine(self_attn: torch.Tensor, cross: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+    """Propagate cross-attention (B, N, K) along self-attention (B, N, N): A_self^iterations · A_cross."""
+    out = cross
+    for _ in range(iterations):
+        out = torch.bmm(self_attn.to(out.dtype), out)
+    return out
+
+
+def weighted_sum(maps: dict[tuple[int, int], torch.Tensor], weights: dict[tuple[int, int], float], size) -> torch.Tensor:
+    """Min-max normalise each grid's (B, K, h, w) maps, resize them to `size` and mix them with `weights`."""
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"resolution weights must sum to a positive number, got {weights}")
+    return sum(minmax(resize_maps(maps[g], size)) * (w / total) for g, w in weights.items())

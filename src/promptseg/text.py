@@ -1,0 +1,129 @@
+"""Labels and prompts to token positions.
+
+A *label* is one class with one or more synonyms ("person, people"); its map is the maximum over synonyms of the
+mean over each synonym's tokens (class names split into several tokens are averaged, as DiffSegmenter does; the
+field takes the maximum over synonyms). Token counts are read from the tokenizer, never assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Label:
+    """A class to segment.
+
+    Attributes:
+        name (`str`): the display name (the first synonym).
+        synonyms (`tuple[str, ...]`): every phrase that names the class, `name` first.
+    """
+
+    name: str
+    synonyms: tuple[str, ...]
+
+
+def parse_labels(labels: Sequence[str]) -> list[Label]:
+    """Labels from strings; commas inside one string separate synonyms of that label ("person, people").
+
+    Raises:
+        ValueError: no labels, an empty label or synonym, or a name or synonym used twice.
+        TypeError: a bare string was passed instead of a list of labels.
+    """
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of strings, got the string {labels!r}; e.g. ['cat', 'dog']")
+    parsed = []
+    for i, text in enumerate(labels):
+        if not isinstance(text, str):
+            raise TypeError(f"label {i} is {type(text).__name__}, expected str: {text!r}")
+        synonyms = tuple(" ".join(s.split()) for s in text.split(","))
+        if not text.strip() or any(not s for s in synonyms):
+            raise ValueError(f"label {i} ({text!r}) is empty or has an empty synonym; remove it or fill it in")
+        parsed.append(Label(name=synonyms[0], synonyms=synonyms))
+    if not parsed:
+        raise ValueError("no labels given; pass at least one class name, e.g. ['cat', 'dog']")
+    seen: dict[str, str] = {}
+    for label in parsed:
+        for synonym in label.synonyms:
+            key = synonym.lower()
+            if key in seen:
+                raise ValueError(
+                    f"duplicate label {synonym!r} (in {seen[key]!r} and {label.name!r}); each name may appear once"
+                )
+            seen[key] = label.name
+    return parsed
+
+
+@dataclass
+class PromptTokens:
+    """A prompt built from labels and where each label's tokens sit in it.
+
+    Attributes:
+        prompt (`str`): the text given to the text encoder.
+        labels (`list[Label]`): the labels, in order.
+        positions (`list[list[list[int]]]`): per label, per synonym, indices into the padded token sequence.
+        length (`int`): the padded length (the tokenizer's `model_max_length`).
+    """
+
+    prompt: str
+    labels: list[Label]
+    positions: list[list[list[int]]]
+    length: int
+
+
+def _pieces(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
+
+
+def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> PromptTokens:
+    """Put every synonym of every label into one prompt, `template` with `{}` replaced by the joined synonyms.
+
+    Raises:
+        ValueError: `template` lacks exactly one "{}", or the prompt does not fit the text encoder; the message
+            names the labels that fit and what to do.
+    """
+    if template.count("{}") != 1:
+        raise ValueError(f"prompt template must contain '{{}}' exactly once, got {template!r}")
+    prefix, suffix = template.split("{}")
+    length = int(tokenizer.model_max_length)
+    positions: list[list[list[int]]] = []
+    cursor = 1 + len(_pieces(tokenizer, prefix))  # after the start token
+    texts = []
+    joiner_len = len(_pieces(tokenizer, joiner))
+    first = True
+    for label in labels:
+        spans = []
+        for synonym in label.synonyms:
+            if not first:
+                cursor += joiner_len
+            first = False
+            n = len(_pieces(tokenizer, synonym))
+            spans.append(list(range(cursor, cursor + n)))
+            cursor += n
+            texts.append(synonym)
+        positions.append(spans)
+    prompt = (prefix + joiner.join(texts) + suffix).strip()
+    total = cursor + len(_pieces(tokenizer, suffix)) + 1  # end token
+    if total > length:
+        raise ValueError(
+            f"the prompt for labels {[lab.name for lab in labels]} needs {total} tokens but the text encoder takes "
+            f"{length}: use fewer labels or synonyms per call, or a shorter template ({template!r})"
+        )
+    ids = tokenizer(prompt).input_ids
+    for label, spans in zip(labels, positions):
+        for synonym, span in zip(label.synonyms, spans):
+            if ids[span[0] : span[-1] + 1] != _pieces(tokenizer, synonym):
+                raise RuntimeError(f"token positions of {synonym!r} do not match the tokenized prompt {prompt!r}")
+    return PromptTokens(prompt=prompt, labels=list(labels), positions=positions, length=length)
+
+
+def label_scores(cross: torch.Tensor, positions: list[list[list[int]]]) -> torch.Tensor:
+    """Per-label maps from token maps: (..., T) -> (..., K), mean over a synonym's tokens, max over synonyms."""
+    per_label = []
+    for spans in positions:
+        synonym_maps = torch.stack([cross[..., span].mean(dim=-1) for span in spans], dim=-1)
+        per_label.append(synonym_maps.amax(dim=-1))
+    return torch.stack(per_label, dim=-1)

@@ -1,0 +1,89 @@
+"""Tiny real diffusers components, built once per session, seeded (diffusers' `get_dummy_components` habit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY_WORDS = ("a", "photograph", "of", "and", "cat", "dog", "person", "people", "grass", "sky", "tree", "red")
+
+
+def make_tiny_components(seed: int = 0):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from promptseg.zoo.tokenizer import build_word_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, model_max_length=20)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=20,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False,
+    )
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """The tiny model saved in the diffusers folder layout."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    pipe = StableDiffusionPipeline(
+        **make_tiny_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_folder):
+    """The tiny model loaded through `load_backbone` on CPU, float32."""
+    from promptseg import load_backbone
+
+    return load_backbone(str(tiny_folder), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny, tmp_path_factory):
+    """The tiny model as one packed `.safetensors` file."""
+    from promptseg.backbone import save_packed
+
+    return save_packed(tiny, tmp_path_factory.mktemp("tiny_file") / "tiny.safetensors")

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from promptseg import load_backbone
+from promptseg.backbone import choose_device, choose_dtype
+
+
+def test_sizes_are_read_from_the_configs(tiny):
+    assert tiny.latent_size == (16, 16)
+    assert tiny.vae_scale_factor == 2
+    assert tiny.image_size == (32, 32)
+    assert tiny.text_length == 20
+    assert tiny.prediction_type == "epsilon"
+    assert tiny.device == torch.device("cpu") and tiny.dtype == torch.float32
+    assert not any(p.requires_grad for p in tiny.unet.parameters())
+    assert not any(p.requires_grad for p in tiny.text_encoder.parameters())
+
+
+def test_folder_and_single_file_load_the_same_model(tiny, tiny_single_file):
+    packed = load_backbone(str(tiny_single_file), device="cpu")
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        text_a = tiny.encode_text("a cat")
+        text_b = packed.encode_text("a cat")
+        assert torch.equal(text_a, text_b)
+        out_a = tiny.unet(latents, 10, encoder_hidden_states=text_a).sample
+        out_b = packed.unet(latents, 10, encoder_hidden_states=text_b).sample
+        pixels = torch.zeros(1, 3, 32, 32)
+        assert torch.equal(tiny.encode_image(pixels), packed.encode_image(pixels))
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert packed.tokenizer("a cat").input_ids == tiny.tokenizer("a cat").input_ids
+    assert packed.latent_size == tiny.latent_size and packed.text_length == tiny.text_length
+
+
+def test_dtype_is_applied(tiny_folder):
+    half = load_backbone(str(tiny_folder), device="cpu", dtype="bf16")
+    assert half.dtype == torch.bfloat16
+    assert next(half.unet.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin", ".pt"])
+def test_pickle_checkpoints_are_refused_without_the_flag(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match=f"refusing to load pickle checkpoint .*model{suffix}.*allow_pickle"):
+        load_backbone(str(path), device="cpu")
+    # with the flag the refusal is lifted and the (empty) checkpoint fails later, for another reason
+    with pytest.raises(Exception) as info:
+        load_backbone(str(path), device="cpu", allow_pickle=True, local_files_only=True)
+    assert "refusing" not in str(info.value)
+
+
+def test_missing_paths_and_unreachable_hub_ids_say_how_to_fix(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        load_backbone(str(tmp_path / "nowhere.safetensors"), device="cpu")
+    with pytest.raises(FileNotFoundError, match="not a diffusers folder"):
+        load_backbone(str(tmp_path), device="cpu")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(OSError) as info:
+        load_backbone("someone/not-a-cached-model", device="cpu", local_files_only=True)
+    message = str(info.value)
+    assert "someone/not-a-cached-model" in message and "HF_HUB_OFFLINE" in message and "local diffusers folder" in message
+
+
+def test_device_and_dtype_are_chosen_not_hard_coded(monkeypatch):
+    assert choose_dtype(None, torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_dtype(None, torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert choose_dtype("fp16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ValueError, match="'fp8'"):
+        choose_dtype("fp8", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device(None) == torch.device("cuda")
+    with pytest.raises(ValueError, match="'gpu0'"):
+        choose_device("gpu0")
+
+
+def test_prompt_longer_than_the_encoder_is_an_error(tiny):
+    with pytest.raises(ValueError, match="longer than the text encoder's 20 tokens"):
+        tiny.encode_text(" ".join(["cat"] * 30))

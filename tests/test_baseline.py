@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from promptseg import build_method, method_config
+from promptseg.methods.base import finish, resolve_weights
+from promptseg.text import parse_labels
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return (rng.random((45, 60, 3)) * 255).astype(np.uint8)
+
+
+def test_outputs_have_the_documented_shapes_and_formats(tiny, image):
+    result = build_method("baseline", tiny)(image, ["cat", "dog, people"])
+    assert result.labels == ["background", "cat", "dog"]
+    assert result.label_map.shape == (45, 60) and result.label_map.dtype == np.int32
+    assert result.scores.shape == (3, 45, 60) and result.scores.dtype == np.float32
+    assert set(np.unique(result.label_map)) <= {0, 1, 2}
+    assert 0.0 <= result.scores.min() and result.scores.max() <= 1.0
+    assert np.all(result.scores[0] == 0.5)  # the background threshold plane
+    assert np.array_equal(result.label_map, result.scores.argmax(0))
+    assert {"prepare", "segment"} <= set(result.timings)
+
+
+def test_prepare_once_segment_many_label_sets(tiny, image):
+    method = build_method("baseline", tiny)
+    prepared = method.prepare(image)
+    first = method.segment(prepared, ["cat", "dog"])
+    other = method.segment(prepared, ["grass", "sky", "tree"])
+    again = method.segment(prepared, ["cat", "dog"])
+    assert other.labels == ["background", "grass", "sky", "tree"]
+    assert np.array_equal(first.scores, again.scores)  # deterministic: seeded noise kept in `prepared`
+    fresh = build_method("baseline", tiny)(image, ["cat", "dog"])
+    assert np.allclose(fresh.scores, first.scores, atol=1e-6)
+
+
+def test_prompt_conditioning_reads_label_sets_from_kept_queries(tiny, image):
+    by_prompt = build_method("baseline", tiny, conditioning="prompt")
+    prepared = by_prompt.prepare(image, prompt="a photograph of cat and dog")
+    # conditioned on exactly the label prompt, the query path equals the paper's one-pass recipe
+    same = by_prompt.segment(prepared, ["cat", "dog"])
+    paper = build_method("baseline", tiny)(image, ["cat", "dog"])
+    assert np.allclose(same.scores, paper.scores, atol=1e-4)
+    other = by_prompt.segment(prepared, ["sky", "tree"])
+    assert other.labels == ["background", "sky", "tree"]
+    with pytest.raises(ValueError, match="conditioning='prompt'"):
+        build_method("baseline", tiny).prepare(image, prompt="a cat")
+
+
+def test_background_as_named_label_or_threshold(tiny, image):
+    named = build_method("baseline", tiny)(image, ["background", "cat"])
+    assert named.labels == ["background", "cat"]  # a named background is an ordinary label, no threshold plane
+    assert not np.all(named.scores[0] == 0.5)
+    none = build_method("baseline", tiny, background_threshold=None)(image, ["cat", "dog"])
+    assert none.labels == ["cat", "dog"]
+    everything = build_method("baseline", tiny, background_threshold=1.01)(image, ["cat", "dog"])
+    assert np.all(everything.label_map == 0)
+
+
+def test_finish_thresholds_and_upsamples():
+    scores = torch.tensor([[[0.9, 0.1], [0.2, 0.3]], [[0.1, 0.8], [0.1, 0.2]]])
+    result = finish(scores, parse_labels(["a", "b"]), (2, 2), 0.4, {})
+    assert result.labels == ["background", "a", "b"]
+    assert result.label_map.tolist() == [[1, 2], [0, 0]]
+    big = finish(scores, parse_labels(["a", "b"]), (4, 6), None, {})
+    assert big.label_map.shape == (4, 6) and big.labels == ["a", "b"]
+
+
+def test_resolution_fractions_map_onto_the_unet(tiny):
+    grids = resolve_weights({0.125: 0.3, 0.25: 0.5, 0.5: 0.1, 1.0: 0.1}, tiny.unet, tiny.latent_size, "cross")
+    assert grids == {(8, 8): 0.1, (16, 16): 0.1}  # the tiny UNet has 16x16 and 8x8 attention only
+    with pytest.raises(ValueError, match=r"fractions \[1.0, 0.5\]"):
+        resolve_weights({0.25: 1.0}, tiny.unet, tiny.latent_size, "cross")
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="'timestamp'"):
+        method_config("baseline", timestamp=3)
+    with pytest.raises(ValueError, match="'nope'"):
+        method_config("nope")
+    with pytest.raises(ValueError, match="'sideways'"):
+        method_config("baseline", conditioning="sideways")
+
+
+def test_timestep_out_of_range(tiny, image):
+    with pytest.raises(ValueError, match="timestep must be in"):
+        build_method("baseline", tiny, timestep=1000).prepare(image)
