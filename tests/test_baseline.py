@@ -88,3 +88,21 @@ def test_bad_settings_are_named():
 def test_timestep_out_of_range(tiny, image):
     with pytest.raises(ValueError, match="timestep must be in"):
         build_method("baseline", tiny, timestep=1000).prepare(image)
+
+
+def test_labels_that_do_not_fit_one_prompt_are_split_into_passes(tiny, image):
+    from promptseg.text import split_to_fit
+
+    many = ["cat", "dog", "person, people", "sky", "tree", "red", "grassland"]  # 24 tokens with the template
+    groups = split_to_fit(tiny.tokenizer, parse_labels(many), "a photograph of {}", " and ")
+    assert [len(g) for g in groups] == [6, 1]
+    method = build_method("baseline", tiny)
+    prepared = method.prepare(image)
+    result = method.segment(prepared, many)
+    assert result.labels == ["background", "cat", "dog", "person", "sky", "tree", "red", "grassland"]
+    # the first six labels' refined maps only differ from a six-label call through the averaged self-attention
+    alone = method.segment(prepared, many[:6])
+    assert result.scores.shape[0] == 8
+    assert np.corrcoef(result.scores[1:7].ravel(), alone.scores[1:].ravel())[0, 1] > 0.9
+    with pytest.raises(ValueError, match="needs"):
+        method.segment(prepared, [" ".join(["cat"] * 20)])

@@ -69,6 +69,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from promptseg.eval.runner import EvalRun, evaluate
+
+    run = EvalRun(
+        dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, limit=args.limit,
+        names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
+        class_names_file=args.class_names, save_vis=args.save_vis,
+    )
+    report = evaluate(run)
+    if report is not None:
+        print(f"{args.method} on {args.dataset}: mIoU {100 * report['miou']:.2f}  mAcc {100 * report['macc']:.2f}  "
+              f"({report['n_images']} images, {report['seconds_per_image']:.2f} s/image) -> {args.out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"promptseg {__version__}")
@@ -82,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--prompt", default=None, help="conditioning prompt or caption, for methods that take one")
     _model_args(seg)
     seg.set_defaults(func=cmd_segment)
+
+    ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
+    ev.add_argument("--dataset", required=True, help="voc21, voc20, context60, context59, coco_object or shapes")
+    ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for shapes)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    ev.add_argument("--names", default="oracle", help="class names offered per image: oracle, all, or a JSON file")
+    ev.add_argument("--class-names", default=None, help="your own class-name file (one class a line)")
+    ev.add_argument("--save-vis", type=int, default=0, help="save prediction pictures of the first N images")
+    ev.add_argument("--out", default="eval_out", help="output folder (rerun with the same one to resume)")
+    _model_args(ev)
+    ev.set_defaults(func=cmd_eval)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=cmd_methods)

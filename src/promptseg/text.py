@@ -120,6 +120,28 @@ def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joine
     return PromptTokens(prompt=prompt, labels=list(labels), positions=positions, length=length)
 
 
+def split_to_fit(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> list[list[Label]]:
+    """Split `labels`, in order, into groups whose prompts each fit the text encoder (one group when all fit).
+
+    Raises:
+        ValueError: one label alone does not fit (the message names it).
+    """
+    groups: list[list[Label]] = []
+    current: list[Label] = []
+    for label in labels:
+        try:
+            build_prompt(tokenizer, current + [label], template, joiner)
+            current.append(label)
+        except ValueError:
+            if not current:
+                raise
+            groups.append(current)
+            current = [label]
+            build_prompt(tokenizer, current, template, joiner)  # raises if this label alone does not fit
+    groups.append(current)
+    return groups
+
+
 def label_scores(cross: torch.Tensor, positions: list[list[list[int]]]) -> torch.Tensor:
     """Per-label maps from token maps: (..., T) -> (..., K), mean over a synonym's tokens, max over synonyms."""
     per_label = []

@@ -1,0 +1,37 @@
+"""Evaluation datasets by name (`get_dataset`), each yielding (image, label map, id) with its class names."""
+
+from __future__ import annotations
+
+from promptseg.data.base import IGNORE_INDEX, Sample, SegDataset, read_class_names
+
+DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "shapes")
+
+
+def get_dataset(name: str, root: str | None = None, class_names_file: str | None = None, **kwargs) -> SegDataset:
+    """The dataset `name` (one of `DATASETS`) read from `root` (not needed for "shapes").
+
+    Raises:
+        ValueError: an unknown name, or no `root` for a dataset on disk.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    if name == "shapes":
+        from promptseg.data.shapes import ShapesDataset
+
+        return ShapesDataset(class_names_file=class_names_file, **kwargs)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs --root, the folder that holds it")
+    if name.startswith("voc"):
+        from promptseg.data.voc import VOCDataset
+
+        return VOCDataset(root, variant=name, class_names_file=class_names_file, **kwargs)
+    if name.startswith("context"):
+        from promptseg.data.context import ContextDataset
+
+        return ContextDataset(root, variant=name, class_names_file=class_names_file, **kwargs)
+    from promptseg.data.coco_object import COCOObjectDataset
+
+    return COCOObjectDataset(root, class_names_file=class_names_file, **kwargs)
+
+
+__all__ = ["DATASETS", "IGNORE_INDEX", "Sample", "SegDataset", "get_dataset", "read_class_names"]

@@ -16,6 +16,7 @@ import torch
 from promptseg.capture import AttentionStore, capture, select_layers
 from promptseg.methods.base import (
     PreparedImage,
+    SegmentationResult,
     as_labels,
     finish,
     prepare_pixels,
@@ -23,7 +24,7 @@ from promptseg.methods.base import (
     resolve_weights,
 )
 from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
-from promptseg.text import build_prompt, label_scores
+from promptseg.text import build_prompt, label_scores, split_to_fit
 
 
 @dataclass
@@ -115,32 +116,44 @@ class Baseline:
         prepared.timings["prepare"] = time.perf_counter() - start
         return prepared
 
-    def segment(self, prepared: PreparedImage, labels) -> "SegmentationResult":  # noqa: F821
-        """Segment a prepared image into `labels` (strings, commas separating synonyms, or `Label`s)."""
+    def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
+        """Segment a prepared image into `labels` (strings, commas separating synonyms, or `Label`s).
+
+        Labels that do not fit one prompt are split into groups that do, one UNet pass per group (with
+        conditioning="labels"); self-attention is then averaged over the passes.
+        """
         start = time.perf_counter()
         labels = as_labels(labels)
-        tokens = build_prompt(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
+        groups = split_to_fit(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
+        per_grid: dict = {g: [] for g in self.cross_grids}
+        self_maps: dict = {g: [] for g in self.self_grids}
         with torch.no_grad():
-            text = self.backbone.encode_text(tokens.prompt)
-            if self.config.conditioning == "labels":
-                store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
-                cross = {g: store.mean("cross", g) for g in self.cross_grids}
-            else:
-                store = prepared.extra["store"]
-                cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
-            scores = self.scores(store, cross, tokens.positions)
+            for group in groups:
+                tokens = build_prompt(self.backbone.tokenizer, group, self.config.template, self.config.joiner)
+                text = self.backbone.encode_text(tokens.prompt)
+                if self.config.conditioning == "labels":
+                    store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
+                    cross = {g: store.mean("cross", g) for g in self.cross_grids}
+                else:
+                    store = prepared.extra["store"]
+                    cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
+                for g, c in cross.items():
+                    per_grid[g].append(label_scores(c, tokens.positions))
+                for g in self.self_grids:
+                    self_maps[g].append(store.mean("self", g))
+            label_cross = {g: torch.cat(maps, dim=-1) for g, maps in per_grid.items()}  # (1, N, K)
+            self_attn = {g: torch.stack(maps).mean(0) for g, maps in self_maps.items()}  # (1, N, N)
+            scores = self.scores(self_attn, label_cross)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores[0], labels, prepared.size, self.config.background_threshold, timings)
 
-    def scores(self, store: AttentionStore, cross: dict, positions) -> torch.Tensor:
-        """(B, K, h, w) refined score maps in [0, 1] from token cross-attention per grid and captured self-attention."""
-        maps = {g: tokens_to_maps(label_scores(c, positions), g) for g, c in cross.items()}
+    def scores(self, self_attn: dict, label_cross: dict) -> torch.Tensor:
+        """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention."""
+        maps = {g: tokens_to_maps(c, g) for g, c in label_cross.items()}
         mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
         total = sum(self.self_grids.values())
-        self_attn = sum(
-            resize_self_attention(store.mean("self", g), g, self.target) * (w / total) for g, w in self.self_grids.items()
-        )
-        refined = refine(self_attn, maps_to_tokens(mixed), self.config.refine_iterations)
+        propagate = sum(resize_self_attention(self_attn[g], g, self.target) * (w / total) for g, w in self.self_grids.items())
+        refined = refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations)
         return minmax(tokens_to_maps(refined, self.target))
 
     def __call__(self, image, labels, prompt: str | None = None):

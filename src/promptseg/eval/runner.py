@@ -1,0 +1,275 @@
+"""Evaluate a method on a dataset: resumable, sharded across processes, with a report.
+
+    promptseg eval --dataset voc21 --root DATA --method baseline --model ID --out runs/voc21
+    accelerate launch --num_processes 4 -m promptseg.cli eval ...   # the same, sharded over 4 processes
+
+Each image's confusion matrix is written to ``OUT/images/<id>.json`` as soon as it is computed (atomically), so a
+rerun after a crash or kill skips the images already done and ends with exactly the numbers of an uninterrupted
+run. Under `accelerate` (or `torchrun`), each process takes a contiguous shard of the images (each image exactly
+once, no padding) and the confusion matrices are summed across processes before the report is written by the main
+process. All processes must see the same OUT folder for resuming; the sum itself goes through torch.distributed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from promptseg import __version__
+from promptseg.backbone import DEFAULT_MODEL
+from promptseg.data import get_dataset
+from promptseg.eval.metrics import confusion, scores
+
+NAME_MODES = ("oracle", "all")
+
+
+@dataclass
+class EvalRun:
+    """What to evaluate. `names`: "oracle" (the ground-truth classes of each image, as InvSeg/DiffSegmenter
+    effectively do after filtering), "all" (every dataset class), or a JSON file mapping image ids to class names."""
+
+    dataset: str
+    method: str = "baseline"
+    model: str = DEFAULT_MODEL
+    out: str = "eval_out"
+    root: str | None = None
+    limit: int | None = None
+    names: str = "oracle"
+    settings: dict = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    class_names_file: str | None = None
+    save_vis: int = 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sparse(matrix: np.ndarray) -> list[list[int]]:
+    rows, cols = np.nonzero(matrix)
+    return [[int(r), int(c), int(matrix[r, c])] for r, c in zip(rows, cols)]
+
+
+def _dense(entries: list[list[int]], shape: tuple[int, int]) -> np.ndarray:
+    matrix = np.zeros(shape, np.int64)
+    for r, c, v in entries:
+        matrix[r, c] = v
+    return matrix
+
+
+def _candidates(run: EvalRun, dataset) -> dict[str, list[str]] | None:
+    if run.names in NAME_MODES:
+        return None
+    path = Path(run.names)
+    if not path.is_file():
+        raise ValueError(f"--names must be one of {NAME_MODES} or a JSON file of per-image class names; got {run.names!r}")
+    table = json.loads(path.read_text())
+    known = {s.strip().lower() for line in dataset.class_names for s in line.split(",")}
+    unknown = sorted({n for names in table.values() for n in names if n.strip().lower() not in known})
+    if unknown:
+        raise ValueError(f"{path}: class names not in the dataset's class list: {unknown[:10]}")
+    return table
+
+
+def _class_ids_for(names: list[str], dataset) -> list[int]:
+    """Dataset class indices for names that match any synonym of a class line."""
+    lookup = {}
+    for index, line in enumerate(dataset.class_names):
+        for synonym in line.split(","):
+            lookup.setdefault(synonym.strip().lower(), index)
+    return sorted({lookup[n.strip().lower()] for n in names})
+
+
+class _Shard:
+    """This process's part of the work; a single process when not launched distributed."""
+
+    def __init__(self):
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+            from accelerate import PartialState
+
+            # gloo on machines without CUDA (CPU runs and tests), the launcher's default backend otherwise
+            self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.rank = self.state.process_index if self.state else 0
+        self.world = self.state.num_processes if self.state else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def indices(self, n: int) -> list[int]:
+        """Contiguous, uneven shards: process r takes images [start_r, end_r); every image exactly once."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return list(range(start, start + base + (1 if self.rank < extra else 0)))
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        if self.state is None:
+            return array
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.from_numpy(array.astype(np.float64)).to(self.state.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def _check_run_file(out: Path, signature: dict) -> None:
+    path = out / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != signature:
+            changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
+            raise ValueError(
+                f"{out} holds a run with other {changed}; resume with the same settings or choose a new --out"
+            )
+    else:
+        _atomic_write(path, json.dumps(signature, indent=1, sort_keys=True))
+
+
+def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
+    """Run (or resume) an evaluation; returns the report on the main process (None on the others)."""
+    from promptseg.methods import build_method, method_config
+
+    dataset = get_dataset(run.dataset, run.root, run.class_names_file)
+    config = method_config(run.method, **run.settings)
+    candidates = _candidates(run, dataset)
+    n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
+    if n < 1:
+        raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
+    num_classes = len(dataset.class_names)
+    shape = (num_classes, num_classes + 1)
+    out = Path(run.out)
+    per_image = out / "images"
+    shard = _Shard()
+    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # tuples -> lists, as reread
+    signature = {
+        "dataset": run.dataset,
+        "method": run.method,
+        "model": run.model,
+        "names": run.names,
+        "settings": settings,
+        "class_names": dataset.class_names,
+    }
+    if shard.is_main:
+        per_image.mkdir(parents=True, exist_ok=True)
+        _check_run_file(out, signature)
+    shard.barrier()
+
+    mine = shard.indices(n)
+    total = np.zeros(shape, np.int64)
+    seconds, computed = 0.0, 0
+    segmenter = None
+    bar = None
+    if progress and shard.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="image", desc=f"{run.method} on {run.dataset}", dynamic_ncols=True)
+    vis_dir = out / "vis"
+    for i in mine:
+        sample = dataset[i]
+        record_path = per_image / f"{sample.id}.json"
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+        else:
+            if segmenter is None:
+                from promptseg.backbone import load_backbone
+
+                backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
+                segmenter = build_method(run.method, backbone, config)
+            if candidates is not None:
+                class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
+            elif run.names == "oracle":
+                class_ids = dataset.present_classes(sample.label)
+            else:
+                class_ids = list(range(num_classes))
+            start = time.perf_counter()
+            if class_ids:
+                result = segmenter(sample.image, [dataset.class_names[c] for c in class_ids])
+                names = result.labels
+                first = {dataset.class_names[c].split(",")[0].strip(): c for c in class_ids}
+                bg = dataset.background if dataset.background is not None else dataset.ignore_index
+                lut = np.array([first.get(name, bg if name == "background" else dataset.ignore_index) for name in names])
+                pred = lut[result.label_map]
+            else:  # no candidate: nothing predicted
+                pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
+            elapsed = time.perf_counter() - start
+            matrix = confusion(pred, sample.label, num_classes, dataset.ignore_index)
+            record = {"id": sample.id, "seconds": elapsed, "classes": class_ids, "confusion": _sparse(matrix)}
+            _atomic_write(record_path, json.dumps(record))
+            if i < run.save_vis:
+                from promptseg.eval.vis import save_comparison
+
+                vis_dir.mkdir(exist_ok=True)
+                save_comparison(sample.image, sample.label, pred, vis_dir / f"{sample.id}.png")
+            computed += 1
+        total += _dense(record["confusion"], shape)
+        seconds += record["seconds"]
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    total = shard.sum(total).round().astype(np.int64)
+    seconds, count = shard.sum(np.array([seconds, len(mine)]))
+    shard.barrier()
+    if not shard.is_main:
+        return None
+    result = scores(total)
+    names = [line.split(",")[0].strip() for line in dataset.class_names]
+    report = {
+        "dataset": run.dataset,
+        "method": run.method,
+        "model": run.model,
+        "n_images": int(count),
+        "names": run.names,
+        "miou": result.miou,
+        "macc": result.macc,
+        "aacc": result.aacc,
+        "per_class_iou": {name: _num(v) for name, v in zip(names, result.iou)},
+        "per_class_acc": {name: _num(v) for name, v in zip(names, result.acc)},
+        "seconds_per_image": float(seconds / max(count, 1)),
+        "settings": settings,
+        "processes": shard.world,
+        "promptseg_version": __version__,
+    }
+    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    _atomic_write(out / "report.md", markdown_report(report))
+    return report
+
+
+def _num(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def markdown_report(report: dict) -> str:
+    """A markdown summary: the headline numbers, then per-class IoU and accuracy."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        f"# {report['method']} on {report['dataset']}",
+        "",
+        f"- model: `{report['model']}`; class names offered: {report['names']}; promptseg {report['promptseg_version']}",
+        f"- images: {report['n_images']}; seconds per image: {report['seconds_per_image']:.3f}",
+        f"- **mIoU {pct(report['miou'])}**, mAcc {pct(report['macc'])}, pixel accuracy {pct(report['aacc'])}",
+        f"- settings: `{json.dumps(report['settings'], sort_keys=True)}`",
+        "",
+        "| class | IoU | Acc |",
+        "| --- | --- | --- |",
+    ]
+    for name, iou in report["per_class_iou"].items():
+        lines.append(f"| {name} | {pct(iou)} | {pct(report['per_class_acc'][name])} |")
+    return "\n".join(lines) + "\n"
