@@ -55,7 +55,7 @@ def make_tiny_components(seed: int = 0):
     )
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
     )
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 

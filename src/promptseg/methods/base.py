@@ -37,6 +37,7 @@ class SegmentationResult:
             score threshold.
         timings (`dict[str, float]`): seconds per stage ("prepare", "segment", ...).
         warnings (`list[str]`): anything the method wants the user to know (e.g. an optimisation stopped early).
+        extra (`dict`): method-specific diagnostics (e.g. InvSeg's loss per step).
     """
 
     label_map: np.ndarray
@@ -44,6 +45,7 @@ class SegmentationResult:
     labels: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +117,7 @@ def build_method(name: str, backbone, config=None, **overrides):
 
 def _import_builtin_methods() -> None:
     import promptseg.methods.baseline  # noqa: F401
+    import promptseg.methods.invseg  # noqa: F401
 
 
 def resolve_weights(weights: dict[float, float], unet, latent_hw, kind: str) -> dict[tuple[int, int], float]:

@@ -125,27 +125,28 @@ class Baseline:
         start = time.perf_counter()
         labels = as_labels(labels)
         groups = split_to_fit(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
-        per_grid: dict = {g: [] for g in self.cross_grids}
-        self_maps: dict = {g: [] for g in self.self_grids}
+        parts = []
         with torch.no_grad():
             for group in groups:
                 tokens = build_prompt(self.backbone.tokenizer, group, self.config.template, self.config.joiner)
-                text = self.backbone.encode_text(tokens.prompt)
-                if self.config.conditioning == "labels":
-                    store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
-                    cross = {g: store.mean("cross", g) for g in self.cross_grids}
-                else:
-                    store = prepared.extra["store"]
-                    cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
-                for g, c in cross.items():
-                    per_grid[g].append(label_scores(c, tokens.positions))
-                for g in self.self_grids:
-                    self_maps[g].append(store.mean("self", g))
-            label_cross = {g: torch.cat(maps, dim=-1) for g, maps in per_grid.items()}  # (1, N, K)
-            self_attn = {g: torch.stack(maps).mean(0) for g, maps in self_maps.items()}  # (1, N, N)
+                parts.append(self.read_attention(prepared, tokens, self.backbone.encode_text(tokens.prompt)))
+            label_cross = {g: torch.cat([p[0][g] for p in parts], dim=-1) for g in self.cross_grids}  # (1, N, K)
+            self_attn = {g: torch.stack([p[1][g] for p in parts]).mean(0) for g in self.self_grids}  # (1, N, N)
             scores = self.scores(self_attn, label_cross)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores[0], labels, prepared.size, self.config.background_threshold, timings)
+
+    def read_attention(self, prepared: PreparedImage, tokens, text: torch.Tensor) -> tuple[dict, dict]:
+        """Per-grid label cross-attention (1, N, K) and self-attention (1, N, N) for `text` (1, T, D), the encoded
+        (or optimised) embeddings of the prompt described by `tokens`."""
+        if self.config.conditioning == "labels":
+            store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
+            cross = {g: store.mean("cross", g) for g in self.cross_grids}
+        else:
+            store = prepared.extra["store"]
+            cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
+        label_cross = {g: label_scores(c, tokens.positions) for g, c in cross.items()}
+        return label_cross, {g: store.mean("self", g) for g in self.self_grids}
 
     def scores(self, self_attn: dict, label_cross: dict) -> torch.Tensor:
         """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention."""

@@ -1,0 +1,244 @@
+"""InvSeg: test-time prompt inversion with Contrastive Soft Clustering (Lin et al., AAAI 2025).
+
+For one image, the text embeddings of the class tokens are optimised (UNet, VAE and text encoder frozen) so that
+each class's refined attention map M^c = norm(A_self · A_cross^c) (eq. 2) agrees with the image's structure:
+Contrastive Soft Clustering pulls pixels towards the soft anchors of their own class and away from other classes
+in the KL geometry of self-attention (eqs. 3-8), and the entropy of the class maps averaged over augmented views
+is minimised. The final segmentation is the baseline's read-out with the optimised embeddings at t = 50.
+
+Beyond the paper (same maths, less work): the optimisation's forward pass stops after the last layer the loss
+reads (`stop_forward_early`), so neither it nor the backward pass visits the rest of the UNet; with
+`view_pool > 0` the views are drawn once and their VAE latents cached.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from promptseg.augment import crop_resize, random_crop_box, uncrop
+from promptseg.capture import AttentionStore, capture, run_until_captured, select_layers
+from promptseg.losses import cluster_loss, entropy_loss, symmetric_kl
+from promptseg.methods.base import (
+    PreparedImage,
+    SegmentationResult,
+    as_labels,
+    finish,
+    register_method,
+    resolve_weights,
+    to_pil,
+)
+from promptseg.methods.baseline import Baseline, BaselineConfig
+from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
+from promptseg.text import build_prompt, label_scores
+
+
+@dataclass
+class InvSegConfig:
+    """Settings of InvSeg; defaults are the paper's (section "Implementation Details" and the ablation tables).
+    Resolutions are fractions of the latent side (SD: 0.25 = the 16x16 layers)."""
+
+    steps: int = 15
+    """Optimisation steps per image (Implementation Details)."""
+    lr: float = 0.01
+    """Adam learning rate (Implementation Details)."""
+    num_views: int = 2
+    """Augmented views per step, one batch (Implementation Details)."""
+    min_crop_scale: float = 0.6
+    """Smallest random-resized-crop area, as a fraction of the image (Implementation Details)."""
+    train_timesteps: tuple[int, int] = (5, 300)
+    """Range of the random timestep drawn each step (Table 6: 5 to 300 best)."""
+    timestep: int = 50
+    """Timestep of the final inference pass (Table 7: t = 50 best)."""
+    alpha: float = 1.0
+    """Weight of the entropy loss (Table 2: alpha = 1 best)."""
+    anchor_scale: float = 4.0
+    """Sigmoid steepness of the soft anchors (Table 3: 4 best)."""
+    anchor_offset: float = 0.5
+    """Anchor^c = sigmoid(scale * (M^c - offset)); M^c is min-max normalised, 0.5 centres the sigmoid (our choice)."""
+    loss_cross_weights: dict[float, float] = field(default_factory=lambda: {0.25: 1.0})
+    """Cross-attention resolutions feeding the loss (Table 5: 16x16 alone best)."""
+    loss_self_weights: dict[float, float] = field(default_factory=lambda: {0.25: 1.0})
+    """Self-attention resolutions feeding the loss (and the KL distance matrix of eq. 3)."""
+    cross_weights: dict[float, float] = field(default_factory=lambda: {0.125: 0.3, 0.25: 0.5, 0.5: 0.1, 1.0: 0.1})
+    """Cross-attention resolutions of the final maps (the baseline's, DiffSegmenter's weights)."""
+    self_weights: dict[float, float] = field(default_factory=lambda: {1.0: 1.0})
+    """Self-attention resolutions of the final maps (the baseline's)."""
+    places: tuple[str, ...] = ("down", "mid", "up")
+    """UNet parts whose attention layers are read."""
+    template: str = "a photograph of {}"
+    """Prompt template; `{}` becomes the labels joined by `joiner`."""
+    joiner: str = " and "
+    """Text between label names in the prompt."""
+    background_threshold: float | None = 0.5
+    """As in the baseline: pixels below this are background unless a label is named "background"; None: never."""
+    stop_forward_early: bool = True
+    """End the optimisation's UNet forward after the last layer the loss reads (beyond the paper; same result)."""
+    view_pool: int = 0
+    """0: fresh random views every step (the paper); n > 0: n views drawn once, their VAE latents cached."""
+    seed: int = 0
+    """Seed of views, timesteps and noise."""
+
+    def __post_init__(self):
+        if self.steps < 0 or self.num_views < 1:
+            raise ValueError(f"steps must be >= 0 and num_views >= 1, got {self.steps} and {self.num_views}")
+        low, high = self.train_timesteps
+        if not 0 <= low <= high:
+            raise ValueError(f"train_timesteps must be (low, high) with 0 <= low <= high, got {self.train_timesteps}")
+        if not 0 < self.min_crop_scale <= 1:
+            raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
+
+
+@register_method("invseg", InvSegConfig)
+class InvSeg:
+    """InvSeg: per-image prompt inversion with Contrastive Soft Clustering and entropy minimisation."""
+
+    def __init__(self, backbone, config: InvSegConfig | None = None):
+        self.backbone = backbone
+        self.config = config or InvSegConfig()
+        c = self.config
+        self.readout = Baseline(
+            backbone,
+            BaselineConfig(
+                timestep=c.timestep,
+                cross_weights=c.cross_weights,
+                self_weights=c.self_weights,
+                places=c.places,
+                template=c.template,
+                joiner=c.joiner,
+                background_threshold=c.background_threshold,
+                seed=c.seed,
+            ),
+        )
+        latent_hw = backbone.latent_size
+        self.loss_cross = resolve_weights(c.loss_cross_weights, backbone.unet, latent_hw, "cross")
+        self.loss_self = resolve_weights(c.loss_self_weights, backbone.unet, latent_hw, "self")
+        self.loss_grid = max(self.loss_self, key=lambda g: g[0] * g[1])
+        self.loss_layers = select_layers(
+            backbone.unet, latent_hw, self_grids=self.loss_self, cross_grids=self.loss_cross, places=c.places
+        )
+
+    def prepare(self, image) -> PreparedImage:
+        """Encode `image` for the final pass and keep its full-size pixels for the augmented views."""
+        prepared = self.readout.prepare(image)
+        array = np.asarray(to_pil(image), dtype=np.float32) / 127.5 - 1.0
+        prepared.extra["original"] = torch.from_numpy(array).permute(2, 0, 1)[None]  # (1, 3, H, W) on CPU
+        return prepared
+
+    # -- the optimisation ------------------------------------------------------------------------------------
+
+    def _view_latents(self, original: torch.Tensor, boxes) -> torch.Tensor:
+        size = self.backbone.image_size
+        views = torch.cat([crop_resize(original, box, size) for box in boxes])
+        with torch.no_grad():
+            return self.backbone.encode_image(views.to(self.backbone.device))
+
+    def _loss_maps(self, store: AttentionStore, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refined class maps (V, N, K) in [0, 1] and self-attention (V, N, N) on the loss grid, with gradients."""
+        grid = self.loss_grid
+        cross = {g: tokens_to_maps(label_scores(store.mean("cross", g), positions), g) for g in self.loss_cross}
+        mixed = weighted_sum(cross, self.loss_cross, grid)  # (V, K, h, w)
+        total = sum(self.loss_self.values())
+        attn = sum(resize_self_attention(store.mean("self", g), g, grid) * (w / total) for g, w in self.loss_self.items())
+        refined = refine(attn, maps_to_tokens(mixed))  # (V, N, K)
+        maps = maps_to_tokens(minmax(tokens_to_maps(refined, grid)))
+        return maps, attn
+
+    def loss(self, maps: torch.Tensor, attn: torch.Tensor, boxes, image_hw) -> tuple[torch.Tensor, dict]:
+        """L = L_cluster (mean over views) + alpha * L_etrp (views mapped back onto the image grid, averaged)."""
+        c = self.config
+        clusters = torch.stack([cluster_loss(symmetric_kl(a), m, c.anchor_scale, c.anchor_offset) for a, m in zip(attn, maps)])
+        grid = self.loss_grid
+        total, coverage = 0, 0
+        for view_maps, box in zip(maps, boxes):
+            values, inside = uncrop(tokens_to_maps(view_maps[None], grid)[0], box, image_hw, grid)
+            total, coverage = total + values, coverage + inside
+        mean = total / coverage.clamp_min(1)  # (K, h, w), 0 where no view covers
+        entropy = entropy_loss(maps_to_tokens(mean[None])[0], weight=(coverage > 0).flatten().to(mean.dtype))
+        loss = clusters.mean() + c.alpha * entropy
+        return loss, {"cluster": float(clusters.mean().detach()), "entropy": float(entropy.detach())}
+
+    def invert(self, prepared: PreparedImage, tokens) -> tuple[torch.Tensor, dict]:
+        """Optimise the class-token embeddings for this image; returns the text (1, T, D) and a log."""
+        c = self.config
+        backbone = self.backbone
+        generator = torch.Generator().manual_seed(c.seed)
+        with torch.no_grad():
+            text0 = backbone.encode_text(tokens.prompt).float()  # (1, T, D)
+        index = sorted({i for spans in tokens.positions for span in spans for i in span})
+        learn = torch.nn.Parameter(text0[0, index].clone())  # P: the only trainable tensor
+        optimiser = torch.optim.Adam([learn], lr=c.lr)
+        original = prepared.extra["original"]
+        image_hw = tuple(original.shape[-2:])
+        pool = None
+        if c.view_pool > 0:
+            pool_boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.view_pool)]
+            pool = (pool_boxes, self._view_latents(original, pool_boxes))
+        log = {"loss": [], "cluster": [], "entropy": [], "warnings": []}
+        last_finite = learn.detach().clone()
+        for _ in range(c.steps):
+            if pool is None:
+                boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.num_views)]
+                latents = self._view_latents(original, boxes)
+            else:
+                pick = torch.randperm(len(pool[0]), generator=generator)[: c.num_views].tolist()
+                boxes, latents = [pool[0][i] for i in pick], pool[1][pick]
+            t = int(torch.randint(c.train_timesteps[0], c.train_timesteps[1] + 1, (1,), generator=generator))
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+            noisy = backbone.scheduler.add_noise(latents, noise, torch.tensor([t], device=latents.device))
+            text = text0.expand(len(boxes), -1, -1).clone()
+            text[:, index] = learn  # differentiable in `learn` only
+            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True)
+            timesteps = torch.full((len(boxes),), t, device=noisy.device)
+            with capture(backbone.unet, self.loss_layers, store, stop_after_last=c.stop_forward_early):
+                if c.stop_forward_early:
+                    run_until_captured(backbone.unet, noisy, timesteps, encoder_hidden_states=text.to(backbone.dtype))
+                else:
+                    backbone.unet(noisy, timesteps, encoder_hidden_states=text.to(backbone.dtype))
+            maps, attn = self._loss_maps(store, tokens.positions)
+            loss, parts = self.loss(maps, attn, boxes, image_hw)
+            if not math.isfinite(float(loss)):
+                with torch.no_grad():
+                    learn.copy_(last_finite)
+                log["warnings"].append(f"non-finite loss at step {len(log['loss'])}; kept the last finite prompt")
+                break
+            last_finite = learn.detach().clone()
+            log["loss"].append(float(loss))
+            log["cluster"].append(parts["cluster"])
+            log["entropy"].append(parts["entropy"])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            if not torch.isfinite(learn).all():  # the last step's update itself went bad
+                learn.copy_(last_finite)
+                log["warnings"].append("non-finite prompt after the last step; kept the last finite prompt")
+            text = text0.clone()
+            text[0, index] = learn.detach()
+        return text.to(backbone.dtype), log
+
+    def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
+        """Invert the prompt of `labels` on the prepared image, then segment with the optimised embeddings.
+
+        All labels must fit one prompt (the clustering loss compares every class with every other).
+        """
+        start = time.perf_counter()
+        labels = as_labels(labels)
+        tokens = build_prompt(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
+        text, log = self.invert(prepared, tokens)
+        optimised = time.perf_counter()
+        with torch.no_grad():
+            label_cross, self_attn = self.readout.read_attention(prepared, tokens, text)
+            scores = self.readout.scores(self_attn, label_cross)
+        timings = {**prepared.timings, "invert": optimised - start, "segment": time.perf_counter() - start}
+        result = finish(scores[0], labels, prepared.size, self.config.background_threshold, timings, log["warnings"])
+        result.extra = {"loss": log["loss"], "cluster": log["cluster"], "entropy": log["entropy"]}
+        return result
+
+    def __call__(self, image, labels):
+        """`segment(prepare(image), labels)`."""
+        return self.segment(self.prepare(image), labels)
