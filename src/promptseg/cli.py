@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--labels", help='classes, comma-separated; "|" joins synonyms of one class: "cat,person|people"')
     seg.add_argument("--labels-file", help="file with one class a line, commas separating synonyms")
     seg.add_argument("--out", default="promptseg_out", help="output folder")
-    seg.add_argument("--prompt", default=None, help="conditioning prompt or caption, for methods that take one")
+    seg.add_argument("--prompt", "--caption", dest="prompt", default=None,
+                     help="a caption of the image (fastseg) or the conditioning prompt (baseline with conditioning=prompt)")
     _model_args(seg)
     seg.set_defaults(func=cmd_segment)
 

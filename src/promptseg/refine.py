@@ -60,9 +60,36 @@ def refine(self_attn: torch.Tensor, cross: torch.Tensor, iterations: int = 1) ->
     return out
 
 
-def weighted_sum(maps: dict[tuple[int, int], torch.Tensor], weights: dict[tuple[int, int], float], size) -> torch.Tensor:
-    """Min-max normalise each grid's (B, K, h, w) maps, resize them to `size` and mix them with `weights`."""
+def weighted_sum(
+    maps: dict[tuple[int, int], torch.Tensor], weights: dict[tuple[int, int], float], size, normalize: bool = True
+) -> torch.Tensor:
+    """Resize each grid's (B, K, h, w) maps to `size` and mix them with `weights` (normalised to sum to one);
+    with `normalize`, each grid's maps are min-max normalised first (DiffSegmenter), else mixed raw (FastSeg)."""
     total = sum(weights.values())
     if total <= 0:
         raise ValueError(f"resolution weights must sum to a positive number, got {weights}")
-    return sum(minmax(resize_maps(maps[g], size)) * (w / total) for g, w in weights.items())
+    scale = minmax if normalize else (lambda x: x)
+    return sum(scale(resize_maps(maps[g], size)) * (w / total) for g, w in weights.items())
+
+
+def hierarchical_refine(
+    self_attn: dict[tuple[int, int], torch.Tensor],
+    cross: torch.Tensor,
+    weights: dict[tuple[int, int], float],
+    target: tuple[int, int],
+    power: int = 2,
+) -> torch.Tensor:
+    """FastSeg's hierarchical attention refinement (HARD) -> (B, K, H, W) in [0, 1].
+
+    Each grid's self-attention (B, n, n) is resized to the `target` grid, raised to `power` (applied as `power`
+    propagation steps, A (A c), so the N x N power is never formed) and propagates the cross-attention `cross`
+    (B, N, K) on the target grid; each result is min-max normalised and the results are mixed with `weights`.
+    """
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"HARD weights must sum to a positive number, got {weights}")
+    mixed = 0
+    for grid, weight in weights.items():
+        attn = resize_self_attention(self_attn[grid], grid, target)
+        mixed = mixed + minmax(tokens_to_maps(refine(attn, cross, power), target)) * (weight / total)
+    return mixed

@@ -239,6 +239,8 @@ class InvSeg:
         result.extra = {"loss": log["loss"], "cluster": log["cluster"], "entropy": log["entropy"]}
         return result
 
-    def __call__(self, image, labels):
-        """`segment(prepare(image), labels)`."""
+    def __call__(self, image, labels, prompt: str | None = None):
+        """`segment(prepare(image), labels)`; InvSeg learns its prompt, so `prompt` must stay None."""
+        if prompt is not None:
+            raise ValueError("invseg builds its prompt from the labels and optimises it; it takes no prompt or caption")
         return self.segment(self.prepare(image), labels)

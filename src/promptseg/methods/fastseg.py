@@ -1,0 +1,173 @@
+"""FastSeg: (1+1)-step inversion, all classes in one pass, dual prompt, HARD, test-time flipping.
+
+Design (the paper gives its abstract only; the published FA-Seg code fills in the rest):
+
+1. The image and its horizontal flip are VAE-encoded as one batch of two (test-time flipping).
+2. One DDIM inversion step moves the clean latents to a small `timestep`, with the UNet's noise prediction under
+   the conditioning prompt (the first "1").
+3. One UNet pass at that timestep, conditioned on a descriptive prompt (an optional caption followed by the class
+   names), records the queries of the cross-attention layers and the self-attention maps (the second "1").
+4. Dual prompt: the class maps are the recorded queries against the keys of a *second* prompt made only of the
+   class names (`AttentionStore.cross_attention_for`), so any number of classes costs no extra UNet pass.
+5. Cross-attention is mixed over resolutions; hierarchical attention refinement (HARD) propagates it with every
+   resolution's self-attention raised to the power `tau`, and mixes the min-max normalised results.
+6. The flipped view's maps are flipped back and averaged with the others'; background is a score threshold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from promptseg.capture import AttentionStore, capture, select_layers
+from promptseg.methods.base import (
+    PreparedImage,
+    SegmentationResult,
+    as_labels,
+    finish,
+    prepare_pixels,
+    register_method,
+    resolve_weights,
+)
+from promptseg.refine import hierarchical_refine, tokens_to_maps, weighted_sum
+from promptseg.text import build_prompt, label_scores, split_to_fit
+
+
+@dataclass
+class FastSegConfig:
+    """Settings of FastSeg (values from the published FA-Seg code). Resolutions are fractions of the latent side
+    (SD: 0.125/0.25/0.5/1.0 = 8/16/32/64)."""
+
+    timestep: int = 1
+    """Timestep reached by the single DDIM inversion step and used by the recording pass (FA-Seg: the last of
+    one inference step, t = 1 with `steps_offset` 1)."""
+    cross_weights: dict[float, float] = field(default_factory=lambda: {0.125: 0.15, 0.25: 0.7, 0.5: 0.15, 1.0: 0.0})
+    """Weight of each cross-attention resolution, mixed without per-resolution normalisation (FA-Seg)."""
+    hard_weights: dict[float, float] = field(default_factory=lambda: {0.125: 0.1, 0.25: 0.1, 0.5: 0.5, 1.0: 0.3})
+    """HARD: weight of each self-attention resolution's refined maps (FA-Seg); the finest sets the grid."""
+    tau: int = 2
+    """HARD: power of each self-attention matrix (propagation steps)."""
+    flip: bool = True
+    """Test-time flipping: average with the horizontally flipped image's maps."""
+    places: tuple[str, ...] = ("down", "mid", "up")
+    """UNet parts whose attention layers are read."""
+    class_template: str = "{}"
+    """Template of the class-name prompt (the second prompt of the dual prompt)."""
+    joiner: str = ", "
+    """Text between class names (FA-Seg: "cat, dog")."""
+    caption_separator: str = "; "
+    """Text between the caption and the class names in the conditioning prompt (FA-Seg: " ; ")."""
+    background_threshold: float | None = 0.55
+    """Pixels whose best score is below this are background (FA-Seg: 0.55 VOC, 0.5 Context, 0.6 COCO-Object);
+    None: never. A label named "background" turns the threshold off."""
+
+    def __post_init__(self):
+        if self.tau < 1:
+            raise ValueError(f"tau must be >= 1, got {self.tau}")
+
+
+def predicted_noise(backbone, output: torch.Tensor, sample: torch.Tensor, timestep: int) -> torch.Tensor:
+    """The noise estimate from a UNet output, whatever the backbone's prediction type (eps, v or x0)."""
+    alpha = backbone.scheduler.alphas_cumprod[timestep].to(sample.device, torch.float32)
+    kind = backbone.prediction_type
+    if kind == "epsilon":
+        return output
+    if kind == "v_prediction":
+        return (alpha.sqrt() * output.float() + (1 - alpha).sqrt() * sample.float()).to(output.dtype)
+    if kind == "sample":
+        return ((sample.float() - alpha.sqrt() * output.float()) / (1 - alpha).sqrt()).to(output.dtype)
+    raise ValueError(f"unsupported prediction type {kind!r}")
+
+
+def ddim_invert_step(backbone, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM inversion step from the clean `latents` to `timestep`:
+    z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps(z_0, t, text)."""
+    t = torch.full((latents.shape[0],), timestep, device=latents.device)
+    with torch.no_grad():
+        output = backbone.unet(latents, t, encoder_hidden_states=text).sample
+    eps = predicted_noise(backbone, output, latents, timestep)
+    alpha = backbone.scheduler.alphas_cumprod[timestep].to(latents.device, torch.float32)
+    return (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * eps.float()).to(latents.dtype)
+
+
+@register_method("fastseg", FastSegConfig)
+class FastSeg:
+    """FastSeg: (1+1)-step inversion, every class in one pass (dual prompt), HARD, test-time flipping."""
+
+    def __init__(self, backbone, config: FastSegConfig | None = None):
+        self.backbone = backbone
+        self.config = config or FastSegConfig()
+        c = self.config
+        if not 0 <= c.timestep < backbone.num_train_timesteps:
+            raise ValueError(f"timestep must be in [0, {backbone.num_train_timesteps}), got {c.timestep}")
+        latent_hw = backbone.latent_size
+        self.cross_grids = resolve_weights(c.cross_weights, backbone.unet, latent_hw, "cross")
+        self.hard_grids = resolve_weights(c.hard_weights, backbone.unet, latent_hw, "self")
+        self.target = max(self.hard_grids, key=lambda g: g[0] * g[1])
+        self.layers = select_layers(
+            backbone.unet, latent_hw, self_grids=self.hard_grids, cross_grids=self.cross_grids, places=c.places
+        )
+
+    def prepare(self, image) -> PreparedImage:
+        """VAE-encode the image (and its horizontal flip, as one batch)."""
+        start = time.perf_counter()
+        prepared = prepare_pixels(self.backbone, image)
+        if self.config.flip:
+            with torch.no_grad():
+                flipped = self.backbone.encode_image(prepared.pixels.flip(-1))
+            prepared.latents = torch.cat([prepared.latents, flipped])
+        prepared.timings["prepare"] = time.perf_counter() - start
+        return prepared
+
+    def conditioning_prompt(self, labels, caption: str | None) -> str:
+        """The caption (if any) followed by the class names, cut to the text encoder's length."""
+        names = self.config.joiner.join(s for label in labels for s in label.synonyms)
+        return f"{caption}{self.config.caption_separator}{names}" if caption else names
+
+    def record(self, prepared: PreparedImage, prompt: str) -> AttentionStore:
+        """Invert one DDIM step and run one recording UNet pass conditioned on `prompt`; returns the store."""
+        backbone = self.backbone
+        ids = backbone.tokenizer(prompt, padding="max_length", max_length=backbone.text_length, truncation=True,
+                                 return_tensors="pt").input_ids.to(backbone.device)
+        with torch.no_grad():
+            text = backbone.text_encoder(ids)[0].expand(prepared.latents.shape[0], -1, -1)
+            noisy = ddim_invert_step(backbone, prepared.latents, self.config.timestep, text)
+            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=True)
+            t = torch.full((noisy.shape[0],), self.config.timestep, device=noisy.device)
+            with capture(backbone.unet, self.layers, store):
+                backbone.unet(noisy, t, encoder_hidden_states=text)
+        return store
+
+    def view_scores(self, store: AttentionStore, labels) -> torch.Tensor:
+        """Refined scores (V, K, H, W) per view, flipped views already flipped back."""
+        c = self.config
+        tokenizer = self.backbone.tokenizer
+        per_grid = {g: [] for g in self.cross_grids}
+        with torch.no_grad():
+            for group in split_to_fit(tokenizer, labels, c.class_template, c.joiner):
+                tokens = build_prompt(tokenizer, group, c.class_template, c.joiner)
+                class_text = self.backbone.encode_text(tokens.prompt)  # the dual prompt's class-name half
+                for g in self.cross_grids:
+                    per_grid[g].append(label_scores(store.cross_attention_for(class_text, g), tokens.positions))
+            maps = {g: tokens_to_maps(torch.cat(parts, dim=-1), g) for g, parts in per_grid.items()}
+            cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (V, K, H, W)
+            self_attn = {g: store.mean("self", g) for g in self.hard_grids}
+            scores = hierarchical_refine(self_attn, cross.flatten(2).transpose(1, 2), self.hard_grids, self.target, c.tau)
+        if c.flip:
+            scores = torch.cat([scores[:1], scores[1:].flip(-1)])
+        return scores
+
+    def segment(self, prepared: PreparedImage, labels, caption: str | None = None) -> SegmentationResult:
+        """Segment into `labels`; `caption` (optional) describes the image and starts the conditioning prompt."""
+        start = time.perf_counter()
+        labels = as_labels(labels)
+        store = self.record(prepared, self.conditioning_prompt(labels, caption))
+        scores = self.view_scores(store, labels).mean(dim=0)
+        timings = {**prepared.timings, "segment": time.perf_counter() - start}
+        return finish(scores, labels, prepared.size, self.config.background_threshold, timings)
+
+    def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:
+        """`segment(prepare(image), labels, caption=prompt)`."""
+        return self.segment(self.prepare(image), labels, caption=prompt)
