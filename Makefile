@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/promptseg eval --dataset shapes --model shapes --method baseline --limit 40 --out demo_out/eval
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)

@@ -30,8 +30,8 @@ def _all_layers(tiny):
 def test_layer_listing_reads_levels_from_the_unet(tiny):
     layers = list_attention_layers(tiny.unet)
     # two levels, cross-attention in every block: down (2), up (2 x 2 layers each), mid (1); self + cross each
-    assert {(l.place, l.level) for l in layers} == {("down", 0), ("down", 1), ("mid", 1), ("up", 0), ("up", 1)}
-    assert sum(l.kind == "cross" for l in layers) == sum(l.kind == "self" for l in layers) == 7
+    assert {(layer.place, layer.level) for layer in layers} == {("down", 0), ("down", 1), ("mid", 1), ("up", 0), ("up", 1)}
+    assert sum(layer.kind == "cross" for layer in layers) == sum(layer.kind == "self" for layer in layers) == 7
 
 
 def test_select_layers_rejects_missing_grid_and_place(tiny):
@@ -40,7 +40,7 @@ def test_select_layers_rejects_missing_grid_and_place(tiny):
     with pytest.raises(ValueError, match="sideways"):
         select_layers(tiny.unet, tiny.latent_size, cross_grids=[(8, 8)], places=["sideways"])
     only_mid = select_layers(tiny.unet, tiny.latent_size, cross_grids=[(8, 8)], places=["mid"])
-    assert [l.place for l in only_mid] == ["mid"]
+    assert [layer.place for layer in only_mid] == ["mid"]
 
 
 def test_unet_output_unchanged_under_capture(tiny):
@@ -60,7 +60,7 @@ def test_only_selected_layers_change_processor_and_all_are_restored(tiny):
     with capture(tiny.unet, layers, AttentionStore(latent_hw=tiny.latent_size)):
         during = tiny.unet.attn_processors
         recording = {k for k, v in during.items() if isinstance(v, RecordingProcessor)}
-        assert recording == {l.name for l in layers}
+        assert recording == {layer.name for layer in layers}
         assert all(isinstance(v, AttnProcessor2_0) for k, v in during.items() if k not in recording)
     assert {k: type(v) for k, v in tiny.unet.attn_processors.items()} == before
 
@@ -73,7 +73,7 @@ def test_restored_after_exception_and_double_capture_refused(tiny):
             with pytest.raises(RuntimeError, match="already under capture"):
                 with capture(tiny.unet, layers, AttentionStore(latent_hw=tiny.latent_size)):
                     pass
-            1 / 0
+            raise ZeroDivisionError("inside the block")
     after = tiny.unet.attn_processors
     assert all(after[k] is before[k] for k in before)
     with capture(tiny.unet, layers, AttentionStore(latent_hw=tiny.latent_size)):  # usable again

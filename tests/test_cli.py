@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from promptseg import __version__
-from promptseg.api import read_label_file, split_cli_labels
+from promptseg.api import split_cli_labels
 from promptseg.cli import main
+from promptseg.data.base import read_class_names
 from promptseg.rle import decode_rle
 
 
@@ -67,6 +68,6 @@ def test_label_helpers(tmp_path):
     assert split_cli_labels("cat, person|people") == ["cat", "person, people"]
     f = tmp_path / "classes.txt"
     f.write_text("background, sky, wall\n\n# comment\ncat\n")
-    assert read_label_file(f) == ["background, sky, wall", "cat"]
+    assert read_class_names(f) == ["background, sky, wall", "cat"]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        read_label_file(tmp_path / "nope.txt")
+        read_class_names(tmp_path / "nope.txt")

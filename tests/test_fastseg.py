@@ -61,7 +61,7 @@ def test_dual_prompt_maps_equal_queries_against_class_name_keys(tiny, image):
     assert prompt == "a red cat on grass; cat, dog, person"
     grid = (8, 8)
     modules = dict(tiny.unet.named_modules())
-    names = [l.name.rsplit(".processor", 1)[0] for l in method.layers if l.kind == "cross" and l.level == 1]
+    names = [layer.name.rsplit(".processor", 1)[0] for layer in method.layers if layer.kind == "cross" and layer.level == 1]
     inputs = []
     handles = [modules[n].register_forward_pre_hook(lambda m, a, k: inputs.append((m, a[0] if a else k["hidden_states"])),
                                                     with_kwargs=True) for n in names]

@@ -17,7 +17,7 @@ def _save(img, path, **kw):
 def test_any_mode_becomes_rgb(tmp_path, mode):
     base = Image.fromarray((np.arange(12 * 10 * 3) % 251).astype(np.uint8).reshape(12, 10, 3))
     if mode == "I;16":
-        img = Image.fromarray((np.arange(120, dtype=np.uint16).reshape(12, 10) * 500))
+        img = Image.fromarray(np.arange(120, dtype=np.uint16).reshape(12, 10) * 500)
         suffix = ".png"
     elif mode == "F":
         img = Image.fromarray(np.linspace(-1, 1, 120, dtype=np.float32).reshape(12, 10))

@@ -26,18 +26,6 @@ class FileOutcome:
     seconds: float = 0.0
 
 
-def read_label_file(path: str | Path) -> list[str]:
-    """One class a line, commas separating synonyms of that class; blank lines and `#` comments skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file {path} does not exist")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    labels = [line for line in lines if line]
-    if not labels:
-        raise ValueError(f"label file {path} has no labels")
-    return labels
-
-
 def split_cli_labels(text: str) -> list[str]:
     """`--labels "cat,person|people"` -> ["cat", "person, people"]: commas separate labels, `|` synonyms."""
     return [", ".join(s.strip() for s in item.split("|")) for item in text.split(",")]

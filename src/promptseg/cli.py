@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from promptseg import __version__
@@ -14,16 +13,9 @@ def _settings(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        if isinstance(out[key], dict):  # JSON object keys are strings; resolution weights are numbers
-            out[key] = {float(k): v for k, v in out[key].items()}
-        if isinstance(out[key], list):
-            out[key] = tuple(out[key])
+        out[key.strip()] = value  # parsed to the setting's type by promptseg.methods.method_config
     return out
 
 
@@ -42,11 +34,12 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from promptseg.api import read_label_file, segment_files, split_cli_labels
+    from promptseg.api import segment_files, split_cli_labels
+    from promptseg.data.base import read_class_names
 
     if (args.labels is None) == (args.labels_file is None):
         raise SystemExit("give the classes with exactly one of --labels or --labels-file")
-    labels = split_cli_labels(args.labels) if args.labels is not None else read_label_file(args.labels_file)
+    labels = split_cli_labels(args.labels) if args.labels is not None else read_class_names(args.labels_file)
     bar = tqdm(total=len(args.images), unit="image", disable=None)
     outcomes = segment_files(
         args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
@@ -73,7 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.eval.runner import EvalRun, evaluate
 
     run = EvalRun(
-        dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, limit=args.limit,
+        dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
+        limit=args.limit,
         names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
         class_names_file=args.class_names, save_vis=args.save_vis,
     )
@@ -102,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
     ev.add_argument("--dataset", required=True, help="voc21, voc20, context60, context59, coco_object or shapes")
     ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for shapes)")
+    ev.add_argument("--split", default=None, help="dataset split (default: val; shapes: test)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     ev.add_argument("--names", default="oracle", help="class names offered per image: oracle, all, or a JSON file")
     ev.add_argument("--class-names", default=None, help="your own class-name file (one class a line)")

@@ -1,7 +1,13 @@
 """The attention-capture core every promptseg method uses (see `capture`)."""
 
 from promptseg.capture.core import RecordingProcessor, StopForward, capture, run_until_captured
-from promptseg.capture.layers import AttentionLayer, attention_grids, grid_at_level, list_attention_layers, select_layers
+from promptseg.capture.layers import (
+    AttentionLayer,
+    attention_grids,
+    grid_at_level,
+    list_attention_layers,
+    select_layers,
+)
 from promptseg.capture.store import AttentionStore
 
 __all__ = [

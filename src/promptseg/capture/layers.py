@@ -49,7 +49,7 @@ def list_attention_layers(unet) -> list[AttentionLayer]:
     """
     n_levels = len(unet.config.block_out_channels)
     layers = []
-    for name, module in unet.attn_processors.items():
+    for name in unet.attn_processors:
         parts = name.split(".")
         if parts[0] == "mid_block":
             place, level = "mid", n_levels - 1

@@ -39,6 +39,7 @@ class EvalRun:
     model: str = DEFAULT_MODEL
     out: str = "eval_out"
     root: str | None = None
+    split: str | None = None
     limit: int | None = None
     names: str = "oracle"
     settings: dict = field(default_factory=dict)
@@ -145,7 +146,7 @@ def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
     """Run (or resume) an evaluation; returns the report on the main process (None on the others)."""
     from promptseg.methods import build_method, method_config
 
-    dataset = get_dataset(run.dataset, run.root, run.class_names_file)
+    dataset = get_dataset(run.dataset, run.root, run.class_names_file, **({"split": run.split} if run.split else {}))
     config = method_config(run.method, **run.settings)
     candidates = _candidates(run, dataset)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
@@ -159,6 +160,7 @@ def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
     settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # tuples -> lists, as reread
     signature = {
         "dataset": run.dataset,
+        "split": run.split,
         "method": run.method,
         "model": run.model,
         "names": run.names,
@@ -233,6 +235,7 @@ def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
     names = [line.split(",")[0].strip() for line in dataset.class_names]
     report = {
         "dataset": run.dataset,
+        "split": getattr(dataset, "split", run.split),
         "method": run.method,
         "model": run.model,
         "n_images": int(count),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from promptseg.capture import attention_grids
+from promptseg.capture import attention_grids, select_layers
 from promptseg.refine import resize_maps
 from promptseg.text import Label, parse_labels
 
@@ -99,11 +99,32 @@ def method_config(name: str, **overrides):
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
     config_cls = _REGISTRY[name][1]
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - known)
+    defaults = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(known)}")
-    return config_cls(**overrides)
+        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(defaults)}")
+    example = config_cls()
+    return config_cls(**{k: _coerce(k, v, getattr(example, k)) for k, v in overrides.items()})
+
+
+def _coerce(key: str, value, default):
+    """Settings given as text (command line, JSON): parse them to the type of the default value.
+
+    Text stays text for text settings; otherwise it is read as JSON ("null", "50", "[1, 2]", '{"0.25": 1}').
+    Resolution-weight dicts get float keys, lists become tuples where the default is a tuple.
+    """
+    if isinstance(value, str) and not isinstance(default, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"setting {key}={value!r} is not valid JSON ({err}); e.g. {key}={json.dumps(default)}") from err
+    if isinstance(default, dict) and isinstance(value, dict):
+        value = {float(k): float(v) for k, v in value.items()}
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return value
 
 
 def build_method(name: str, backbone, config=None, **overrides):
@@ -144,6 +165,32 @@ def resolve_weights(weights: dict[float, float], unet, latent_hw, kind: str) -> 
             f"UNet; it has {kind}-attention at fractions {fractions}"
         )
     return out
+
+
+@dataclass
+class AttentionPlan:
+    """Which attention a method reads: grids with weights, the refinement grid, and the layers to record.
+
+    Attributes:
+        cross (`dict[tuple[int, int], float]`): cross-attention grid -> weight.
+        self (`dict[tuple[int, int], float]`): self-attention grid -> weight.
+        target (`tuple[int, int]`): the finest self-attention grid, where maps are refined.
+        layers (`list[AttentionLayer]`): the layers to record.
+    """
+
+    cross: dict
+    self: dict
+    target: tuple[int, int]
+    layers: list
+
+
+def plan_attention(backbone, cross_weights: dict, self_weights: dict, places) -> AttentionPlan:
+    """Resolve {fraction: weight} settings on this backbone's UNet and select the layers to record."""
+    latent_hw = backbone.latent_size
+    cross = resolve_weights(cross_weights, backbone.unet, latent_hw, "cross")
+    self_grids = resolve_weights(self_weights, backbone.unet, latent_hw, "self")
+    layers = select_layers(backbone.unet, latent_hw, self_grids=self_grids, cross_grids=cross, places=places)
+    return AttentionPlan(cross=cross, self=self_grids, target=max(self_grids, key=lambda g: g[0] * g[1]), layers=layers)
 
 
 def to_pil(image) -> Image.Image:

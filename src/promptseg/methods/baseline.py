@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from promptseg.capture import AttentionStore, capture, select_layers
+from promptseg.capture import AttentionStore, capture
 from promptseg.methods.base import (
     PreparedImage,
     SegmentationResult,
     as_labels,
     finish,
+    plan_attention,
     prepare_pixels,
     register_method,
-    resolve_weights,
 )
 from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
 from promptseg.text import build_prompt, label_scores, split_to_fit
@@ -87,17 +87,8 @@ class Baseline:
     def __init__(self, backbone, config: BaselineConfig | None = None):
         self.backbone = backbone
         self.config = config or BaselineConfig()
-        latent_hw = backbone.latent_size
-        self.cross_grids = resolve_weights(self.config.cross_weights, backbone.unet, latent_hw, "cross")
-        self.self_grids = resolve_weights(self.config.self_weights, backbone.unet, latent_hw, "self")
-        self.target = max(self.self_grids, key=lambda g: g[0] * g[1])
-        self.layers = select_layers(
-            backbone.unet,
-            latent_hw,
-            self_grids=self.self_grids,
-            cross_grids=self.cross_grids,
-            places=self.config.places,
-        )
+        plan = plan_attention(backbone, self.config.cross_weights, self.config.self_weights, self.config.places)
+        self.cross_grids, self.self_grids, self.target, self.layers = plan.cross, plan.self, plan.target, plan.layers
 
     def prepare(self, image, prompt: str | None = None) -> PreparedImage:
         """Encode `image` (PIL or HxWx3 uint8) and noise it; with conditioning="prompt", also run the UNet once."""

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from promptseg.capture import AttentionStore, capture, select_layers
+from promptseg.capture import AttentionStore, capture
 from promptseg.methods.base import (
     PreparedImage,
     SegmentationResult,
     as_labels,
     finish,
+    plan_attention,
     prepare_pixels,
     register_method,
-    resolve_weights,
 )
 from promptseg.refine import hierarchical_refine, tokens_to_maps, weighted_sum
 from promptseg.text import build_prompt, label_scores, split_to_fit
@@ -102,13 +102,8 @@ class FastSeg:
         c = self.config
         if not 0 <= c.timestep < backbone.num_train_timesteps:
             raise ValueError(f"timestep must be in [0, {backbone.num_train_timesteps}), got {c.timestep}")
-        latent_hw = backbone.latent_size
-        self.cross_grids = resolve_weights(c.cross_weights, backbone.unet, latent_hw, "cross")
-        self.hard_grids = resolve_weights(c.hard_weights, backbone.unet, latent_hw, "self")
-        self.target = max(self.hard_grids, key=lambda g: g[0] * g[1])
-        self.layers = select_layers(
-            backbone.unet, latent_hw, self_grids=self.hard_grids, cross_grids=self.cross_grids, places=c.places
-        )
+        plan = plan_attention(backbone, c.cross_weights, c.hard_weights, c.places)
+        self.cross_grids, self.hard_grids, self.target, self.layers = plan.cross, plan.self, plan.target, plan.layers
 
     def prepare(self, image) -> PreparedImage:
         """VAE-encode the image (and its horizontal flip, as one batch)."""

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from promptseg.augment import crop_resize, random_crop_box, uncrop
-from promptseg.capture import AttentionStore, capture, run_until_captured, select_layers
+from promptseg.capture import AttentionStore, capture, run_until_captured
 from promptseg.losses import cluster_loss, entropy_loss, symmetric_kl
 from promptseg.methods.base import (
     PreparedImage,
     SegmentationResult,
     as_labels,
     finish,
+    plan_attention,
     register_method,
-    resolve_weights,
     to_pil,
 )
 from promptseg.methods.baseline import Baseline, BaselineConfig
@@ -114,13 +114,8 @@ class InvSeg:
                 seed=c.seed,
             ),
         )
-        latent_hw = backbone.latent_size
-        self.loss_cross = resolve_weights(c.loss_cross_weights, backbone.unet, latent_hw, "cross")
-        self.loss_self = resolve_weights(c.loss_self_weights, backbone.unet, latent_hw, "self")
-        self.loss_grid = max(self.loss_self, key=lambda g: g[0] * g[1])
-        self.loss_layers = select_layers(
-            backbone.unet, latent_hw, self_grids=self.loss_self, cross_grids=self.loss_cross, places=c.places
-        )
+        plan = plan_attention(backbone, c.loss_cross_weights, c.loss_self_weights, c.places)
+        self.loss_cross, self.loss_self, self.loss_grid, self.loss_layers = plan.cross, plan.self, plan.target, plan.layers
 
     def prepare(self, image) -> PreparedImage:
         """Encode `image` for the final pass and keep its full-size pixels for the augmented views."""

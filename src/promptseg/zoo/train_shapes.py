@@ -102,6 +102,17 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
 
 
+def _report(state: dict, phase: str, total: int, running: float, t0: float) -> float:
+    """Print and log progress every 50 steps; returns the new reference time."""
+    if state["step"] % 50:
+        return t0
+    rate = (time.time() - t0) / 50
+    eta = rate * (total - state["step"]) / 60
+    print(f"{phase} step {state['step']}/{total} loss {running:.4f} {rate:.2f}s/step eta {eta:.0f}min", flush=True)
+    state["log"].append({"phase": phase, "step": state["step"], "loss": running})
+    return time.time()
+
+
 def _lr(step: int, base: float, warmup: int, total: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -165,12 +176,7 @@ def train(args: argparse.Namespace) -> None:
             vae_opt.step()
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             state["step"] += 1
-            if state["step"] % 50 == 0:
-                rate = (time.time() - t0) / 50
-                t0 = time.time()
-                eta = rate * (args.vae_steps - state["step"]) / 60
-                print(f"vae step {state['step']}/{args.vae_steps} loss {running:.4f} {rate:.2f}s/step eta {eta:.0f}min", flush=True)
-                state["log"].append({"phase": "vae", "step": state["step"], "loss": running})
+            t0 = _report(state, "vae", args.vae_steps, running, t0)
             if state["step"] % args.save_every == 0:
                 save()
         state.update(phase="unet", step=0)
@@ -207,12 +213,7 @@ def train(args: argparse.Namespace) -> None:
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         state["step"] += 1
-        if state["step"] % 50 == 0:
-            rate = (time.time() - t0) / 50
-            t0 = time.time()
-            eta = rate * (args.steps - state["step"]) / 60
-            print(f"unet step {state['step']}/{args.steps} loss {running:.4f} {rate:.2f}s/step eta {eta:.0f}min", flush=True)
-            state["log"].append({"phase": "unet", "step": state["step"], "loss": running})
+        t0 = _report(state, "unet", args.steps, running, t0)
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
             save()
             export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state)

@@ -1,0 +1,159 @@
+"""Benchmark every method on the bundled shapes model and test split; record the results in benchmarks/results/.
+
+    python benchmarks/shapes_benchmark.py --n 300                 # all methods, 300 test images
+    python benchmarks/shapes_benchmark.py --methods baseline --n 50
+
+What it measures, all in one process on this machine:
+- mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset);
+- two references computed from the ground truth: "all background" (every pixel the image's true background word)
+  and "present classes, random" (each pixel a uniformly random class among those present; oracle knowledge of
+  which classes, none of where);
+- seconds per image, and the cost in UNet-forward equivalents: one bare UNet forward (batch 1, no capture) on the
+  same input is timed in the same run and counts 1;
+- the capture overhead: one UNet forward under capture of the baseline's layers against the bare forward.
+
+The methods' settings for this model are `SHAPES_SETTINGS` below, chosen on the *val* split (see
+`benchmarks/shapes_sweep.py`), never on the test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from promptseg import __version__, load_backbone
+from promptseg.capture import AttentionStore, capture
+from promptseg.data.shapes import ShapesDataset
+from promptseg.eval.metrics import confusion, scores
+from promptseg.eval.runner import EvalRun, evaluate
+from promptseg.methods import build_method
+
+HERE = Path(__file__).parent
+# Settings for the shapes model (16x16 latent: attention at 16x16 = fraction 1.0 and 8x8 = 0.5); chosen on val.
+SHAPES_SETTINGS = json.loads((HERE / "shapes_settings.json").read_text())
+
+
+def references(n: int, seed: int = 0) -> dict:
+    """mIoU of the two ground-truth references on the first n test images."""
+    data = ShapesDataset(split="test", n=n)
+    k = len(data.class_names)
+    rng = np.random.default_rng(seed)
+    totals = {"all_background": np.zeros((k, k + 1), np.int64), "present_random": np.zeros((k, k + 1), np.int64)}
+    for sample in data:
+        present = data.present_classes(sample.label)
+        background = min(present)  # backgrounds come first in the class list
+        totals["all_background"] += confusion(np.full_like(sample.label, background), sample.label, k)
+        guess = rng.choice(present, size=sample.label.shape)
+        totals["present_random"] += confusion(guess, sample.label, k)
+    out = {}
+    for name, total in totals.items():
+        s = scores(total)
+        out[name] = {"miou": s.miou, "per_class_iou": dict(zip(data.class_names, map(float, s.iou)))}
+    return out
+
+
+def unet_timings(backbone, repeats: int = 20) -> dict:
+    """Seconds of one bare UNet forward (batch 1) and of one under the baseline's capture."""
+    method = build_method("baseline", backbone, **SHAPES_SETTINGS["baseline"])
+    latents = torch.randn(1, backbone.unet.config.in_channels, *backbone.latent_size)
+    text = backbone.encode_text("a circle")
+    t = torch.tensor([100])
+
+    def bare():
+        backbone.unet(latents, t, encoder_hidden_states=text)
+
+    def captured():
+        with capture(backbone.unet, method.layers, AttentionStore(latent_hw=backbone.latent_size)):
+            backbone.unet(latents, t, encoder_hidden_states=text)
+
+    out = {}
+    with torch.no_grad():
+        for name, fn in (("bare_forward", bare), ("captured_forward", captured)):
+            for _ in range(3):
+                fn()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            out[name] = (time.perf_counter() - start) / repeats
+    out["capture_overhead"] = out["captured_forward"] / out["bare_forward"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--methods", default="baseline,fastseg,invseg")
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(args.model, device="cpu")
+    record = {
+        "model": args.model,
+        "n_images": args.n,
+        "promptseg_version": __version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}, torch threads {torch.get_num_threads()}".strip(),
+        "torch": torch.__version__,
+        "references": references(args.n),
+        "timing": unet_timings(backbone),
+        "methods": {},
+    }
+    for name in args.methods.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
+        report = evaluate(
+            EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
+                    settings=SHAPES_SETTINGS[name]),
+            progress=True,
+        )
+        report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
+        record["methods"][name] = report
+        shutil.copy(work / "report.md", out / f"shapes_{name}.md")
+        shutil.rmtree(work)
+    (out / "shapes.json").write_text(json.dumps(record, indent=1))
+    (out / "shapes.md").write_text(summary(record))
+    print(summary(record))
+
+
+def summary(record: dict) -> str:
+    """A markdown table of all methods and references."""
+    classes = list(record["references"]["all_background"]["per_class_iou"])
+    shapes = ["circle", "square", "triangle"]
+    head = "| method | mIoU | shape mIoU | " + " | ".join(classes) + " | s/image | UNet-forward equiv. |"
+    lines = [
+        f"# shapes benchmark ({record['n_images']} test images, model `{record['model']}`, promptseg "
+        f"{record['promptseg_version']})",
+        "",
+        f"Machine: {record['machine']}, torch {record['torch']}. One bare UNet forward: "
+        f"{1000 * record['timing']['bare_forward']:.1f} ms; under the baseline's capture: "
+        f"{1000 * record['timing']['captured_forward']:.1f} ms (x{record['timing']['capture_overhead']:.2f}).",
+        "",
+        head,
+        "|" + " --- |" * (len(classes) + 5),
+    ]
+    pct = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
+    rows = [(f"reference: {k.replace('_', ' ')}", v, None, None) for k, v in record["references"].items()]
+    rows += [(k, v, v["seconds_per_image"], v["unet_forward_equivalents"]) for k, v in record["methods"].items()]
+    for name, rep, secs, equiv in rows:
+        ious = rep["per_class_iou"]
+        shape_miou = float(np.mean([ious[s] for s in shapes]))
+        cells = " | ".join(pct(ious[c]) for c in classes)
+        timing = f"{secs:.3f} | {equiv:.1f}" if secs is not None else "- | -"
+        lines.append(f"| {name} | {pct(rep['miou'])} | {pct(shape_miou)} | {cells} | {timing} |")
+    lines += ["", "Settings:", "", "```json", json.dumps(SHAPES_SETTINGS, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
