@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/promptseg segment examples/*.png --model shapes --labels "circle,square,triangle,grass,sand,water,sky" \
-		--set background_threshold=null --set 'cross_weights={"1.0": 0.5, "0.5": 0.5}' --out demo_out
+		--out demo_out
 	$(BIN)/promptseg eval --dataset shapes --model shapes --method baseline --limit 40 --out demo_out/eval
 
 test: $(STAMP)

@@ -12,8 +12,8 @@ What it measures, all in one process on this machine:
   same input is timed in the same run and counts 1;
 - the capture overhead: one UNet forward under capture of the baseline's layers against the bare forward.
 
-The methods' settings for this model are `SHAPES_SETTINGS` below, chosen on the *val* split (see
-`benchmarks/shapes_sweep.py`), never on the test images.
+The methods' settings are the ones the model folder recommends (`promptseg_settings.json`, chosen on the *val*
+split by `benchmarks/shapes_sweep.py`, never on the test images); `evaluate` and `build_method` apply them.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from promptseg.eval.runner import EvalRun, evaluate
 from promptseg.methods import build_method
 
 HERE = Path(__file__).parent
-# Settings for the shapes model (16x16 latent: attention at 16x16 = fraction 1.0 and 8x8 = 0.5); chosen on val.
-SHAPES_SETTINGS = json.loads((HERE / "shapes_settings.json").read_text())
 
 
 def references(n: int, seed: int = 0) -> dict:
@@ -62,7 +60,7 @@ def references(n: int, seed: int = 0) -> dict:
 
 def unet_timings(backbone, repeats: int = 20) -> dict:
     """Seconds of one bare UNet forward (batch 1) and of one under the baseline's capture."""
-    method = build_method("baseline", backbone, **SHAPES_SETTINGS["baseline"])
+    method = build_method("baseline", backbone)
     latents = torch.randn(1, backbone.unet.config.in_channels, *backbone.latent_size)
     text = backbone.encode_text("a circle")
     t = torch.tensor([100])
@@ -84,6 +82,23 @@ def unet_timings(backbone, repeats: int = 20) -> dict:
                 fn()
             out[name] = (time.perf_counter() - start) / repeats
     out["capture_overhead"] = out["captured_forward"] / out["bare_forward"]
+    return out
+
+
+def early_stop_saving(backbone, model: str, n: int) -> dict:
+    """InvSeg's seconds per image with the optimisation's forward stopped after the last loss layer, and without."""
+    out = {"n_images": n}
+    for early in (True, False):
+        work = Path(tempfile.mkdtemp(prefix="shapes_invseg_stop_"))
+        report = evaluate(
+            EvalRun(dataset="shapes", method="invseg", model=model, out=str(work), limit=n, device="cpu",
+                    settings={"stop_forward_early": early}),
+            progress=False,
+            backbone=backbone,
+        )
+        out["early" if early else "full"] = {"seconds_per_image": report["seconds_per_image"], "miou": report["miou"]}
+        shutil.rmtree(work)
+    out["saving"] = 1 - out["early"]["seconds_per_image"] / out["full"]["seconds_per_image"]
     return out
 
 
@@ -113,14 +128,16 @@ def main() -> None:
     for name in args.methods.split(","):
         work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
         report = evaluate(
-            EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
-                    settings=SHAPES_SETTINGS[name]),
+            EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu"),
             progress=True,
+            backbone=backbone,
         )
         report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
         record["methods"][name] = report
         shutil.copy(work / "report.md", out / f"shapes_{name}.md")
         shutil.rmtree(work)
+    if "invseg" in record["methods"]:
+        record["invseg_early_stop"] = early_stop_saving(backbone, args.model, min(args.n, 20))
     (out / "shapes.json").write_text(json.dumps(record, indent=1))
     (out / "shapes.md").write_text(summary(record))
     print(summary(record))
@@ -151,7 +168,16 @@ def summary(record: dict) -> str:
         cells = " | ".join(pct(ious[c]) for c in classes)
         timing = f"{secs:.3f} | {equiv:.1f}" if secs is not None else "- | -"
         lines.append(f"| {name} | {pct(rep['miou'])} | {pct(shape_miou)} | {cells} | {timing} |")
-    lines += ["", "Settings:", "", "```json", json.dumps(SHAPES_SETTINGS, indent=1), "```", ""]
+    if "invseg_early_stop" in record:
+        e = record["invseg_early_stop"]
+        lines += ["", f"InvSeg's optimisation forward stopped after the last loss layer: "
+                  f"{e['early']['seconds_per_image']:.3f} s/image against {e['full']['seconds_per_image']:.3f} s/image "
+                  f"for the whole UNet ({100 * e['saving']:.0f}% less time; mIoU {100 * e['early']['miou']:.1f} vs "
+                  f"{100 * e['full']['miou']:.1f}, {e['n_images']} images)."]
+    lines += ["", "Settings (the model's `promptseg_settings.json` applied to each method's defaults):", ""]
+    for name, rep in record["methods"].items():
+        lines += [f"- {name}: `{json.dumps(rep['settings'], sort_keys=True)}`"]
+    lines.append("")
     return "\n".join(lines)
 
 

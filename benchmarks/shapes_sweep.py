@@ -1,6 +1,8 @@
-"""Choose each method's settings for the shapes model on the *val* split; write benchmarks/shapes_settings.json.
+"""Choose each method's settings for the shapes model on the *val* split; write them into the model folder.
 
-    python benchmarks/shapes_sweep.py --n 60
+    python benchmarks/shapes_sweep.py --n 60     # writes src/promptseg/zoo/shapes/promptseg_settings.json
+
+`load_backbone("shapes")` reads that file, and `build_method` starts from its settings (the caller's win).
 
 The test split (benchmarks/shapes_benchmark.py) is never looked at here. Only what the shapes model changes is
 swept: which resolutions exist (its 16x16 latent has attention at 16x16 and 8x8 only), the timestep, the prompt
@@ -17,19 +19,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from promptseg import load_backbone
+from promptseg.backbone import BUNDLED, SETTINGS_FILE
 from promptseg.eval.runner import EvalRun, evaluate
 
 HERE = Path(__file__).parent
 FINE, COARSE = 1.0, 0.5  # the shapes UNet's attention grids as fractions of its 16x16 latent
 
 
+BACKBONE = {}
+
+
 def run(method: str, settings: dict, n: int, model: str) -> float:
+    if model not in BACKBONE:
+        BACKBONE[model] = load_backbone(model, device="cpu")
     work = tempfile.mkdtemp(prefix="sweep_")
     try:
         report = evaluate(
             EvalRun(dataset="shapes", split="val", method=method, model=model, out=work, limit=n, device="cpu",
                     settings=settings),
             progress=False,
+            backbone=BACKBONE[model],
         )
     finally:
         shutil.rmtree(work)
@@ -48,7 +58,7 @@ def main() -> None:
     parser.add_argument("--model", default="shapes")
     args = parser.parse_args()
     log = []
-    prompts = [("{}", " and "), ("a {}", " and a "), ("a photo of {}", " and ")]
+    prompts = [("{}", " and "), ("a {}", " and a ")]
     best = {}
 
     baseline_axes = grid(
@@ -56,11 +66,11 @@ def main() -> None:
         prompt=prompts,
         cross_weights=[{FINE: 1.0}, {FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}],
         refine_iterations=[0, 1, 2],
+        self_weights=[{FINE: 1.0}, {COARSE: 1.0}],
     )
     for axes in baseline_axes:
         template, joiner = axes.pop("prompt")
-        settings = {**axes, "template": template, "joiner": joiner, "self_weights": {FINE: 1.0},
-                    "background_threshold": None}
+        settings = {**axes, "template": template, "joiner": joiner, "background_threshold": None}
         score = run("baseline", settings, args.n, args.model)
         log.append({"method": "baseline", "settings": settings, "val_miou": score})
         print(f"baseline {score:.4f} {settings}", flush=True)
@@ -68,9 +78,9 @@ def main() -> None:
             best["baseline"] = (score, settings)
     base = best["baseline"][1]
 
-    for axes in grid(timestep=[1, 50, 100], cross_weights=[{FINE: 1.0}, {FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}]):
-        settings = {**axes, "hard_weights": {FINE: 0.5, COARSE: 0.5}, "class_template": base["template"],
-                    "joiner": base["joiner"], "background_threshold": None}
+    resolutions = [{FINE: 1.0}, {FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}]
+    for axes in grid(timestep=[1, 50, 100], cross_weights=resolutions, hard_weights=resolutions):
+        settings = {**axes, "class_template": base["template"], "joiner": base["joiner"], "background_threshold": None}
         score = run("fastseg", settings, args.n, args.model)
         log.append({"method": "fastseg", "settings": settings, "val_miou": score})
         print(f"fastseg {score:.4f} {settings}", flush=True)
@@ -88,7 +98,8 @@ def main() -> None:
             best["invseg"] = (score, settings)
 
     chosen = {name: settings for name, (_, settings) in best.items()}
-    (HERE / "shapes_settings.json").write_text(json.dumps(chosen, indent=1) + "\n")
+    folder = BUNDLED.get(args.model, Path(args.model))
+    (Path(folder) / SETTINGS_FILE).write_text(json.dumps(chosen, indent=1) + "\n")
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     lines = [f"# Settings sweep on the shapes val split ({args.n} images; invseg {max(20, args.n // 3)})", "",

@@ -82,3 +82,25 @@ def test_device_and_dtype_are_chosen_not_hard_coded(monkeypatch):
 def test_prompt_longer_than_the_encoder_is_an_error(tiny):
     with pytest.raises(ValueError, match="longer than the text encoder's 20 tokens"):
         tiny.encode_text(" ".join(["cat"] * 30))
+
+
+def test_model_folders_can_recommend_method_settings(tiny_folder, tmp_path):
+    import json
+    import shutil
+
+    from promptseg import build_method
+    from promptseg.methods.base import config_for_model
+
+    folder = tmp_path / "with_settings"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "promptseg_settings.json").write_text(json.dumps({"baseline": {"timestep": 42, "template": "{}"}}))
+    backbone = load_backbone(str(folder), device="cpu")
+    assert backbone.method_defaults == {"baseline": {"timestep": 42, "template": "{}"}}
+    assert build_method("baseline", backbone).config.timestep == 42
+    assert build_method("baseline", backbone, timestep=7).config.timestep == 7  # the caller wins
+    assert config_for_model("baseline", str(folder), template="a {}").template == "a {}"
+    assert config_for_model("baseline", str(folder)).timestep == 42
+    assert config_for_model("baseline", str(tiny_folder)).timestep == 100  # no file: the paper's defaults
+    (folder / "promptseg_settings.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        config_for_model("baseline", str(folder))

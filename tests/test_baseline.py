@@ -106,3 +106,12 @@ def test_labels_that_do_not_fit_one_prompt_are_split_into_passes(tiny, image):
     assert np.corrcoef(result.scores[1:7].ravel(), alone.scores[1:].ravel())[0, 1] > 0.9
     with pytest.raises(ValueError, match="needs"):
         method.segment(prepared, [" ".join(["cat"] * 20)])
+
+
+def test_without_refinement_self_attention_is_not_recorded(tiny, image):
+    plain = build_method("baseline", tiny, refine_iterations=0)
+    assert plain.layers and all(layer.kind == "cross" for layer in plain.layers)
+    result = plain(image, ["cat", "dog"])
+    refined = build_method("baseline", tiny, refine_iterations=1)(image, ["cat", "dog"])
+    assert result.scores.shape == refined.scores.shape
+    assert not np.allclose(result.scores, refined.scores, atol=1e-3)

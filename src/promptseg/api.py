@@ -12,7 +12,8 @@ from pathlib import Path
 
 from promptseg.backbone import DEFAULT_MODEL, load_backbone
 from promptseg.io import ImageLoadError, load_image, save_result
-from promptseg.methods import build_method, method_config
+from promptseg.methods import build_method
+from promptseg.methods.base import config_for_model
 from promptseg.text import parse_labels
 
 
@@ -63,7 +64,7 @@ def segment_files(
     import time
 
     labels = parse_labels(labels)
-    config = method_config(method, **(settings or {}))
+    config = config_for_model(method, model, **(settings or {}))
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")

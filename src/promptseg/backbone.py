@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUNDLED = {"shapes": Path(__file__).parent / "zoo" / "shapes"}
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+SETTINGS_FILE = "promptseg_settings.json"
 _PACKED_FORMAT = "promptseg-packed-v1"
 _COMPONENTS = ("unet", "vae", "text_encoder")
 _DTYPES = {
@@ -70,6 +71,8 @@ class Backbone:
         unet, vae, text_encoder, tokenizer, scheduler: the diffusers / transformers components (eval mode,
             `requires_grad` off).
         device (`torch.device`), dtype (`torch.dtype`): where and how the components run.
+        method_defaults (`dict`): per-method settings the model folder recommends (`promptseg_settings.json`);
+            `build_method` starts from them, your overrides win.
     """
 
     name: str
@@ -80,6 +83,7 @@ class Backbone:
     scheduler: object
     device: torch.device
     dtype: torch.dtype
+    method_defaults: dict = field(default_factory=dict)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -247,6 +251,21 @@ def _load_single_file(path: Path, config: str | None, local_only: bool, dtype: t
     }
 
 
+def model_settings(name: str | os.PathLike) -> dict:
+    """The per-method settings a bundled model or local folder recommends ({} when it has none, or for hub ids).
+
+    Read from `promptseg_settings.json` beside `model_index.json`: {"method": {"setting": value}}.
+    """
+    folder = BUNDLED.get(str(name), Path(str(name)).expanduser())
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
 def load_backbone(
     name: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -310,7 +329,7 @@ def load_backbone(
                 parts = _load_folder_or_hub(key, local_files_only, dtype)
             except Exception as err:  # hub, cache and network errors all come here
                 raise _hub_error(key, err) from err
-    backbone = Backbone(name=key, device=device, dtype=dtype, **parts)
+    backbone = Backbone(name=key, device=device, dtype=dtype, method_defaults=model_settings(key), **parts)
     for module in (backbone.unet, backbone.vae, backbone.text_encoder):
         module.to(device)
     _freeze(backbone.unet, backbone.vae, backbone.text_encoder)

@@ -142,12 +142,16 @@ def _check_run_file(out: Path, signature: dict) -> None:
         _atomic_write(path, json.dumps(signature, indent=1, sort_keys=True))
 
 
-def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
-    """Run (or resume) an evaluation; returns the report on the main process (None on the others)."""
-    from promptseg.methods import build_method, method_config
+def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
+    """Run (or resume) an evaluation; returns the report on the main process (None on the others).
+
+    `backbone`, if given, is used instead of loading `run.model` (it must be that model: sweeps reuse one load).
+    """
+    from promptseg.methods import build_method
+    from promptseg.methods.base import config_for_model
 
     dataset = get_dataset(run.dataset, run.root, run.class_names_file, **({"split": run.split} if run.split else {}))
-    config = method_config(run.method, **run.settings)
+    config = config_for_model(run.method, run.model, **run.settings)
     candidates = _candidates(run, dataset)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:
@@ -189,9 +193,10 @@ def evaluate(run: EvalRun, progress: bool = True) -> dict | None:
             record = json.loads(record_path.read_text())
         else:
             if segmenter is None:
-                from promptseg.backbone import load_backbone
+                if backbone is None:
+                    from promptseg.backbone import load_backbone
 
-                backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
+                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
                 segmenter = build_method(run.method, backbone, config)
             if candidates is not None:
                 class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)

@@ -127,10 +127,19 @@ def _coerce(key: str, value, default):
     return value
 
 
+def config_for_model(name: str, model, **overrides):
+    """The settings of method `name` for `model` (a name or path): the method's defaults, changed by what the model
+    recommends (`promptseg_settings.json` in its folder), then by `overrides`. Needs no model loading."""
+    from promptseg.backbone import model_settings
+
+    return method_config(name, **{**model_settings(model).get(name, {}), **overrides})
+
+
 def build_method(name: str, backbone, config=None, **overrides):
-    """An instance of method `name` on `backbone`, with `config` or its defaults changed by `overrides`."""
+    """An instance of method `name` on `backbone`, with `config`, or else the method's defaults changed first by
+    the settings the model recommends (`backbone.method_defaults`), then by `overrides`."""
     if config is None:
-        config = method_config(name, **overrides)
+        config = method_config(name, **{**getattr(backbone, "method_defaults", {}).get(name, {}), **overrides})
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     return _REGISTRY[name][0](backbone, config)

@@ -48,7 +48,8 @@ class BaselineConfig:
     sees the prompt given to `prepare` (default empty) once per image, and any label set is read from the kept
     queries (OVAM-style, cheap re-segmentation)."""
     refine_iterations: int = 1
-    """Times the cross-attention is propagated by self-attention (1 = eq. 2)."""
+    """Times the cross-attention is propagated by self-attention (1 = eq. 2; 0 = no refinement, and self-attention
+    is then not recorded; the finest `self_weights` grid still sets the output grid)."""
     background_threshold: float | None = 0.5
     """Pixels whose best score is below this are background, unless a label is named "background"; None: never."""
     seed: int = 0
@@ -89,6 +90,9 @@ class Baseline:
         self.config = config or BaselineConfig()
         plan = plan_attention(backbone, self.config.cross_weights, self.config.self_weights, self.config.places)
         self.cross_grids, self.self_grids, self.target, self.layers = plan.cross, plan.self, plan.target, plan.layers
+        if self.config.refine_iterations == 0:  # no refinement: self-attention is not needed, so not recorded
+            self.self_grids = {}
+            self.layers = [layer for layer in self.layers if layer.kind == "cross"]
 
     def prepare(self, image, prompt: str | None = None) -> PreparedImage:
         """Encode `image` (PIL or HxWx3 uint8) and noise it; with conditioning="prompt", also run the UNet once."""
@@ -143,6 +147,8 @@ class Baseline:
         """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention."""
         maps = {g: tokens_to_maps(c, g) for g, c in label_cross.items()}
         mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
+        if not self.self_grids:
+            return minmax(mixed)
         total = sum(self.self_grids.values())
         propagate = sum(resize_self_attention(self_attn[g], g, self.target) * (w / total) for g, w in self.self_grids.items())
         refined = refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations)

@@ -196,7 +196,7 @@ class InvSeg:
                     backbone.unet(noisy, timesteps, encoder_hidden_states=text.to(backbone.dtype))
             maps, attn = self._loss_maps(store, tokens.positions)
             loss, parts = self.loss(maps, attn, boxes, image_hw)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 with torch.no_grad():
                     learn.copy_(last_finite)
                 log["warnings"].append(f"non-finite loss at step {len(log['loss'])}; kept the last finite prompt")
