@@ -62,9 +62,9 @@ def main() -> None:
     best = {}
 
     baseline_axes = grid(
-        timestep=[50, 100, 200],
+        timestep=[100, 200, 300, 400, 500],
         prompt=prompts,
-        cross_weights=[{FINE: 1.0}, {FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}],
+        cross_weights=[{FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}],
         refine_iterations=[0, 1, 2],
         self_weights=[{FINE: 1.0}, {COARSE: 1.0}],
     )
@@ -79,7 +79,7 @@ def main() -> None:
     base = best["baseline"][1]
 
     resolutions = [{FINE: 1.0}, {FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}]
-    for axes in grid(timestep=[1, 50, 100], cross_weights=resolutions, hard_weights=resolutions):
+    for axes in grid(timestep=[1, 100, 300, 500], cross_weights=resolutions[1:], hard_weights=resolutions):
         settings = {**axes, "class_template": base["template"], "joiner": base["joiner"], "background_threshold": None}
         score = run("fastseg", settings, args.n, args.model)
         log.append({"method": "fastseg", "settings": settings, "val_miou": score})
@@ -87,10 +87,12 @@ def main() -> None:
         if score > best.get("fastseg", (-1, None))[0]:
             best["fastseg"] = (score, settings)
 
-    readout = {k: base[k] for k in ("cross_weights", "self_weights", "template", "joiner", "background_threshold")}
-    for loss_grid in ({FINE: 1.0}, {COARSE: 1.0}):
+    readout = {k: base[k] for k in ("cross_weights", "self_weights", "template", "joiner", "background_threshold",
+                                     "timestep")}
+    t = base["timestep"]
+    for loss_grid, train_range in itertools.product(({FINE: 1.0}, {COARSE: 1.0}), ((5, 300), (max(5, t - 150), t + 150))):
         settings = {**readout, "loss_cross_weights": loss_grid, "loss_self_weights": loss_grid,
-                    "timestep": base["timestep"]}
+                    "train_timesteps": train_range}
         score = run("invseg", settings, max(20, args.n // 3), args.model)
         log.append({"method": "invseg", "settings": settings, "val_miou": score})
         print(f"invseg {score:.4f} {settings}", flush=True)

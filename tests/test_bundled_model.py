@@ -13,7 +13,9 @@ from promptseg.data.shapes import ShapesDataset
 from promptseg.eval.metrics import confusion, scores
 
 N_IMAGES = 24
-FLOORS = {"baseline": (0.0, 0.0), "fastseg": (0.0, 0.0)}  # (mIoU, mean shape IoU), set from the benchmark
+# (mIoU, mean shape IoU) floors; measured on these 24 images: baseline 0.755 / 0.535, fastseg 0.851 / 0.687,
+# invseg 0.746 / 0.519. The all-background reference scores 0.47 / 0.0.
+FLOORS = {"baseline": (0.65, 0.40), "fastseg": (0.72, 0.52), "invseg": (0.64, 0.40)}
 
 
 @pytest.fixture(scope="module")

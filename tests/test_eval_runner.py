@@ -96,8 +96,14 @@ def test_two_processes_give_the_numbers_of_one(tiny_folder, tmp_path):
     pytest.importorskip("accelerate")
     n = 7  # uneven shards: 4 + 3
     _run_cli_ok(_cli(tiny_folder, tmp_path / "one", n))
+    import socket
+
+    with socket.socket() as sock:  # a free port, so the test never collides with another process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "promptseg.cli"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "promptseg.cli"]
     _run_cli_ok(launch + _cli(tiny_folder, tmp_path / "two", n)[3:])
     a = json.loads((tmp_path / "one" / "report.json").read_text())
     b = json.loads((tmp_path / "two" / "report.json").read_text())

@@ -73,3 +73,10 @@ def test_dataset_gives_exact_labels():
     assert data.class_names == list(CLASS_NAMES)
     with pytest.raises(IndexError):
         data[4]
+
+
+def test_tokenizer_is_deterministic():
+    a = build_word_tokenizer(VOCABULARY, model_max_length=24)
+    b = build_word_tokenizer(list(reversed(VOCABULARY)), model_max_length=24)
+    assert a.get_vocab() == b.get_vocab()
+    assert a("a red circle on grassland").input_ids == b("a red circle on grassland").input_ids

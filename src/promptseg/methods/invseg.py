@@ -202,7 +202,7 @@ class InvSeg:
                 log["warnings"].append(f"non-finite loss at step {len(log['loss'])}; kept the last finite prompt")
                 break
             last_finite = learn.detach().clone()
-            log["loss"].append(float(loss))
+            log["loss"].append(float(loss.detach()))
             log["cluster"].append(parts["cluster"])
             log["entropy"].append(parts["entropy"])
             optimiser.zero_grad(set_to_none=True)
