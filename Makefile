@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (each sets up .venv idempotently first):
-#   make demo   - segment the bundled example images with the bundled model, and score it on 40 test images
+#   make demo   - segment the example images with the bundled model (demo_out/), and score it on 40 test images
 #   make test   - run the test-suite
 # A GPU user: create .venv and install your own torch build first; `make` keeps any torch it finds.
 PYTHON ?= python3
@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/promptseg segment examples/*.png --model shapes --labels "circle,square,triangle,grass,sand,water,sky" \
-		--out demo_out
+	$(BIN)/promptseg segment examples/shapes_test_1.png --model shapes --labels "circle,grass" --out demo_out
+	$(BIN)/promptseg segment examples/shapes_test_2.png --model shapes --labels "square,sky" --out demo_out
+	$(BIN)/promptseg segment examples/shapes_test_5.png --model shapes --labels "triangle,square,sand" --out demo_out
 	$(BIN)/promptseg eval --dataset shapes --model shapes --method baseline --limit 40 --out demo_out/eval
 
 test: $(STAMP)

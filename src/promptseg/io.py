@@ -94,8 +94,13 @@ def label_png(label_map: np.ndarray) -> Image.Image:
 
 
 def overlay(image: Image.Image, label_map: np.ndarray, labels: list[str], alpha: float = 0.5) -> Image.Image:
-    """The image with its label map blended in, and a legend strip of label colours and names below it."""
-    colours = palette(len(labels))
+    """The image with its label map blended in, and a legend strip of label colours and names below it.
+
+    Labels take the VOC colours from index 1 on (red, green, yellow, ...); a "background" label is black.
+    """
+    colours = palette(len(labels) + 1)[1:]
+    if labels and labels[0] == "background":
+        colours[0] = 0
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1 - alpha) * base + alpha * colours[label_map].astype(np.float32)
     picture = Image.fromarray(blended.round().astype(np.uint8))
