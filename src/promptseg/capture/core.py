@@ -88,8 +88,8 @@ def capture(
         raise RuntimeError("this UNet is already under capture(); leave the first `with capture(...)` block first")
     if not layers:
         raise ValueError("capture() needs at least one layer; see promptseg.capture.select_layers")
-    originals = dict(unet.attn_processors)
-    unknown = [layer.name for layer in layers if layer.name not in originals]
+    modules = _attention_modules(unet)
+    unknown = [layer.name for layer in layers if layer.name not in modules]
     if unknown:
         raise ValueError(f"layers not in this UNet: {unknown}")
 
@@ -103,16 +103,27 @@ def capture(
             raise StopForward()
 
     hook = count_and_stop if stop_after_last else None
-    processors = dict(originals)
-    for layer in layers:
-        processors[layer.name] = RecordingProcessor(store, layer.kind, hook)
-    unet.set_attn_processor(processors)
+    # Only the recorded layers' processors are swapped (diffusers' per-module `set_processor`); the rest are
+    # never touched, so they keep whatever they had (SDPA by default).
+    originals = {layer.name: modules[layer.name].processor for layer in layers}
     setattr(unet, _ACTIVE_FLAG, True)
     try:
+        for layer in layers:
+            modules[layer.name].set_processor(RecordingProcessor(store, layer.kind, hook))
         yield store
     finally:
-        unet.set_attn_processor(originals)
+        for name, processor in originals.items():
+            modules[name].set_processor(processor)
         setattr(unet, _ACTIVE_FLAG, False)
+
+
+def _attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Attention modules by processor name (the keys of `unet.attn_processors`), found once per UNet."""
+    cached = getattr(unet, "_promptseg_attention_modules", None)
+    if cached is None:
+        cached = {f"{name}.processor": m for name, m in unet.named_modules() if hasattr(m, "set_processor")}
+        unet._promptseg_attention_modules = cached
+    return cached
 
 
 def run_until_captured(unet: torch.nn.Module, *args, **kwargs) -> None:
