@@ -86,19 +86,24 @@ def unet_timings(backbone, repeats: int = 20) -> dict:
 
 
 def early_stop_saving(backbone, model: str, n: int) -> dict:
-    """InvSeg's seconds per image with the optimisation's forward stopped after the last loss layer, and without."""
+    """InvSeg's seconds per image with the optimisation's forward stopped after the last loss layer, and without,
+    for the loss on the model's chosen grid and on the coarser 8x8 grid (fraction 0.5)."""
     out = {"n_images": n}
-    for early in (True, False):
-        work = Path(tempfile.mkdtemp(prefix="shapes_invseg_stop_"))
-        report = evaluate(
-            EvalRun(dataset="shapes", method="invseg", model=model, out=str(work), limit=n, device="cpu",
-                    settings={"stop_forward_early": early}),
-            progress=False,
-            backbone=backbone,
-        )
-        out["early" if early else "full"] = {"seconds_per_image": report["seconds_per_image"], "miou": report["miou"]}
-        shutil.rmtree(work)
-    out["saving"] = 1 - out["early"]["seconds_per_image"] / out["full"]["seconds_per_image"]
+    for loss_grid in ("chosen", "0.5"):
+        extra = {} if loss_grid == "chosen" else {"loss_cross_weights": {0.5: 1.0}, "loss_self_weights": {0.5: 1.0}}
+        entry = {}
+        for early in (True, False):
+            work = Path(tempfile.mkdtemp(prefix="shapes_invseg_stop_"))
+            report = evaluate(
+                EvalRun(dataset="shapes", method="invseg", model=model, out=str(work), limit=n, device="cpu",
+                        settings={"stop_forward_early": early, **extra}),
+                progress=False,
+                backbone=backbone,
+            )
+            entry["early" if early else "full"] = {"seconds_per_image": report["seconds_per_image"], "miou": report["miou"]}
+            shutil.rmtree(work)
+        entry["saving"] = 1 - entry["early"]["seconds_per_image"] / entry["full"]["seconds_per_image"]
+        out[f"loss_grid_{loss_grid}"] = entry
     return out
 
 
@@ -169,11 +174,16 @@ def summary(record: dict) -> str:
         timing = f"{secs:.3f} | {equiv:.1f}" if secs is not None else "- | -"
         lines.append(f"| {name} | {pct(rep['miou'])} | {pct(shape_miou)} | {cells} | {timing} |")
     if "invseg_early_stop" in record:
-        e = record["invseg_early_stop"]
-        lines += ["", f"InvSeg's optimisation forward stopped after the last loss layer: "
-                  f"{e['early']['seconds_per_image']:.3f} s/image against {e['full']['seconds_per_image']:.3f} s/image "
-                  f"for the whole UNet ({100 * e['saving']:.0f}% less time; mIoU {100 * e['early']['miou']:.1f} vs "
-                  f"{100 * e['full']['miou']:.1f}, {e['n_images']} images)."]
+        stop = record["invseg_early_stop"]
+        lines += ["", f"InvSeg's optimisation forward stopped after the last loss layer, against the whole UNet "
+                  f"({stop['n_images']} images):", ""]
+        for key, e in stop.items():
+            if key.startswith("loss_grid_"):
+                lines.append(
+                    f"- loss grid {key.removeprefix('loss_grid_')}: {e['early']['seconds_per_image']:.3f} vs "
+                    f"{e['full']['seconds_per_image']:.3f} s/image (saving {100 * e['saving']:+.0f}%; mIoU "
+                    f"{100 * e['early']['miou']:.1f} vs {100 * e['full']['miou']:.1f})"
+                )
     lines += ["", "Settings (the model's `promptseg_settings.json` applied to each method's defaults):", ""]
     for name, rep in record["methods"].items():
         lines += [f"- {name}: `{json.dumps(rep['settings'], sort_keys=True)}`"]

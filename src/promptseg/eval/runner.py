@@ -178,7 +178,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
     mine = shard.indices(n)
     total = np.zeros(shape, np.int64)
-    seconds, computed = 0.0, 0
+    seconds = 0.0
     segmenter = None
     bar = None
     if progress and shard.is_main:
@@ -223,7 +223,6 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
                 vis_dir.mkdir(exist_ok=True)
                 save_comparison(sample.image, sample.label, pred, vis_dir / f"{sample.id}.png")
-            computed += 1
         total += _dense(record["confusion"], shape)
         seconds += record["seconds"]
         if bar is not None:
