@@ -71,3 +71,14 @@ def test_label_helpers(tmp_path):
     assert read_class_names(f) == ["background, sky, wall", "cat"]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         read_class_names(tmp_path / "nope.txt")
+
+
+def test_caption_reaches_fastseg_and_invseg_refuses_one(tiny_folder, images, tmp_path, capsys):
+    out = tmp_path / "fast"
+    code = main(["segment", str(images[0]), "--labels", "cat,dog", "--method", "fastseg", "--caption", "a red cat",
+                 "--model", str(tiny_folder), "--out", str(out), "--device", "cpu"])
+    assert code == 0 and (out / "img0_masks.json").exists()
+    code = main(["segment", str(images[0]), "--labels", "cat,dog", "--method", "invseg", "--caption", "a red cat",
+                 "--model", str(tiny_folder), "--out", str(tmp_path / "inv"), "--device", "cpu",
+                 "--set", 'loss_cross_weights={"1.0": 1}', "--set", 'loss_self_weights={"1.0": 1}'])
+    assert code == 2 and "invseg" in capsys.readouterr().err
