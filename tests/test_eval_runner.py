@@ -66,7 +66,7 @@ def _env():
 
 
 def test_killed_run_resumes_to_the_same_numbers(tiny_folder, tmp_path):
-    n = 12
+    n = 40  # long enough that the kill lands part-way on a fast machine too
     whole = _run_cli_ok(_cli(tiny_folder, tmp_path / "whole", n))
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cli(tiny_folder, out, n), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
