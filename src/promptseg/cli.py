@@ -67,8 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
-        limit=args.limit,
-        names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
+        limit=args.limit, names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
         class_names_file=args.class_names, save_vis=args.save_vis,
     )
     report = evaluate(run)

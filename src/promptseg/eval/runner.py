@@ -25,6 +25,7 @@ from promptseg import __version__
 from promptseg.backbone import DEFAULT_MODEL
 from promptseg.data import get_dataset
 from promptseg.eval.metrics import confusion, scores
+from promptseg.text import parse_labels
 
 NAME_MODES = ("oracle", "all")
 
@@ -157,6 +158,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     if n < 1:
         raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
     num_classes = len(dataset.class_names)
+    labels = parse_labels(dataset.class_names)  # one Label per class; `Label.name` is what results report
     shape = (num_classes, num_classes + 1)
     out = Path(run.out)
     per_image = out / "images"
@@ -206,11 +208,10 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                 class_ids = list(range(num_classes))
             start = time.perf_counter()
             if class_ids:
-                result = segmenter(sample.image, [dataset.class_names[c] for c in class_ids])
-                names = result.labels
-                first = {dataset.class_names[c].split(",")[0].strip(): c for c in class_ids}
+                result = segmenter(sample.image, [labels[c] for c in class_ids])
+                ids = {labels[c].name: c for c in class_ids}
                 bg = dataset.background if dataset.background is not None else dataset.ignore_index
-                lut = np.array([first.get(name, bg if name == "background" else dataset.ignore_index) for name in names])
+                lut = np.array([ids.get(name, bg if name == "background" else dataset.ignore_index) for name in result.labels])
                 pred = lut[result.label_map]
             else:  # no candidate: nothing predicted
                 pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
@@ -236,7 +237,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     if not shard.is_main:
         return None
     result = scores(total)
-    names = [line.split(",")[0].strip() for line in dataset.class_names]
+    names = [label.name for label in labels]
     report = {
         "dataset": run.dataset,
         "split": getattr(dataset, "split", run.split),

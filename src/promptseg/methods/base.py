@@ -99,10 +99,10 @@ def method_config(name: str, **overrides):
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
     config_cls = _REGISTRY[name][1]
-    defaults = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - set(defaults))
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(defaults)}")
+        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(known)}")
     example = config_cls()
     return config_cls(**{k: _coerce(k, v, getattr(example, k)) for k, v in overrides.items()})
 
@@ -132,14 +132,19 @@ def config_for_model(name: str, model, **overrides):
     recommends (`promptseg_settings.json` in its folder), then by `overrides`. Needs no model loading."""
     from promptseg.backbone import model_settings
 
-    return method_config(name, **{**model_settings(model).get(name, {}), **overrides})
+    return _recommended_config(name, model_settings(model), overrides)
+
+
+def _recommended_config(name: str, recommended: dict, overrides: dict):
+    """Method `name`'s settings: defaults, then the model's `recommended` {method: settings}, then `overrides`."""
+    return method_config(name, **{**recommended.get(name, {}), **overrides})
 
 
 def build_method(name: str, backbone, config=None, **overrides):
     """An instance of method `name` on `backbone`, with `config`, or else the method's defaults changed first by
     the settings the model recommends (`backbone.method_defaults`), then by `overrides`."""
     if config is None:
-        config = method_config(name, **{**getattr(backbone, "method_defaults", {}).get(name, {}), **overrides})
+        config = _recommended_config(name, getattr(backbone, "method_defaults", {}), overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     return _REGISTRY[name][0](backbone, config)
