@@ -58,8 +58,12 @@ def references(n: int, seed: int = 0) -> dict:
     return out
 
 
-def unet_timings(backbone, repeats: int = 20) -> dict:
-    """Seconds of one bare UNet forward (batch 1) and of one under the baseline's capture."""
+def unet_timings(backbone, repeats: int = 20, rounds: int = 7) -> dict:
+    """Seconds of one bare UNet forward (batch 1) and of one under the baseline's capture.
+
+    The two are timed in alternating rounds of `repeats` calls and each takes the median round, so a burst of
+    load on the shared machine hits both alike instead of skewing their ratio.
+    """
     method = build_method("baseline", backbone)
     latents = torch.randn(1, backbone.unet.config.in_channels, *backbone.latent_size)
     text = backbone.encode_text("a circle")
@@ -72,15 +76,18 @@ def unet_timings(backbone, repeats: int = 20) -> dict:
         with capture(backbone.unet, method.layers, AttentionStore(latent_hw=backbone.latent_size)):
             backbone.unet(latents, t, encoder_hidden_states=text)
 
-    out = {}
+    samples = {"bare_forward": [], "captured_forward": []}
     with torch.no_grad():
-        for name, fn in (("bare_forward", bare), ("captured_forward", captured)):
+        for fn in (bare, captured):
             for _ in range(3):
                 fn()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            out[name] = (time.perf_counter() - start) / repeats
+        for _ in range(rounds):
+            for name, fn in (("bare_forward", bare), ("captured_forward", captured)):
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / repeats)
+    out = {name: float(np.median(values)) for name, values in samples.items()}
     out["capture_overhead"] = out["captured_forward"] / out["bare_forward"]
     return out
 
