@@ -1,5 +1,6 @@
 # Two commands for a fresh machine (each sets up .venv idempotently first):
-#   make demo   - segment the example images with the bundled model (demo_out/), and score it on 40 test images
+#   make demo   - segment the example images with the bundled model, offering the whole vocabulary (demo_out/), and
+#                 score it on 40 test images in the same vocabulary setting
 #   make test   - run the test-suite
 # A GPU user: create .venv and install your own torch build first; `make` keeps any torch it finds.
 PYTHON ?= python3
@@ -8,24 +9,29 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptseg-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean chromium
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,demo]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/promptseg segment examples/shapes_test_1.png --model shapes --labels "circle,grass" --out demo_out
-	$(BIN)/promptseg segment examples/shapes_test_2.png --model shapes --labels "square,sky" --out demo_out
-	$(BIN)/promptseg segment examples/shapes_test_5.png --model shapes --labels "triangle,square,sand" --out demo_out
-	$(BIN)/promptseg eval --dataset shapes --model shapes --method baseline --limit 40 --out demo_out/eval
+	$(BIN)/promptseg segment examples/*.png --model shapes --labels "grass,sand,water,sky,circle,square,triangle" --out demo_out
+	$(BIN)/promptseg eval --dataset shapes --model shapes --method baseline --names all --limit 40 --out demo_out/eval
 
-test: $(STAMP)
-	$(BIN)/python -m ruff check src tests benchmarks
+# The browser test drives the web demo in Debian's chromium (Playwright cannot download its own browser here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    else echo "chromium is missing and cannot be installed here (not root or no apt-get): the browser test will be skipped"; fi; }
+
+test: $(STAMP) chromium
+	$(BIN)/python -m ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)

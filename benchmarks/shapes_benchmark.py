@@ -4,7 +4,11 @@
     python benchmarks/shapes_benchmark.py --methods baseline --n 50
 
 What it measures, all in one process on this machine:
-- mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset);
+- mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset) in
+  two settings: the *vocabulary* setting, the headline (all seven class names offered to every image, then the
+  class filter: the one the model recommends, and for baseline and fastseg also every other filter and none), and
+  the *oracle* setting (each image offered the classes present in it);
+- the filter's precision and recall against each image's ground-truth classes, and its share of the cost;
 - two references computed from the ground truth: "all background" (every pixel the image's true background word)
   and "present classes, random" (each pixel a uniformly random class among those present; oracle knowledge of
   which classes, none of where);
@@ -34,6 +38,7 @@ from promptseg.capture import AttentionStore, capture
 from promptseg.data.shapes import ShapesDataset
 from promptseg.eval.metrics import confusion, scores
 from promptseg.eval.runner import EvalRun, evaluate
+from promptseg.filters import list_filters, resolve_filter
 from promptseg.methods import build_method
 
 HERE = Path(__file__).parent
@@ -121,6 +126,11 @@ def main() -> None:
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--poor-words", type=float, default=1.0,
+                        help="also run baseline and invseg with every class word's embedding pushed by this x its norm "
+                             "(0: skip)")
+    parser.add_argument("--all-filters", default="baseline,fastseg",
+                        help="methods also run with every other filter (and none) in the vocabulary setting")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,18 +147,39 @@ def main() -> None:
         "timing": unet_timings(backbone),
         "methods": {},
     }
+    recommended = resolve_filter(backbone.method_defaults, None, {})[0]
     for name in args.methods.split(","):
-        work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
-        report = evaluate(
-            EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu"),
-            progress=True,
-            backbone=backbone,
-        )
-        report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
-        record["methods"][name] = report
-        shutil.copy(work / "report.md", out / f"shapes_{name}.md")
-        shutil.rmtree(work)
-    if "invseg" in record["methods"]:
+        runs = [("all", recommended)]
+        if name in args.all_filters.split(","):
+            runs += [("all", f) for f in list_filters() if f != recommended]
+        runs.append(("oracle", None))
+        for names, label_filter in runs:
+            key = f"{name} ({'vocabulary, filter ' + label_filter if names == 'all' else 'oracle'})"
+            work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
+            report = evaluate(
+                EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
+                        names=names, filter=label_filter),
+                progress=True,
+                backbone=backbone,
+            )
+            report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
+            record["methods"][key] = report
+            suffix = "" if names == "oracle" else f"_vocabulary_{label_filter}"
+            shutil.copy(work / "report.md", out / f"shapes_{name}{suffix}.md")
+            shutil.rmtree(work)
+    if args.poor_words:  # InvSeg's motivation: class words that fit the image poorly (benchmarks/invseg_diagnosis.py)
+        from invseg_diagnosis import poor_words
+
+        poor_words(backbone, args.poor_words)
+        for name in ("baseline", "invseg"):
+            work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_poor_"))
+            report = evaluate(EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n,
+                                      device="cpu"), progress=True, backbone=backbone)
+            report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
+            record["methods"][f"{name} (oracle, poor words {args.poor_words:g})"] = report
+            shutil.rmtree(work)
+        del backbone.encode_text
+    if "invseg" in args.methods.split(","):
         record["invseg_early_stop"] = early_stop_saving(backbone, args.model, min(args.n, 20))
     (out / "shapes.json").write_text(json.dumps(record, indent=1))
     (out / "shapes.md").write_text(summary(record))
@@ -159,7 +190,8 @@ def summary(record: dict) -> str:
     """A markdown table of all methods and references."""
     classes = list(record["references"]["all_background"]["per_class_iou"])
     shapes = ["circle", "square", "triangle"]
-    head = "| method | mIoU | shape mIoU | " + " | ".join(classes) + " | s/image | UNet-forward equiv. |"
+    head = ("| method (setting) | mIoU | shape mIoU | " + " | ".join(classes)
+            + " | filter P / R | s/image | UNet-forward equiv. |")
     lines = [
         f"# shapes benchmark ({record['n_images']} test images, model `{record['model']}`, promptseg "
         f"{record['promptseg_version']})",
@@ -169,17 +201,20 @@ def summary(record: dict) -> str:
         f"{1000 * record['timing']['captured_forward']:.1f} ms (x{record['timing']['capture_overhead']:.2f}).",
         "",
         head,
-        "|" + " --- |" * (len(classes) + 5),
+        "|" + " --- |" * (len(classes) + 6),
     ]
     pct = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
     rows = [(f"reference: {k.replace('_', ' ')}", v, None, None) for k, v in record["references"].items()]
-    rows += [(k, v, v["seconds_per_image"], v["unet_forward_equivalents"]) for k, v in record["methods"].items()]
+    vocabulary = {k: v for k, v in record["methods"].items() if "vocabulary" in k}
+    oracle = {k: v for k, v in record["methods"].items() if "vocabulary" not in k}
+    rows += [(k, v, v["seconds_per_image"], v["unet_forward_equivalents"]) for k, v in {**vocabulary, **oracle}.items()]
     for name, rep, secs, equiv in rows:
         ious = rep["per_class_iou"]
         shape_miou = float(np.mean([ious[s] for s in shapes]))
         cells = " | ".join(pct(ious[c]) for c in classes)
         timing = f"{secs:.3f} | {equiv:.1f}" if secs is not None else "- | -"
-        lines.append(f"| {name} | {pct(rep['miou'])} | {pct(shape_miou)} | {cells} | {timing} |")
+        filt = f"{pct(rep['filter_precision'])} / {pct(rep['filter_recall'])}" if "filter_precision" in rep else "-"
+        lines.append(f"| {name} | {pct(rep['miou'])} | {pct(shape_miou)} | {cells} | {filt} | {timing} |")
     if "invseg_early_stop" in record:
         stop = record["invseg_early_stop"]
         lines += ["", f"InvSeg's optimisation forward stopped after the last loss layer, against the whole UNet "
@@ -193,7 +228,11 @@ def summary(record: dict) -> str:
                 )
     lines += ["", "Settings (the model's `promptseg_settings.json` applied to each method's defaults):", ""]
     for name, rep in record["methods"].items():
-        lines += [f"- {name}: `{json.dumps(rep['settings'], sort_keys=True)}`"]
+        if name.endswith("(oracle)"):
+            lines += [f"- {name.split(' ')[0]}: `{json.dumps(rep['settings'], sort_keys=True)}`"]
+    filters = {rep["filter"]: rep["filter_settings"] for rep in record["methods"].values() if rep["filter"] != "none"}
+    lines += ["", "Filter settings (vocabulary setting; filter P / R: per-image precision / recall of the kept classes):", ""]
+    lines += [f"- {name}: `{json.dumps(settings, sort_keys=True)}`" for name, settings in filters.items()]
     lines.append("")
     return "\n".join(lines)
 

@@ -20,25 +20,10 @@ import torch
 from promptseg import load_backbone
 from promptseg.capture import attention_grids, select_layers
 from promptseg.data.shapes_world import BACKGROUNDS, CLASS_NAMES, COLOURS, SHAPES, render_sample
+from promptseg.eval.metrics import auroc
 from promptseg.methods.base import prepare_pixels
 from promptseg.methods.baseline import attention_pass, noised_latents
 from promptseg.refine import resize_maps, tokens_to_maps
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum formula (ties get average ranks)."""
-    pos, neg = positive.sum(), (~positive).sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    ranks[order] = np.arange(1, len(scores) + 1)
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        if count > 1:
-            ranks[order[start : start + count]] = start + (count + 1) / 2
-    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ def test_segment_writes_all_four_outputs(tiny_folder, images, tmp_path, capsys):
     broken.write_bytes(b"")
     out = tmp_path / "out"
     code = main(["segment", str(images[0]), str(broken), str(images[1]), "--labels", "cat,person|people",
-                 "--model", str(tiny_folder), "--out", str(out), "--device", "cpu", "--set", "timestep=50"])
+                 "--model", str(tiny_folder), "--out", str(out), "--device", "cpu", "--set", "timestep=50",
+                 "--filter", "none"])  # every label kept: this test is about the files (tests/test_filters.py: filters)
     captured = capsys.readouterr()
     assert code == 1  # one file failed ...
     assert "broken.png" in captured.err and "wrote 2 of 3" in captured.out  # ... and the others were written

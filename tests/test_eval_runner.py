@@ -111,3 +111,20 @@ def test_two_processes_give_the_numbers_of_one(tiny_folder, tmp_path):
     assert a["n_images"] == b["n_images"] == n
     assert a["miou"] == b["miou"] and a["per_class_iou"] == b["per_class_iou"]
     assert len(list((tmp_path / "two" / "images").glob("*.json"))) == n
+
+
+def test_vocabulary_runs_report_the_filter_against_the_ground_truth(tmp_path):
+    report = evaluate(EvalRun(dataset="shapes", model="shapes", out=str(tmp_path / "v"), limit=4, device="cpu",
+                              names="all", filter="clip", filter_settings={"model": "shapes-clip"}), progress=False)
+    assert report["filter"] == "clip" and report["filter_settings"]["model"] == "shapes-clip"
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "v" / "images").glob("*.json"))]
+    hits = sum(len(set(r["kept"]) & set(r["present"])) for r in records)
+    assert report["filter_recall_pooled"] == pytest.approx(hits / sum(len(r["present"]) for r in records))
+    assert report["filter_precision_pooled"] == pytest.approx(hits / sum(len(r["kept"]) for r in records))
+    per_image = [len(set(r["kept"]) & set(r["present"])) / len(r["present"]) for r in records]
+    assert report["filter_recall"] == pytest.approx(sum(per_image) / 4)
+    assert all(r["classes"] == list(range(7)) and set(r["kept"]) <= set(r["classes"]) for r in records)
+    assert "class filter: `clip`" in (tmp_path / "v" / "report.md").read_text()
+    oracle = evaluate(EvalRun(dataset="shapes", model="shapes", out=str(tmp_path / "o"), limit=2, device="cpu"),
+                      progress=False)
+    assert oracle["filter"] == "none" and oracle["filter_precision"] == oracle["filter_recall"] == 1.0

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promptseg.backbone import DEFAULT_MODEL, load_backbone
+from promptseg.backbone import DEFAULT_MODEL, load_backbone, model_settings
+from promptseg.filters import build_filter, filter_config, resolve_filter, segment_filtered
 from promptseg.io import ImageLoadError, load_image, save_result
 from promptseg.methods import build_method
 from promptseg.methods.base import config_for_model
@@ -54,22 +55,29 @@ def segment_files(
     settings: dict | None = None,
     prompt: str | None = None,
     allow_pickle: bool = False,
+    filter: str | None = None,
+    filter_settings: dict | None = None,
     on_progress: Callable[[FileOutcome], None] | None = None,
 ) -> list[FileOutcome]:
     """Segment each image file into `labels` and write its four outputs to `out_dir`.
 
     Labels and settings are checked before the model loads. A file that cannot be read is reported in its
-    `FileOutcome.error` and the other files are still processed.
+    `FileOutcome.error` and the other files are still processed. `filter` names the class filter run first
+    ("none" to switch it off; None: the one the model recommends); what it kept and dropped is written into each
+    image's masks JSON.
     """
     import time
 
     labels = parse_labels(labels)
     config = config_for_model(method, model, **(settings or {}))
+    filter_name, filter_overrides = resolve_filter(model_settings(model), filter, filter_settings or {})
+    filter_cfg = filter_config(filter_name, **filter_overrides)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
     backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     segmenter = build_method(method, backbone, config)
+    label_filter = build_filter(filter_name, backbone, filter_cfg)
     outcomes = []
     for path, stem in zip(paths, _unique_stems(paths)):
         start = time.perf_counter()
@@ -79,8 +87,7 @@ def segment_files(
         except ImageLoadError as err:
             outcome.error = str(err)
         else:
-            kwargs = {"prompt": prompt} if prompt is not None else {}
-            result = segmenter(image, labels, **kwargs)
+            result = segment_filtered(segmenter, label_filter, image, labels, prompt=prompt)
             outcome.outputs = save_result(result, image, out_dir, stem)
         outcome.seconds = time.perf_counter() - start
         outcomes.append(outcome)

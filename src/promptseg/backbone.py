@@ -39,6 +39,11 @@ _DTYPES = {
 }
 
 
+def hub_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` asks never to touch the network (the default for `local_files_only`)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 def choose_device(device: str | torch.device | None = None) -> torch.device:
     """`device` if given, else CUDA when available, else CPU."""
     if device is not None:
@@ -71,8 +76,9 @@ class Backbone:
         unet, vae, text_encoder, tokenizer, scheduler: the diffusers / transformers components (eval mode,
             `requires_grad` off).
         device (`torch.device`), dtype (`torch.dtype`): where and how the components run.
-        method_defaults (`dict`): per-method settings the model folder recommends (`promptseg_settings.json`);
-            `build_method` starts from them, your overrides win.
+        method_defaults (`dict`): what the model folder recommends (`promptseg_settings.json`): per-method settings
+            ({method: {setting: value}}), which `build_method` starts from (your overrides win), and the class filter
+            ("filter": name, "filters": {name: settings}), which `promptseg.filters.resolve_filter` reads.
     """
 
     name: str
@@ -297,7 +303,7 @@ def load_backbone(
     dtype = choose_dtype(dtype, device)
     key = str(name)
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        local_files_only = hub_offline()
     if key in BUNDLED:
         folder = BUNDLED[key]
         if not (folder / "model_index.json").is_file():

@@ -19,6 +19,13 @@ def _settings(pairs: list[str]) -> dict:
     return out
 
 
+def _filter_args(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--filter", default=None, help=f"class filter run before the method (see `promptseg filters`); "
+                        f"'none' switches it off; default: {default_help}")
+    parser.add_argument("--filter-set", dest="filter_settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a filter setting, value as JSON (e.g. --filter-set threshold=0.3)")
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="baseline", help="segmentation method (see `promptseg methods`)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
@@ -44,7 +51,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outcomes = segment_files(
         args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
-        on_progress=lambda outcome: bar.update(1),
+        filter=args.filter, filter_settings=_settings(args.filter_settings), on_progress=lambda outcome: bar.update(1),
     )
     bar.close()
     failed = [o for o in outcomes if o.error]
@@ -62,18 +69,36 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filters(args: argparse.Namespace) -> int:
+    from promptseg.filters import list_filters
+
+    for name, summary in list_filters().items():
+        print(f"{name:10s} {summary}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.eval.runner import EvalRun, evaluate
 
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
-        class_names_file=args.class_names, save_vis=args.save_vis,
+        class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
+        filter_settings=_settings(args.filter_settings),
     )
     report = evaluate(run)
     if report is not None:
         print(f"{args.method} on {args.dataset}: mIoU {100 * report['miou']:.2f}  mAcc {100 * report['macc']:.2f}  "
-              f"({report['n_images']} images, {report['seconds_per_image']:.2f} s/image) -> {args.out}/report.md")
+              f"({report['n_images']} images, {report['seconds_per_image']:.2f} s/image; filter {report['filter']}: "
+              f"precision {100 * report['filter_precision']:.1f}, recall {100 * report['filter_recall']:.1f}) "
+              f"-> {args.out}/report.md")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from promptseg.demo import serve
+
+    serve(model=args.model, host=args.host, port=args.port, device=args.device)
     return 0
 
 
@@ -90,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--prompt", "--caption", dest="prompt", default=None,
                      help="a caption of the image (fastseg) or the conditioning prompt (baseline with conditioning=prompt)")
     _model_args(seg)
+    _filter_args(seg, "the one the model recommends")
     seg.set_defaults(func=cmd_segment)
 
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
@@ -102,10 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-vis", type=int, default=0, help="save prediction pictures of the first N images")
     ev.add_argument("--out", default="eval_out", help="output folder (rerun with the same one to resume)")
     _model_args(ev)
+    _filter_args(ev, "none with --names oracle, else the one the model recommends")
     ev.set_defaults(func=cmd_eval)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=cmd_methods)
+    demo = sub.add_parser("demo", help="start the web demo (needs the 'demo' extra: pip install 'promptseg[demo]')")
+    demo.add_argument("--model", default="shapes", help="hub id, diffusers folder, .safetensors file or 'shapes'")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    demo.set_defaults(func=cmd_demo)
+    filters = sub.add_parser("filters", help="list the registered class filters")
+    filters.set_defaults(func=cmd_filters)
     return parser
 
 
@@ -113,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
         print(f"promptseg: error: {err}", file=sys.stderr)
         return 2
 

@@ -135,5 +135,8 @@ def save_result(result, image: Image.Image, out_dir: str | Path, stem: str) -> d
         mask = result.label_map == i
         if mask.any():
             masks.append({"label": name, "id": i, "area": int(mask.sum()), "segmentation": encode_rle(mask)})
-    paths["masks"].write_text(json.dumps({"labels": result.labels, "masks": masks}))
+    record = {"labels": result.labels, "masks": masks, "warnings": result.warnings}
+    if "filter" in result.extra:
+        record["filter"] = result.extra["filter"]
+    paths["masks"].write_text(json.dumps(record))
     return paths

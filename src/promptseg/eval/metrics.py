@@ -74,3 +74,19 @@ def scores(matrix: np.ndarray) -> Scores:
         macc=float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
         aacc=float(hits.sum() / total) if total > 0 else float("nan"),
     )
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum formula (ties get average ranks)."""
+    pos, neg = positive.sum(), (~positive).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    ranks[order] = np.arange(1, len(scores) + 1)
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        if count > 1:
+            ranks[order[start : start + count]] = start + (count + 1) / 2
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))

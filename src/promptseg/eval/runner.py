@@ -48,6 +48,10 @@ class EvalRun:
     dtype: str | None = None
     class_names_file: str | None = None
     save_vis: int = 0
+    filter: str | None = None
+    """Class filter run on the offered names before the method: a registered name, "none", or None for the
+    default: none with oracle names (they are the truth already), else the filter the model recommends."""
+    filter_settings: dict = field(default_factory=dict)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -148,6 +152,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
     `backbone`, if given, is used instead of loading `run.model` (it must be that model: sweeps reuse one load).
     """
+    from promptseg.backbone import model_settings
+    from promptseg.filters import build_filter, filter_config, resolve_filter, segment_filtered
     from promptseg.methods import build_method
     from promptseg.methods.base import config_for_model
 
@@ -164,6 +170,12 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     per_image = out / "images"
     shard = _Shard()
     settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # tuples -> lists, as reread
+    if run.filter is None and run.names == "oracle":
+        filter_name, filter_overrides = "none", dict(run.filter_settings)
+    else:
+        filter_name, filter_overrides = resolve_filter(model_settings(run.model), run.filter, run.filter_settings)
+    filter_cfg = filter_config(filter_name, **filter_overrides)
+    filter_settings = json.loads(json.dumps(dataclasses.asdict(filter_cfg), default=str))
     signature = {
         "dataset": run.dataset,
         "split": run.split,
@@ -171,6 +183,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "model": run.model,
         "names": run.names,
         "settings": settings,
+        "filter": filter_name,
+        "filter_settings": filter_settings,
         "class_names": dataset.class_names,
     }
     if shard.is_main:
@@ -181,7 +195,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     mine = shard.indices(n)
     total = np.zeros(shape, np.int64)
     seconds = 0.0
-    segmenter = None
+    filter_counts = np.zeros(5)  # true positives, kept, present, sum of per-image precision, of per-image recall
+    segmenter = label_filter = None
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -200,6 +215,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
                     backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
                 segmenter = build_method(run.method, backbone, config)
+                label_filter = build_filter(filter_name, backbone, filter_cfg)
             if candidates is not None:
                 class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
             elif run.names == "oracle":
@@ -207,9 +223,11 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
             else:
                 class_ids = list(range(num_classes))
             start = time.perf_counter()
+            kept = []
             if class_ids:
-                result = segmenter(sample.image, [labels[c] for c in class_ids])
+                result = segment_filtered(segmenter, label_filter, sample.image, [labels[c] for c in class_ids])
                 ids = {labels[c].name: c for c in class_ids}
+                kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
                 bg = dataset.background if dataset.background is not None else dataset.ignore_index
                 lut = np.array([ids.get(name, bg if name == "background" else dataset.ignore_index) for name in result.labels])
                 pred = lut[result.label_map]
@@ -217,7 +235,10 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                 pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
             elapsed = time.perf_counter() - start
             matrix = confusion(pred, sample.label, num_classes, dataset.ignore_index)
-            record = {"id": sample.id, "seconds": elapsed, "classes": class_ids, "confusion": _sparse(matrix)}
+            record = {
+                "id": sample.id, "seconds": elapsed, "classes": class_ids, "kept": kept,
+                "present": dataset.present_classes(sample.label), "confusion": _sparse(matrix),
+            }
             _atomic_write(record_path, json.dumps(record))
             if i < run.save_vis:
                 from promptseg.eval.vis import save_comparison
@@ -226,6 +247,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                 save_comparison(sample.image, sample.label, pred, vis_dir / f"{sample.id}.png")
         total += _dense(record["confusion"], shape)
         seconds += record["seconds"]
+        filter_counts += _filter_counts(record)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -233,6 +255,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
     total = shard.sum(total).round().astype(np.int64)
     seconds, count = shard.sum(np.array([seconds, len(mine)]))
+    filter_counts = shard.sum(filter_counts)
     shard.barrier()
     if not shard.is_main:
         return None
@@ -252,12 +275,35 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "per_class_acc": {name: _num(v) for name, v in zip(names, result.acc)},
         "seconds_per_image": float(seconds / max(count, 1)),
         "settings": settings,
+        "filter": filter_name,
+        "filter_settings": filter_settings,
+        **_filter_scores(filter_counts, count),
         "processes": shard.world,
         "promptseg_version": __version__,
     }
     _atomic_write(out / "report.json", json.dumps(report, indent=1))
     _atomic_write(out / "report.md", markdown_report(report))
     return report
+
+
+def _filter_counts(record: dict) -> np.ndarray:
+    """One image's filter counts against its ground-truth classes (kept = what the method was given)."""
+    kept, present = set(record["kept"]), set(record["present"])
+    hits = len(kept & present)
+    precision = hits / len(kept) if kept else float(not present)
+    recall = hits / len(present) if present else 1.0
+    return np.array([hits, len(kept), len(present), precision, recall], np.float64)
+
+
+def _filter_scores(counts: np.ndarray, n: float) -> dict:
+    """Precision and recall of the kept classes against the present ones: mean over images, and pooled."""
+    hits, kept, present, precision, recall = counts
+    return {
+        "filter_precision": float(precision / max(n, 1)),
+        "filter_recall": float(recall / max(n, 1)),
+        "filter_precision_pooled": float(hits / kept) if kept else None,
+        "filter_recall_pooled": float(hits / present) if present else None,
+    }
 
 
 def _num(value: float) -> float | None:
@@ -273,7 +319,10 @@ def markdown_report(report: dict) -> str:
         f"- model: `{report['model']}`; class names offered: {report['names']}; promptseg {report['promptseg_version']}",
         f"- images: {report['n_images']}; seconds per image: {report['seconds_per_image']:.3f}",
         f"- **mIoU {pct(report['miou'])}**, mAcc {pct(report['macc'])}, pixel accuracy {pct(report['aacc'])}",
+        f"- class filter: `{report['filter']}`; per-image precision {pct(report['filter_precision'])}, recall "
+        f"{pct(report['filter_recall'])} (kept classes against the ground truth's)",
         f"- settings: `{json.dumps(report['settings'], sort_keys=True)}`",
+        f"- filter settings: `{json.dumps(report['filter_settings'], sort_keys=True)}`",
         "",
         "| class | IoU | Acc |",
         "| --- | --- | --- |",

@@ -98,11 +98,16 @@ def method_config(name: str, **overrides):
     _import_builtin_methods()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
-    config_cls = _REGISTRY[name][1]
+    return make_config(_REGISTRY[name][1], overrides, f"method {name!r}")
+
+
+def make_config(config_cls: type, overrides: dict, owner: str):
+    """`config_cls` with its defaults changed by `overrides` (text parsed to each default's type); `owner` names
+    whose settings they are in the error for an unknown one ("method 'baseline'")."""
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for method {name!r}; settings: {sorted(known)}")
+        raise ValueError(f"unknown setting(s) {unknown} for {owner}; settings: {sorted(known)}")
     example = config_cls()
     return config_cls(**{k: _coerce(k, v, getattr(example, k)) for k, v in overrides.items()})
 
@@ -256,6 +261,16 @@ def finish(
         labels=names,
         timings=dict(timings),
         warnings=list(warnings or []),
+    )
+
+
+def empty_result(size: tuple[int, int], timings: dict[str, float] | None = None) -> SegmentationResult:
+    """An all-background result of `size` (h, w): what is left when a filter drops every label."""
+    return SegmentationResult(
+        label_map=np.zeros(size, np.int32),
+        scores=np.zeros((1, *size), np.float32),
+        labels=[BACKGROUND],
+        timings=dict(timings or {}),
     )
 
 

@@ -9,6 +9,21 @@ is minimised. The final segmentation is the baseline's read-out with the optimis
 Beyond the paper (same maths, less work): the optimisation's forward pass stops after the last layer the loss
 reads (`stop_forward_early`), so neither it nor the backward pass visits the rest of the UNet; with
 `view_pool > 0` the views are drawn once and their VAE latents cached.
+
+The paper against this code, checked equation by equation (issue 14; measurements in
+`benchmarks/results/invseg_diagnosis.md`):
+
+| paper | here |
+| --- | --- |
+| learnt: the text-encoder outputs P_0^k of the class tokens (Method, "we optimize {P_0^k} directly") | the rows of `text_encoder(prompt)` at every token of every synonym, one `nn.Parameter`; the rest frozen |
+| eq. 2: M = norm(A_self · A_cross), min-max per class | `_loss_maps`: weighted cross-attention of the loss grids, refined once by self-attention, min-max |
+| eq. 3: S = KL(a_i || a_j) + KL(a_j || a_i) over self-attention rows | `losses.symmetric_kl`, exact (property-tested against the double loop) |
+| eqs. 4-5: anchor-weighted mean of M-weighted distances | `losses.cluster_loss`, two matrix products, hand-checked |
+| anchors: "sigmoid to binarize M^c" (offset unstated) | sigmoid(4 (M - 0.5)): scale from Table 3, offset 0.5 ours |
+| eqs. 6-8: D_intra / C - 2 D_inter / (C (C - 1)), D_inter over c > c' only | the same, c > c' as written; C = 1 gives D_intra |
+| entropy: -sum_c M̄ log M̄ of the view-averaged maps (pixel reduction unstated) | mean over the pixels covered by a view; a sum over pixels would weigh it 256x more at 16x16 |
+| 2 random resized crops (min scale 0.6), Adam lr 0.01, 15 steps, alpha 1, t ~ U[5, 300] | the same (config defaults) |
+| loss on the 16x16 layers (Table 5), read-out at t = 50 (Table 7) | defaults the same; the shapes model ships its val-chosen grids and read-out timestep |
 """
 
 from __future__ import annotations
@@ -97,6 +112,8 @@ class InvSegConfig:
 class InvSeg:
     """InvSeg: per-image prompt inversion with Contrastive Soft Clustering and entropy minimisation."""
 
+    takes_prompt = False  # the prompt is built from the labels and learnt; a filter's caption is not passed
+
     def __init__(self, backbone, config: InvSegConfig | None = None):
         self.backbone = backbone
         self.config = config or InvSegConfig()
@@ -173,7 +190,8 @@ class InvSeg:
         if c.view_pool > 0:
             pool_boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.view_pool)]
             pool = (pool_boxes, self._view_latents(original, pool_boxes))
-        log = {"loss": [], "cluster": [], "entropy": [], "warnings": []}
+        log = {"loss": [], "cluster": [], "entropy": [], "grad_norm": [], "change": [], "warnings": []}
+        start_norm = float(learn.detach().norm())
         last_finite = learn.detach().clone()
         for _ in range(c.steps):
             if pool is None:
@@ -207,7 +225,9 @@ class InvSeg:
             log["entropy"].append(parts["entropy"])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            log["grad_norm"].append(float(learn.grad.norm()))
             optimiser.step()
+            log["change"].append(float((learn.detach() - text0[0, index]).norm()) / max(start_norm, 1e-12))
         with torch.no_grad():
             if not torch.isfinite(learn).all():  # the last step's update itself went bad
                 learn.copy_(last_finite)
@@ -231,7 +251,7 @@ class InvSeg:
             scores = self.readout.scores(self_attn, label_cross)
         timings = {**prepared.timings, "invert": optimised - start, "segment": time.perf_counter() - start}
         result = finish(scores[0], labels, prepared.size, self.config.background_threshold, timings, log["warnings"])
-        result.extra = {"loss": log["loss"], "cluster": log["cluster"], "entropy": log["entropy"]}
+        result.extra = {k: log[k] for k in ("loss", "cluster", "entropy", "grad_norm", "change")}
         return result
 
     def __call__(self, image, labels, prompt: str | None = None):

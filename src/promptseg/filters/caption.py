@@ -1,0 +1,86 @@
+"""Captioners for the class filter: a transformers BLIP model, and matching caption words to labels.
+
+    captioner = load_captioner("Salesforce/blip-image-captioning-large")
+    caption = captioner(image)                       # "a cat sitting on a sofa"
+    mentioned(caption, parse_labels(["cat", "sofa, couch", "dog"]))   # {"cat", "sofa"}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from promptseg.backbone import choose_device, choose_dtype, hub_offline
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _singular(word: str) -> str:
+    for suffix, repl in (("ies", "y"), ("ses", "s"), ("xes", "x"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 1:
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def mentioned(caption: str, labels) -> set[str]:
+    """Names of the labels any of whose synonyms occurs in `caption` as whole words; a caption word matches as
+    written or made singular ("cats" names "cat", "buses" names "bus", "bus" still names "bus")."""
+    forms = [{w, _singular(w)} for w in _words(caption)]
+    found = set()
+    for label in labels:
+        for synonym in label.synonyms:
+            words = _words(synonym)
+            if words and any(
+                all(word in forms[i + j] for j, word in enumerate(words)) for i in range(len(forms) - len(words) + 1)
+            ):
+                found.add(label.name)
+    return found
+
+
+class BlipCaptioner:
+    """A transformers BLIP captioning model with its processor; `captioner(image) -> str`."""
+
+    def __init__(self, model, processor, device: torch.device, dtype: torch.dtype, max_new_tokens: int = 30):
+        self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def __call__(self, image) -> str:
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+        return self.processor.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def load_captioner(name: str, device=None, dtype=None, local_files_only: bool | None = None) -> BlipCaptioner:
+    """Load a BLIP captioner (`BlipForConditionalGeneration` + `BlipProcessor`) from a hub id or local folder.
+
+    Raises:
+        FileNotFoundError: a path that is not a model folder.
+        OSError: a hub id that cannot be loaded (the message says how to fix it).
+    """
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
+    if local_files_only is None:
+        local_files_only = hub_offline()
+    path = os.path.expanduser(name)
+    is_path = os.path.exists(path) or name.startswith((".", "/", "~")) or name.count("/") != 1
+    if is_path and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"captioner {name!r} is neither a folder with config.json nor a hub id 'owner/name'")
+    try:
+        model = BlipForConditionalGeneration.from_pretrained(path if is_path else name, torch_dtype=dtype,
+                                                             local_files_only=local_files_only or is_path)
+        processor = BlipProcessor.from_pretrained(path if is_path else name, local_files_only=local_files_only or is_path)
+    except Exception as err:
+        raise OSError(
+            f"could not load the captioner {name!r}: {err}\nTo fix: download it once where the Hugging Face Hub is "
+            f"reachable (`huggingface-cli download {name}`) and set HF_HUB_OFFLINE=1, or pass a local folder."
+        ) from err
+    model.to(device).eval().requires_grad_(False)
+    return BlipCaptioner(model, processor, device, dtype)

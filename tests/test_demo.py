@@ -1,0 +1,94 @@
+"""The demo's request handling without a browser: results, bad input answered in the page, concurrent requests."""
+
+import struct
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptseg.demo import DemoSession, legend_html
+from promptseg.methods import list_methods
+
+pytest.importorskip("gradio", reason="the demo extra is not installed: pip install 'promptseg[demo]'")
+
+
+@pytest.fixture(scope="module")
+def session():
+    return DemoSession("shapes", device="cpu")
+
+
+@pytest.fixture
+def scene(tmp_path):
+    from promptseg.data.shapes_world import render_sample
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(render_sample("test", 3).image).save(path)
+    return str(path)
+
+
+def _huge_png(path, side=20000):
+    """A PNG whose header says side x side pixels (the pixel data is not needed to be refused)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_a_request_gives_overlay_maps_legend_and_files(session, scene):
+    out = session.run(scene, "circle, square|box, sky", "baseline", "none")
+    assert out.overlay is not None and out.overlay.width >= 256  # enlarged for the page
+    assert [name for _, name in out.heatmaps] == ["circle", "square", "sky"]
+    assert "circle" in out.legend and "square" in out.legend and "Error" not in out.status
+    assert len(out.files) == 2 and out.files[0].endswith(".png") and out.files[1].endswith("_masks.json")
+    again = session.run(scene, "circle, square|box, sky", "baseline", "none")
+    assert np.array_equal(np.asarray(again.overlay), np.asarray(out.overlay))  # same model, same answer
+
+
+def test_bad_input_is_answered_in_the_page(session, scene, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cases = {
+        "not an image": session.run(str(text), "circle", "baseline", "none"),
+        "nothing uploaded": session.run(None, "circle", "baseline", "none"),
+        "no labels": session.run(scene, "  ", "baseline", "none"),
+        "empty label": session.run(scene, "circle,,sky", "baseline", "none"),
+        "huge": session.run(_huge_png(tmp_path / "huge.png"), "circle", "baseline", "none"),
+    }
+    for case, out in cases.items():
+        assert out.status.startswith("**Error:**") and out.overlay is None, case
+        assert "Traceback" not in out.status, case
+    assert "notes.png" in cases["not an image"].status
+    assert "decompression bomb" in cases["huge"].status
+    assert "type at least one label" in cases["no labels"].status
+    assert session.run(scene, "circle, sky", "baseline", "none").overlay is not None  # still serving
+
+
+def test_concurrent_requests_do_not_mix(session, scene):
+    expected = {labels: session.run(scene, labels, "baseline", "none") for labels in ("circle, sky", "square, grass")}
+    results = {}
+
+    def go(labels):
+        results[labels] = session.run(scene, labels, "baseline", "none")
+
+    threads = [threading.Thread(target=go, args=(labels,)) for labels in expected for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for labels, out in results.items():
+        assert np.array_equal(np.asarray(out.overlay), np.asarray(expected[labels].overlay))
+
+
+def test_every_registered_method_is_offered():
+    import gradio as gr
+
+    from promptseg.demo import build_app
+
+    app = build_app(DemoSession("shapes", device="cpu"))
+    dropdowns = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)]
+    offered = {choice[0] if isinstance(choice, tuple) else choice for d in dropdowns for choice in d.choices}
+    assert set(list_methods()) <= offered and {"none", "clip", "diffusion"} <= offered
+    assert legend_html(["background", "cat"]).count("legend-item") == 2
