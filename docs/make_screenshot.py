@@ -32,7 +32,7 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 960})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#image-input input[type=file]").set_input_files(str(HERE.parent / "examples" / "shapes_test_2.png"))
+            page.locator("#image-input input[type=file]").set_input_files(str(HERE.parent / "examples" / "shapes_test_5.png"))
             page.locator("#method input").click()
             page.get_by_role("option", name="fastseg", exact=True).click()
             page.locator("#segment").click()

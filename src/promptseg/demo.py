@@ -162,7 +162,7 @@ class DemoSession:
             lines.append("Dropped by the filter: " + "; ".join(f"{k} ({v})" for k, v in decision["dropped"].items()))
         else:
             lines.append("The filter kept every label.")
-        lines += [f"Warning: {html.escape(w)}" for w in result.warnings]
+        lines += [f"Warning: {html.escape(w)}" for w in result.warnings if not w.startswith("filter dropped")]
         tick(1.0)
         return DemoOutput(overlay=shown, heatmaps=maps, legend=legend_html(result.labels), status="\n\n".join(lines),
                           files=[str(paths["label_map"]), str(paths["masks"])])
