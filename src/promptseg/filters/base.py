@@ -151,8 +151,8 @@ def segment_filtered(method, label_filter, image, labels, prompt: str | None = N
 
     The result's `extra["filter"]` holds the decision (kept, dropped with reasons, scores) and its warnings join
     the result's. A filter caption, if any, becomes the method's prompt unless `prompt` is given or the method
-    learns its own (`takes_prompt = False`, InvSeg). When every label
-    is dropped (only possible with `min_keep=0`) the result is all background, with a warning.
+    learns its own (`takes_prompt = False`, InvSeg). When every label is dropped (only possible with
+    `min_keep=0`) the result is all background, with a warning.
     """
     from promptseg.methods.base import as_labels, empty_result, to_pil
 

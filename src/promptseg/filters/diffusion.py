@@ -83,13 +83,15 @@ class DiffusionFilter:
             if not 0 <= t < backbone.num_train_timesteps:
                 raise ValueError(f"timesteps must be in [0, {backbone.num_train_timesteps}), got {t}")
         if self.config.criterion == "attention":
-            cross = resolve_weights(self.config.cross_weights, backbone.unet, backbone.latent_size, "cross")
-            self.cross = cross
-            self.layers = select_layers(backbone.unet, backbone.latent_size, self_grids={}, cross_grids=cross)
+            self.cross = resolve_weights(self.config.cross_weights, backbone.unet, backbone.latent_size, "cross")
+            self.layers = select_layers(backbone.unet, backbone.latent_size, self_grids={}, cross_grids=self.cross)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if len(self._text_cache) + len(missing) > 512:  # a long-running demo sees ever new label sets
+            self._text_cache.clear()
+            missing = list(dict.fromkeys(prompts))
         if missing:
             self._text_cache.update(zip(missing, self.backbone.encode_text(missing)))
         return torch.stack([self._text_cache[p] for p in prompts])
