@@ -30,8 +30,13 @@ def test_maps_agree_with_objects_and_caption():
             if v:
                 assert f"{obj.colour} {obj.shape}" in s.caption
         for expression, ids in s.referring:
-            assert ids and all(1 <= j <= len(s.objects) for j in ids)
-            assert any(SHAPES[k] in expression for k in range(3))
+            assert all(1 <= j <= len(s.objects) for j in ids)
+            assert any(SHAPES[k] in expression for k in range(3)) or expression.endswith(" shapes")
+        no_target = [e for e, ids in s.referring if not ids]
+        assert len(no_target) == 1  # one per sample: a colour and shape that is not there
+        colour, shape = no_target[0].removeprefix("the ").split()
+        visible = [o for k, o in enumerate(s.objects) if (s.instance_map == k + 1).any()]
+        assert not any(o.colour == colour and o.shape == shape for o in visible)
 
 
 def test_referring_expressions_pick_the_right_instance():
@@ -46,6 +51,25 @@ def test_referring_expressions_pick_the_right_instance():
                 assert all(s.objects[i - 1].center[0] < s.objects[j].center[0] for i in ids)
                 found += 1
     assert found > 10
+
+
+def test_multi_target_expressions_name_every_instance_of_the_kind():
+    kinds = {"shape": 0, "colour": 0}
+    for i in range(200):
+        s = render_sample("test", i)
+        visible = {k + 1 for k in range(len(s.objects)) if (s.instance_map == k + 1).any()}
+        for expression, ids in s.referring:
+            words = expression.removeprefix("the ").split()
+            if words[-1] == "shapes":
+                expected = {j for j in visible if s.objects[j - 1].colour == words[0]}
+                kinds["colour"] += 1
+            elif words[-1].endswith("s") and words[-1][:-1] in SHAPES:
+                expected = {j for j in visible if s.objects[j - 1].shape == words[-1][:-1]}
+                kinds["shape"] += 1
+            else:
+                continue
+            assert set(ids) == expected and len(ids) > 1, expression
+    assert kinds["shape"] > 5 and kinds["colour"] > 5
 
 
 def test_caption_dropout_only_with_an_rng():

@@ -52,7 +52,8 @@ class ShapesSample:
         objects (`list[ShapeObject]`): the shapes, in drawing order (later ones occlude earlier ones).
         background (`str`): the background word.
         caption (`str`): a sentence describing the image.
-        referring (`list[tuple[str, list[int]]]`): expressions and the 1-based instance ids they refer to.
+        referring (`list[tuple[str, list[int]]]`): expressions and the 1-based instance ids they refer to (several
+            for "the squares" / "the red shapes"; none for the one no-target expression per sample).
     """
 
     image: np.ndarray
@@ -155,8 +156,14 @@ def make_caption(objects: list[ShapeObject], background: str, rng: np.random.Gen
     return text
 
 
-def _referring(objects: list[ShapeObject], visible: list[bool]) -> list[tuple[str, list[int]]]:
-    """Referring expressions for visible objects: unique shape, unique colour+shape, or a left/right relation."""
+def _referring(
+    objects: list[ShapeObject], visible: list[bool], rng: np.random.Generator | None = None
+) -> list[tuple[str, list[int]]]:
+    """Referring expressions for visible objects: unique shape, unique colour+shape, a left/right relation, every
+    shape of a kind ("the squares") or of a colour ("the red shapes", two or more), and with `rng` one no-target
+    expression (a colour and shape that is not in the image, instance ids []).
+
+    The no-target pick draws from its own `rng`, never from the one that renders the image."""
     out: list[tuple[str, list[int]]] = []
     ids = [i for i, v in enumerate(visible) if v]
     for i in ids:
@@ -179,8 +186,19 @@ def _referring(objects: list[ShapeObject], visible: list[bool]) -> list[tuple[st
             ]
             if candidates == [i] and abs(obj.center[0] - other.center[0]) > 0.5 * obj.radius:
                 out.append((f"the {obj.shape} {side} of the {other.shape}", [i + 1]))
-    if len(ids) > 1 and len({objects[i].shape for i in ids}) == 1:
-        out.append((f"the {objects[ids[0]].shape}s", [i + 1 for i in ids]))
+    for shape in SHAPES:  # every shape of a kind, when there are several
+        same = [i + 1 for i in ids if objects[i].shape == shape]
+        if len(same) > 1:
+            out.append((f"the {shape}s", same))
+    for colour in COLOURS:  # every shape of a colour, when there are several
+        same = [i + 1 for i in ids if objects[i].colour == colour]
+        if len(same) > 1:
+            out.append((f"the {colour} shapes", same))
+    if rng is not None:
+        present = {(objects[i].colour, objects[i].shape) for i in ids}
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colour, shape = absent[int(rng.integers(len(absent)))]
+        out.append((f"the {colour} {shape}", []))
     return out
 
 
@@ -215,5 +233,5 @@ def render_sample(split: str, index: int, size: int = 64, caption_rng: bool = Fa
         objects=objects,
         background=background,
         caption=caption,
-        referring=_referring(objects, visible),
+        referring=_referring(objects, visible, np.random.default_rng([SPLITS[split], index, size, 1])),
     )
