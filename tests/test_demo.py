@@ -47,6 +47,17 @@ def test_a_request_gives_overlay_maps_legend_and_files(session, scene):
     assert np.array_equal(np.asarray(again.overlay), np.asarray(out.overlay))  # same model, same answer
 
 
+def test_long_methods_report_progress_per_step(session, scene):
+    seen = []
+    out = session.run(scene, "circle, sky", "invseg", "none", lambda value, desc=None: seen.append((value, desc)))
+    assert out.overlay is not None
+    steps = [desc for _, desc in seen if desc and desc.startswith("step ")]
+    assert steps[0] == "step 1 of 15" and steps[-1] == "step 15 of 15"
+    values = [value for value, _ in seen]
+    assert values == sorted(values) and values[-1] == 1.0
+    assert session.method("invseg").on_step is None  # unhooked after the request
+
+
 def test_bad_input_is_answered_in_the_page(session, scene, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")

@@ -144,8 +144,14 @@ class DemoSession:
         segmenter = self.method(method_name)
         chosen, label_filter = self.label_filter(filter_name)
         tick(0.2, desc=f"filtering with {chosen}, then segmenting with {method_name}")
+        if hasattr(segmenter, "on_step"):  # methods that optimise per image report each step
+            segmenter.on_step = lambda done, total: tick(0.2 + 0.7 * done / total, desc=f"step {done} of {total}")
         start = time.perf_counter()
-        result = segment_filtered(segmenter, label_filter, image, labels)
+        try:
+            result = segment_filtered(segmenter, label_filter, image, labels)
+        finally:
+            if hasattr(segmenter, "on_step"):
+                segmenter.on_step = None
         seconds = time.perf_counter() - start
         tick(0.9, desc="drawing")
         folder = self.out_dir / f"{int(time.time() * 1000)}"

@@ -117,6 +117,8 @@ class InvSeg:
     def __init__(self, backbone, config: InvSegConfig | None = None):
         self.backbone = backbone
         self.config = config or InvSegConfig()
+        self.on_step = None
+        """Optional `on_step(done, total)` called after each optimisation step (the demo's progress bar)."""
         c = self.config
         self.readout = Baseline(
             backbone,
@@ -228,6 +230,8 @@ class InvSeg:
             log["grad_norm"].append(float(learn.grad.norm()))
             optimiser.step()
             log["change"].append(float((learn.detach() - text0[0, index]).norm()) / max(start_norm, 1e-12))
+            if self.on_step is not None:
+                self.on_step(len(log["loss"]), c.steps)
         with torch.no_grad():
             if not torch.isfinite(learn).all():  # the last step's update itself went bad
                 learn.copy_(last_finite)
