@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from promptseg.registry import Registry
 from promptseg.text import Label
 
-_REGISTRY: dict[str, tuple[type, type]] = {}
+FILTERS = Registry("filter", lambda: _import_builtin_filters())
+"""Every class filter by name, with its settings dataclass."""
 DEFAULT_FILTER = "diffusion"
 """The filter used when the model recommends none: it needs no second model, so it works with any backbone."""
 
@@ -59,15 +61,7 @@ class FilterDecision:
 
 def register_filter(name: str, config_cls: type):
     """Class decorator: make a filter available by `name` with its settings dataclass `config_cls`."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"filter {name!r} is registered twice")
-        _REGISTRY[name] = (cls, config_cls)
-        cls.name = name
-        return cls
-
-    return wrap
+    return FILTERS.register(name, config_cls)
 
 
 def _import_builtin_filters() -> None:
@@ -78,8 +72,7 @@ def _import_builtin_filters() -> None:
 
 def list_filters() -> dict[str, str]:
     """Registered filter names with the first line of their docstrings."""
-    _import_builtin_filters()
-    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in sorted(_REGISTRY.items())}
+    return FILTERS.summaries()
 
 
 def filter_config(name: str, **overrides):
@@ -88,12 +81,7 @@ def filter_config(name: str, **overrides):
     Raises:
         ValueError: an unknown filter name or setting.
     """
-    from promptseg.methods.base import make_config
-
-    _import_builtin_filters()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown filter {name!r}; available: {sorted(_REGISTRY)}")
-    return make_config(_REGISTRY[name][1], overrides, f"filter {name!r}")
+    return FILTERS.config(name, **overrides)
 
 
 def resolve_filter(model_settings: dict, name: str | None, overrides: dict) -> tuple[str, dict]:
@@ -114,7 +102,7 @@ def build_filter(name: str, backbone=None, config=None, **overrides):
         config = filter_config(name, **overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    return _REGISTRY[name][0](backbone, config)
+    return FILTERS.get(name)[0](backbone, config)
 
 
 def decide(labels: list[Label], scores: np.ndarray, threshold: float, min_keep: int, what: str) -> FilterDecision:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from promptseg.capture import attention_grids, select_layers
 from promptseg.refine import resize_maps
+from promptseg.registry import Registry
 from promptseg.text import Label, parse_labels
 
 BACKGROUND = "background"
@@ -67,26 +68,18 @@ class PreparedImage:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, tuple[type, type]] = {}
+METHODS = Registry("method", lambda: _import_builtin_methods())
+"""Every segmentation method by name, with its settings dataclass."""
 
 
 def register_method(name: str, config_cls: type):
     """Class decorator: make a method available by `name` with its settings dataclass `config_cls`."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = (cls, config_cls)
-        cls.name = name
-        return cls
-
-    return wrap
+    return METHODS.register(name, config_cls)
 
 
 def list_methods() -> dict[str, str]:
     """Registered method names with the first line of their docstrings."""
-    _import_builtin_methods()
-    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in sorted(_REGISTRY.items())}
+    return METHODS.summaries()
 
 
 def method_config(name: str, **overrides):
@@ -95,41 +88,7 @@ def method_config(name: str, **overrides):
     Raises:
         ValueError: an unknown method name or setting.
     """
-    _import_builtin_methods()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
-    return make_config(_REGISTRY[name][1], overrides, f"method {name!r}")
-
-
-def make_config(config_cls: type, overrides: dict, owner: str):
-    """`config_cls` with its defaults changed by `overrides` (text parsed to each default's type); `owner` names
-    whose settings they are in the error for an unknown one ("method 'baseline'")."""
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for {owner}; settings: {sorted(known)}")
-    example = config_cls()
-    return config_cls(**{k: _coerce(k, v, getattr(example, k)) for k, v in overrides.items()})
-
-
-def _coerce(key: str, value, default):
-    """Settings given as text (command line, JSON): parse them to the type of the default value.
-
-    Text stays text for text settings; otherwise it is read as JSON ("null", "50", "[1, 2]", '{"0.25": 1}').
-    Resolution-weight dicts get float keys, lists become tuples where the default is a tuple.
-    """
-    if isinstance(value, str) and not isinstance(default, str):
-        import json
-
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"setting {key}={value!r} is not valid JSON ({err}); e.g. {key}={json.dumps(default)}") from err
-    if isinstance(default, dict) and isinstance(value, dict):
-        value = {float(k): float(v) for k, v in value.items()}
-    if isinstance(default, tuple) and isinstance(value, list):
-        value = tuple(value)
-    return value
+    return METHODS.config(name, **overrides)
 
 
 def config_for_model(name: str, model, **overrides):
@@ -152,7 +111,7 @@ def build_method(name: str, backbone, config=None, **overrides):
         config = _recommended_config(name, getattr(backbone, "method_defaults", {}), overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    return _REGISTRY[name][0](backbone, config)
+    return METHODS.get(name)[0](backbone, config)
 
 
 def _import_builtin_methods() -> None:
