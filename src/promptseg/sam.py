@@ -1,0 +1,125 @@
+"""Load a promptable mask model (transformers `SamModel` + `SamProcessor`): hub id, local folder, bundled name.
+
+    sam = load_sam("facebook/sam-vit-base")              # Hugging Face hub id (or its cache)
+    sam = load_sam("runs/shapes-sam-out")                # a local folder (`python -m promptseg.zoo.train_shapes_sam`)
+    masks, scores = sam.predict(image, boxes=[[x0, y0, x1, y1]])          # (N, H, W) bool, (N,)
+    masks, scores = sam.predict(image, points=[[[x, y]]], labels=[[1]])   # one point prompt
+
+A reusable part beside `backbone.py` and `clip.py`: referring segmentation (Segment Anyword) turns attention-derived
+prompts into masks with it. Device and dtype are chosen like the backbone's; coordinates are in the input image's
+pixels, masks come back at the input image's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from promptseg.backbone import choose_device, choose_dtype, hub_offline
+
+DEFAULT_SAM = "facebook/sam-vit-base"
+BUNDLED_SAM = {"shapes-sam": Path(__file__).parent / "zoo" / "shapes-sam"}
+
+
+@dataclass
+class SamPredictor:
+    """A frozen SAM with its processor, on one device and dtype.
+
+    Attributes:
+        name (`str`): what it was loaded from.
+        model (`transformers.SamModel`): eval mode, `requires_grad` off.
+        processor (`transformers.SamProcessor`).
+        device (`torch.device`), dtype (`torch.dtype`).
+    """
+
+    name: str
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @torch.no_grad()
+    def predict(self, image, boxes=None, points=None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+        """Masks for N prompts on one image: one box each (`boxes` Nx4, x0 y0 x1 y1) or points (`points` NxPx2 with
+        `labels` NxP, 1 = on the object, 0 = not).
+
+        Returns:
+            (`np.ndarray`, `np.ndarray`): (N, H, W) bool masks at the image's size and (N,) predicted IoU scores.
+
+        Raises:
+            ValueError: neither or both prompt kinds, or points without labels.
+        """
+        if (boxes is None) == (points is None):
+            raise ValueError("give exactly one of boxes (Nx4) or points (NxPx2 with labels NxP)")
+        if points is not None and labels is None:
+            raise ValueError("point prompts need labels (1 = on the object, 0 = background), one per point")
+        kwargs = {"input_boxes": [np.asarray(boxes, np.float32).tolist()]} if boxes is not None else {
+            "input_points": [np.asarray(points, np.float32).tolist()],
+            "input_labels": [np.asarray(labels, np.int64).tolist()],
+        }
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt", **kwargs).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        sizes = {k: inputs.pop(k) for k in ("original_sizes", "reshaped_input_sizes")}
+        out = self.model(**inputs, multimask_output=False)
+        masks = self.processor.image_processor.post_process_masks(
+            out.pred_masks.float().cpu(), sizes["original_sizes"].cpu(), sizes["reshaped_input_sizes"].cpu()
+        )[0]
+        return masks[:, 0].numpy().astype(bool), out.iou_scores[0, :, 0].float().cpu().numpy()
+
+
+def load_sam(
+    name: str | os.PathLike = DEFAULT_SAM,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    local_files_only: bool | None = None,
+) -> SamPredictor:
+    """Load a SAM, frozen, on `device` in `dtype`.
+
+    Args:
+        name (`str`, defaults to "facebook/sam-vit-base"): a bundled name (`BUNDLED_SAM`), a local folder with
+            `config.json` (transformers layout), or a Hugging Face hub id (`facebook/sam-vit-large`, `-huge`).
+        device, dtype: as for `load_backbone`.
+        local_files_only (`bool`, *optional*): never touch the network for hub ids; defaults to `HF_HUB_OFFLINE`.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or is not a model folder.
+        OSError: a hub id that cannot be loaded (the message says how to fix it).
+    """
+    from transformers import SamModel, SamProcessor
+
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
+    key = str(name)
+    source = BUNDLED_SAM.get(key)
+    if source is not None and not (source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{key!r} is not in this install yet (not bundled until it passes its bar); train it with "
+            f"`python -m promptseg.zoo.train_shapes_sam --out FOLDER` and pass FOLDER"
+        )
+    path = Path(key).expanduser()
+    if source is None and (path.exists() or key.startswith((".", "/", "~")) or key.count("/") != 1):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"SAM model {key!r} is neither a folder with config.json, a bundled model "
+                f"({', '.join(sorted(BUNDLED_SAM))}) nor a hub id of the form 'owner/name'"
+            )
+        source = path
+    offline = True if source is not None else (hub_offline() if local_files_only is None else local_files_only)
+    try:
+        model = SamModel.from_pretrained(str(source or key), torch_dtype=dtype, local_files_only=offline)
+        processor = SamProcessor.from_pretrained(str(source or key), local_files_only=offline)
+    except Exception as err:  # hub, cache and network errors all come here
+        if source is not None:
+            raise
+        raise OSError(
+            f"could not load the SAM model {key!r}: {err}\nTo fix: download it once where the Hugging Face Hub is "
+            f"reachable (`huggingface-cli download {key}`), then set HF_HUB_OFFLINE=1; or pass a local folder saved "
+            f"by `SamModel.save_pretrained`; or use a bundled model ({', '.join(sorted(BUNDLED_SAM))})."
+        ) from err
+    model.to(device).eval().requires_grad_(False)
+    return SamPredictor(name=key, model=model, processor=processor, device=device, dtype=dtype)
