@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from promptseg.backbone import choose_device, choose_dtype, hub_offline
+from promptseg.backbone import choose_device, choose_dtype
+from promptseg.parts import load_pretrained
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 BUNDLED_CLIP = {"shapes-clip": Path(__file__).parent / "zoo" / "shapes-clip"}
@@ -88,15 +89,6 @@ class ClipModel:
         return out.hidden_states
 
 
-def _clip_hub_error(name: str, err: Exception) -> OSError:
-    return OSError(
-        f"could not load the CLIP model {name!r}: {err}\n"
-        f"To fix: download it once where the Hugging Face Hub is reachable (`huggingface-cli download {name}`), then "
-        "set HF_HUB_OFFLINE=1 to load it from the cache; or pass a local folder saved by `CLIPModel.save_pretrained`; "
-        f"or use a bundled model ({', '.join(sorted(BUNDLED_CLIP))})."
-    )
-
-
 def load_clip(
     name: str | os.PathLike = DEFAULT_CLIP,
     *,
@@ -122,25 +114,7 @@ def load_clip(
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     key = str(name)
-    if local_files_only is None:
-        local_files_only = hub_offline()
-    source = BUNDLED_CLIP.get(key)
-    path = Path(key).expanduser()
-    if source is None and (path.exists() or key.startswith((".", "/", "~")) or key.count("/") != 1):
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"CLIP model {key!r} is neither a folder with config.json, a bundled model "
-                f"({', '.join(sorted(BUNDLED_CLIP))}) nor a hub id of the form 'owner/name'"
-            )
-        source = path
-    if source is not None:
-        model = CLIPModel.from_pretrained(str(source), torch_dtype=dtype, local_files_only=True)
-        processor = CLIPProcessor.from_pretrained(str(source), local_files_only=True)
-    else:
-        try:
-            model = CLIPModel.from_pretrained(key, torch_dtype=dtype, local_files_only=local_files_only)
-            processor = CLIPProcessor.from_pretrained(key, local_files_only=local_files_only)
-        except Exception as err:  # hub, cache and network errors all come here
-            raise _clip_hub_error(key, err) from err
+    model, processor = load_pretrained(key, BUNDLED_CLIP, CLIPModel, CLIPProcessor, kind="CLIP model", dtype=dtype,
+                                       local_files_only=local_files_only)
     model.to(device).eval().requires_grad_(False)
     return ClipModel(name=key, model=model, processor=processor, device=device, dtype=dtype)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from promptseg.backbone import choose_device, choose_dtype, hub_offline
+from promptseg.backbone import choose_device, choose_dtype
+from promptseg.parts import load_pretrained
 
 DEFAULT_SAM = "facebook/sam-vit-base"
 BUNDLED_SAM = {"shapes-sam": Path(__file__).parent / "zoo" / "shapes-sam"}
@@ -95,31 +96,10 @@ def load_sam(
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     key = str(name)
-    source = BUNDLED_SAM.get(key)
-    if source is not None and not (source / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{key!r} is not in this install yet (not bundled until it passes its bar); train it with "
-            f"`python -m promptseg.zoo.train_shapes_sam --out FOLDER` and pass FOLDER"
-        )
-    path = Path(key).expanduser()
-    if source is None and (path.exists() or key.startswith((".", "/", "~")) or key.count("/") != 1):
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"SAM model {key!r} is neither a folder with config.json, a bundled model "
-                f"({', '.join(sorted(BUNDLED_SAM))}) nor a hub id of the form 'owner/name'"
-            )
-        source = path
-    offline = True if source is not None else (hub_offline() if local_files_only is None else local_files_only)
-    try:
-        model = SamModel.from_pretrained(str(source or key), torch_dtype=dtype, local_files_only=offline)
-        processor = SamProcessor.from_pretrained(str(source or key), local_files_only=offline)
-    except Exception as err:  # hub, cache and network errors all come here
-        if source is not None:
-            raise
-        raise OSError(
-            f"could not load the SAM model {key!r}: {err}\nTo fix: download it once where the Hugging Face Hub is "
-            f"reachable (`huggingface-cli download {key}`), then set HF_HUB_OFFLINE=1; or pass a local folder saved "
-            f"by `SamModel.save_pretrained`; or use a bundled model ({', '.join(sorted(BUNDLED_SAM))})."
-        ) from err
+    model, processor = load_pretrained(
+        key, BUNDLED_SAM, SamModel, SamProcessor, kind="SAM model", dtype=dtype, local_files_only=local_files_only,
+        missing_hint="not bundled until it passes its bar; train it with `python -m promptseg.zoo.train_shapes_sam "
+        "--out FOLDER` and pass FOLDER",
+    )
     model.to(device).eval().requires_grad_(False)
     return SamPredictor(name=key, model=model, processor=processor, device=device, dtype=dtype)

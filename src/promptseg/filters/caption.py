@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
 
-from promptseg.backbone import choose_device, choose_dtype, hub_offline
+from promptseg.backbone import choose_device, choose_dtype
+from promptseg.parts import load_pretrained
 
 
 def _words(text: str) -> list[str]:
@@ -67,20 +67,7 @@ def load_captioner(name: str, device=None, dtype=None, local_files_only: bool | 
 
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
-    if local_files_only is None:
-        local_files_only = hub_offline()
-    path = os.path.expanduser(name)
-    is_path = os.path.exists(path) or name.startswith((".", "/", "~")) or name.count("/") != 1
-    if is_path and not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"captioner {name!r} is neither a folder with config.json nor a hub id 'owner/name'")
-    try:
-        model = BlipForConditionalGeneration.from_pretrained(path if is_path else name, torch_dtype=dtype,
-                                                             local_files_only=local_files_only or is_path)
-        processor = BlipProcessor.from_pretrained(path if is_path else name, local_files_only=local_files_only or is_path)
-    except Exception as err:
-        raise OSError(
-            f"could not load the captioner {name!r}: {err}\nTo fix: download it once where the Hugging Face Hub is "
-            f"reachable (`huggingface-cli download {name}`) and set HF_HUB_OFFLINE=1, or pass a local folder."
-        ) from err
+    model, processor = load_pretrained(name, {}, BlipForConditionalGeneration, BlipProcessor, kind="captioner",
+                                       dtype=dtype, local_files_only=local_files_only)
     model.to(device).eval().requires_grad_(False)
     return BlipCaptioner(model, processor, device, dtype)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from promptseg.data.shapes_world import VOCABULARY, render_sample
+from promptseg.zoo import checkpoint
 from promptseg.zoo.tokenizer import build_word_tokenizer
 
 TEXT_LENGTH = 24
@@ -133,16 +133,7 @@ def train(args: argparse.Namespace) -> None:
     tokenizer, model = build_model(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     rng = np.random.default_rng(args.seed)
-    state = {"step": 0, "log": []}
-    ckpt = work / "state.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["np_rng"]
-        state = saved["state"]
-        print(f"resumed from {ckpt} at step {state['step']}", flush=True)
+    state = checkpoint.resume(work, model, opt, rng)
 
     t0 = time.time()
     scenes, images = [], np.empty((args.n_train, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -180,10 +171,7 @@ def train(args: argparse.Namespace) -> None:
             state["log"].append({"step": state["step"], "loss": round(running, 5)})
             t0 = time.time()
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
-            blob = {"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "np_rng": rng.bit_generator.state, "state": state}
-            torch.save(blob, work / "state.tmp")
-            os.replace(work / "state.tmp", ckpt)
+            checkpoint.save(work, model, opt, rng, state)
     export(Path(args.out), tokenizer, model, state)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from promptseg.data.shapes_world import render_sample
+from promptseg.zoo import checkpoint
 
 IMAGE_SIZE = 64
 MEAN = (0.485, 0.456, 0.406)  # SamImageProcessor's defaults, so the stock processor matches training
@@ -159,16 +159,7 @@ def train(args: argparse.Namespace) -> None:
     model = build_model(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
-    state = {"step": 0, "log": []}
-    ckpt = work / "state.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["np_rng"]
-        state = saved["state"]
-        print(f"resumed from {ckpt} at step {state['step']}", flush=True)
+    state = checkpoint.resume(work, model, opt, rng)
     t0 = time.time()
     images, items = instances("train", args.n_train)
     print(f"rendered {args.n_train} training images ({len(items)} instances) in {time.time() - t0:.0f}s", flush=True)
@@ -196,10 +187,7 @@ def train(args: argparse.Namespace) -> None:
             state["log"].append({"step": state["step"], "loss": round(running, 5)})
             t0 = time.time()
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
-            blob = {"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "np_rng": rng.bit_generator.state, "state": state}
-            torch.save(blob, work / "state.tmp")
-            os.replace(work / "state.tmp", ckpt)
+            checkpoint.save(work, model, opt, rng, state)
     export(Path(args.out), model, state, evaluate_prompts(model, n_images=args.n_eval) if args.n_eval else None)
 
 

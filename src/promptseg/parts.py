@@ -1,0 +1,48 @@
+"""One loader for the reusable transformers parts beside the diffusion backbone (CLIP, SAM, a captioner).
+
+A part is named by a bundled name (a folder inside the package), a local folder with `config.json` (transformers'
+`save_pretrained` layout), or a Hugging Face hub id ("owner/name"). Local sources never touch the network; hub
+ids follow `HF_HUB_OFFLINE` unless `local_files_only` says otherwise, and a failure says how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from promptseg.backbone import hub_offline
+
+
+def load_pretrained(key: str, bundled: dict, model_cls, processor_cls, *, kind: str, dtype,
+                    local_files_only: bool | None = None, missing_hint: str = "reinstall promptseg"):
+    """(model, processor) of `kind` ("CLIP model", "SAM model", "captioner") from `key`.
+
+    Raises:
+        FileNotFoundError: a path that is not a model folder, or a bundled name whose folder is missing
+            (`missing_hint` says what to do).
+        OSError: a hub id that cannot be loaded (the message says how to fix it).
+    """
+    names = ", ".join(sorted(bundled)) or "none"
+    source = bundled.get(key)
+    if source is not None and not (Path(source) / "config.json").is_file():
+        raise FileNotFoundError(f"{kind} {key!r} is not in this install: {missing_hint}")
+    path = Path(key).expanduser()
+    if source is None and (path.exists() or key.startswith((".", "/", "~")) or key.count("/") != 1):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{kind} {key!r} is neither a folder with config.json, a bundled model ({names}) nor a hub id of the "
+                "form 'owner/name'"
+            )
+        source = path
+    offline = True if source is not None else (hub_offline() if local_files_only is None else local_files_only)
+    try:
+        model = model_cls.from_pretrained(str(source or key), torch_dtype=dtype, local_files_only=offline)
+        processor = processor_cls.from_pretrained(str(source or key), local_files_only=offline)
+    except Exception as err:  # hub, cache and network errors all come here
+        if source is not None:
+            raise
+        raise OSError(
+            f"could not load the {kind} {key!r}: {err}\nTo fix: download it once where the Hugging Face Hub is "
+            f"reachable (`huggingface-cli download {key}`), then set HF_HUB_OFFLINE=1 to load it from the cache; or "
+            f"pass a local folder saved by `save_pretrained`; or use a bundled model ({names})."
+        ) from err
+    return model, processor
