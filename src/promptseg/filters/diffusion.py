@@ -24,7 +24,7 @@ import torch
 from promptseg.capture import select_layers
 from promptseg.filters.base import Timer, decide, register_filter
 from promptseg.methods.base import prepare_pixels, resolve_weights
-from promptseg.methods.baseline import attention_pass
+from promptseg.methods.baseline import attention_pass, noised_latents
 from promptseg.methods.fastseg import predicted_noise
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
@@ -96,12 +96,6 @@ class DiffusionFilter:
             self._text_cache.update(zip(missing, self.backbone.encode_text(missing)))
         return torch.stack([self._text_cache[p] for p in prompts])
 
-    def _noised(self, latents: torch.Tensor, timestep: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator(device="cpu").manual_seed(self.config.seed * 1000 + index)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-        t = torch.tensor([timestep], device=latents.device)
-        return self.backbone.scheduler.add_noise(latents, noise, t), noise
-
     @torch.no_grad()
     def denoising_scores(self, latents: torch.Tensor, labels) -> np.ndarray:
         """(K,) mean over the top-fraction cells of the relative per-cell error change (see the module docstring).
@@ -132,7 +126,7 @@ class DiffusionFilter:
         text = self._encode([reference] + prompts)  # (P + 1, T, D)
         change = 0.0
         for i, timestep in enumerate(c.timesteps):
-            noisy, noise = self._noised(latents, timestep, i)
+            noisy, noise = noised_latents(self.backbone, latents, timestep, c.seed * 1000 + i)
             batch = noisy.expand(len(text), -1, -1, -1)
             t = torch.full((len(text),), timestep, device=latents.device)
             output = self.backbone.unet(batch, t, encoder_hidden_states=text.to(self.backbone.dtype)).sample
@@ -147,7 +141,7 @@ class DiffusionFilter:
     def attention_scores(self, latents: torch.Tensor, labels) -> np.ndarray:
         """(K,) each label's cross-attention mass divided by the largest (labels split into prompts that fit)."""
         c = self.config
-        noisy, _ = self._noised(latents, c.timesteps[0], 0)
+        noisy, _ = noised_latents(self.backbone, latents, c.timesteps[0], c.seed * 1000)
         mass = []
         for group in split_to_fit(self.backbone.tokenizer, labels, c.template, c.joiner):
             tokens = build_prompt(self.backbone.tokenizer, group, c.template, c.joiner)

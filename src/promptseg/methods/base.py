@@ -223,13 +223,12 @@ def finish(
     )
 
 
-def empty_result(size: tuple[int, int], timings: dict[str, float] | None = None) -> SegmentationResult:
+def empty_result(size: tuple[int, int]) -> SegmentationResult:
     """An all-background result of `size` (h, w): what is left when a filter drops every label."""
     return SegmentationResult(
         label_map=np.zeros(size, np.int32),
         scores=np.zeros((1, *size), np.float32),
         labels=[BACKGROUND],
-        timings=dict(timings or {}),
     )
 
 
