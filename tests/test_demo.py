@@ -103,3 +103,14 @@ def test_every_registered_method_is_offered():
     offered = {choice[0] if isinstance(choice, tuple) else choice for d in dropdowns for choice in d.choices}
     assert set(list_methods()) <= offered and {"none", "clip", "diffusion"} <= offered
     assert legend_html(["background", "cat"]).count("legend-item") == 2
+
+
+def test_referring_tab_answers_an_expression(session, scene):
+    pytest.importorskip("spacy")
+    out = session.refer(scene, "the circle", "baseline")
+    assert out.overlay is not None and "Concept words: circle" in out.status
+    assert [name for _, name in out.heatmaps] == ["referent map"]
+    assert any(f.endswith("_mask.png") for f in out.files) and "legend-item" in out.legend
+    assert "Error" in session.refer(scene, "  ", "baseline").status
+    assert "Error" in session.refer(None, "the circle", "baseline").status
+    assert "does not answer" in session.refer(scene, "the circle", "fastseg").status

@@ -94,3 +94,53 @@ def segment_files(
         if on_progress is not None:
             on_progress(outcome)
     return outcomes
+
+
+def refer_files(
+    paths: Sequence[str | Path],
+    expression: str,
+    *,
+    method: str = "anyword",
+    model: str = DEFAULT_MODEL,
+    out_dir: str | Path = "promptseg_out",
+    device: str | None = None,
+    dtype: str | None = None,
+    settings: dict | None = None,
+    allow_pickle: bool = False,
+    on_progress: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Segment what `expression` refers to in each image file; write its mask PNG, overlay and RLE JSON to
+    `out_dir` (`io.save_refer`). The method must answer expressions (`anyword`, `baseline`). Settings are checked
+    before the model loads; an unreadable file is reported in its `FileOutcome.error` and the others still run."""
+    import time
+
+    from promptseg.io import save_refer
+    from promptseg.methods.base import METHODS
+
+    if not expression or not expression.strip():
+        raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
+    if not hasattr(METHODS.get(method)[0], "refer"):
+        answering = sorted(name for name in METHODS.summaries() if hasattr(METHODS.get(name)[0], "refer"))
+        raise ValueError(f"method {method!r} does not answer referring expressions; use one of {answering}")
+    config = config_for_model(method, model, **(settings or {}))
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no image files given")
+    backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    segmenter = build_method(method, backbone, config)
+    outcomes = []
+    for path, stem in zip(paths, _unique_stems(paths)):
+        start = time.perf_counter()
+        outcome = FileOutcome(path=path)
+        try:
+            image = load_image(path)
+        except ImageLoadError as err:
+            outcome.error = str(err)
+        else:
+            result = segmenter.refer(segmenter.prepare(image), expression)
+            outcome.outputs = save_refer(result, image, out_dir, stem)
+        outcome.seconds = time.perf_counter() - start
+        outcomes.append(outcome)
+        if on_progress is not None:
+            on_progress(outcome)
+    return outcomes

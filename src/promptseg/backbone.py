@@ -121,8 +121,12 @@ class Backbone:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
-    def encode_text(self, prompts: list[str] | str) -> torch.Tensor:
+    def encode_text(self, prompts: list[str] | str, token_embeds: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
         """Text-encoder output for `prompts`, padded to `text_length`: (B, text_length, D).
+
+        `token_embeds` = (positions, rows (P, D_in)) replaces the *input* token embeddings at those positions before
+        the (frozen) text encoder, differentiably in `rows`: textual inversion's way of learning a word (Segment
+        Anyword's mask-prompt inversion).
 
         Raises:
             ValueError: a prompt is longer than the text encoder takes.
@@ -134,7 +138,20 @@ class Backbone:
         if too_long:
             raise ValueError(f"prompt(s) longer than the text encoder's {self.text_length} tokens: {too_long}")
         ids = torch.tensor(ids, device=self.device)
-        return self.text_encoder(ids)[0]
+        if token_embeds is None:
+            return self.text_encoder(ids)[0]
+        positions, rows = token_embeds
+
+        def replace(module, args, output):
+            output = output.clone()
+            output[:, positions] = rows.to(output.dtype)
+            return output
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(replace)
+        try:
+            return self.text_encoder(ids)[0]
+        finally:
+            handle.remove()
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image resized to the native size, as (1, 3, H, W) in [-1, 1] on the backbone's device."""

@@ -26,8 +26,8 @@ def _filter_args(parser: argparse.ArgumentParser, default_help: str) -> None:
                         help="change a filter setting, value as JSON (e.g. --filter-set threshold=0.3)")
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="baseline", help="segmentation method (see `promptseg methods`)")
+def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline") -> None:
+    parser.add_argument("--method", default=default_method, help="segmentation method (see `promptseg methods`)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
@@ -80,6 +80,9 @@ def cmd_filters(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.eval.runner import EvalRun, evaluate
 
+    if args.task == "refer":
+        return cmd_eval_refer(args)
+
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
@@ -92,6 +95,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"({report['n_images']} images, {report['seconds_per_image']:.2f} s/image; filter {report['filter']}: "
               f"precision {100 * report['filter_precision']:.1f}, recall {100 * report['filter_recall']:.1f}) "
               f"-> {args.out}/report.md")
+    return 0
+
+
+def cmd_refer(args: argparse.Namespace) -> int:
+    from promptseg.api import refer_files
+
+    outcomes = refer_files(
+        args.images, args.expression, method=args.method, model=args.model, out_dir=args.out, device=args.device,
+        dtype=args.dtype, settings=_settings(args.settings), allow_pickle=args.allow_pickle,
+    )
+    failed = [o for o in outcomes if o.error]
+    for outcome in failed:
+        print(f"skipped {outcome.error}", file=sys.stderr)
+    print(f"wrote {len(outcomes) - len(failed)} of {len(outcomes)} image(s) to {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_eval_refer(args: argparse.Namespace) -> int:
+    from promptseg.eval.refer_runner import ReferRun, evaluate_refer
+
+    if args.names != "oracle" or args.class_names or args.filter or args.filter_settings:
+        raise ValueError("--names, --class-names and --filter are for --task semantic; a referring run takes none")
+    run = ReferRun(
+        dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
+        limit=args.limit, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
+        save_vis=args.save_vis,
+    )
+    report = evaluate_refer(run)
+    if report is not None:
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        print(f"{args.method} on {args.dataset}: cIoU {pct(report['ciou'])}  gIoU {pct(report['giou'])}  "
+              f"N-acc {pct(report['n_acc'])}  ({report['n_samples']} expressions, "
+              f"{report['seconds_per_expression']:.2f} s each) -> {args.out}/report.md")
     return 0
 
 
@@ -119,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(func=cmd_segment)
 
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
-    ev.add_argument("--dataset", required=True, help="voc21, voc20, context60, context59, coco_object or shapes")
+    ev.add_argument("--task", choices=("semantic", "refer"), default="semantic",
+                    help="semantic segmentation (mIoU) or referring segmentation (cIoU, gIoU, N-acc)")
+    ev.add_argument("--dataset", required=True, help="semantic: voc21, voc20, context60, context59, coco_object, "
+                    "shapes; refer: shapes_ref, refcoco, refcoco+, refcocog, grefcoco")
     ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for shapes)")
     ev.add_argument("--split", default=None, help="dataset split (default: val; shapes: test)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -130,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(ev)
     _filter_args(ev, "none with --names oracle, else the one the model recommends")
     ev.set_defaults(func=cmd_eval)
+
+    ref = sub.add_parser("refer", help="segment what a sentence refers to (Segment Anyword)")
+    ref.add_argument("images", nargs="+", help="image files")
+    ref.add_argument("expression", help='the referring expression, e.g. "the red circle left of the square"')
+    ref.add_argument("--out", default="promptseg_out", help="output folder")
+    _model_args(ref, default_method="anyword")
+    ref.set_defaults(func=cmd_refer)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=cmd_methods)

@@ -174,6 +174,53 @@ class DemoSession:
                           files=[str(paths["label_map"]), str(paths["masks"])])
 
 
+    def refer(self, path: str | None, expression: str, method: str, progress=None) -> DemoOutput:
+        """Segment what `expression` refers to in the image file at `path` (possibly nothing). Bad input gives a
+        `DemoOutput` whose `status` says what to fix."""
+        try:
+            if not path:
+                raise ValueError("upload an image or pick an example first")
+            if not expression or not expression.strip():
+                raise ValueError('type a referring expression, e.g. "the red circle left of the square"')
+            image = load_image(path)
+            with self._lock:
+                return self._refer(image, expression.strip(), method, Path(path).stem, progress)
+        except (ImageLoadError, ValueError, TypeError, FileNotFoundError, OSError, ImportError) as err:
+            return DemoOutput(status=f"**Error:** {html.escape(str(err))}")
+
+    def _refer(self, image, expression, method_name, stem, progress) -> DemoOutput:
+        from promptseg.io import save_refer
+
+        tick = progress or (lambda *a, **k: None)
+        tick(0.05, desc="loading the model")
+        segmenter = self.method(method_name)
+        if not hasattr(segmenter, "refer"):
+            raise ValueError(f"{method_name} does not answer referring expressions; choose anyword or baseline")
+        if hasattr(segmenter, "on_step"):
+            segmenter.on_step = lambda done, total: tick(0.2 + 0.6 * done / total, desc=f"step {done} of {total}")
+        start = time.perf_counter()
+        try:
+            result = segmenter.refer(segmenter.prepare(image), expression)
+        finally:
+            if hasattr(segmenter, "on_step"):
+                segmenter.on_step = None
+        seconds = time.perf_counter() - start
+        tick(0.9, desc="drawing")
+        paths = save_refer(result, image, self.out_dir / f"{int(time.time() * 1000)}", stem)
+        big = _display(image, Image.BICUBIC)
+        big_mask = np.asarray(Image.fromarray(result.mask.astype(np.uint8)).resize(big.size, Image.NEAREST))
+        names = ["background", expression]
+        lines = [f"**{method_name}** in {seconds:.2f} s: " + (f"{int(result.mask.sum())} pixels" if result.mask.any()
+                                                              else "no referent found (empty answer)")]
+        if "words" in result.extra:
+            lines.append("Concept words: " + ", ".join(result.extra["words"]))
+        lines += [f"Warning: {html.escape(w)}" for w in result.warnings]
+        tick(1.0)
+        return DemoOutput(overlay=overlay(big, big_mask.astype(np.int32), names),
+                          heatmaps=[(_display(heat(result.score)), "referent map")], legend=legend_html(names),
+                          status="\n\n".join(lines), files=[str(paths["mask"]), str(paths["json"])])
+
+
 def example_images(folder: Path) -> list[Path]:
     """The repository's example images; where promptseg is installed without them, three shapes-world test
     images rendered into `folder`."""
@@ -196,8 +243,10 @@ def build_app(session: DemoSession):
 
     from promptseg.filters import list_filters
     from promptseg.methods import list_methods
+    from promptseg.methods.base import METHODS
 
     methods = list(list_methods())
+    referring = [name for name in methods if hasattr(METHODS.get(name)[0], "refer")]
     filters = [MODEL_DEFAULT] + list(list_filters())
 
     def handle(path, labels_text, method, filter_name, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
@@ -225,10 +274,37 @@ def build_app(session: DemoSession):
                     status = gr.Markdown(elem_id="status")
                     maps = gr.Gallery(label="Score map per label", columns=4, height=220)
                     files = gr.File(label="Downloads: label PNG, masks JSON (COCO RLE)", file_count="multiple")
-        upload.change(lambda p: p if p and Path(p).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-                      else None, inputs=upload, outputs=preview)
+        with gr.Tab("Referring"):
+            with gr.Row():
+                with gr.Column():
+                    r_upload = gr.File(label="Image", file_count="single", type="filepath", elem_id="refer-image")
+                    r_preview = gr.Image(label="Input", type="filepath", interactive=False, height=260)
+                    expression = gr.Textbox(label="Referring expression", value="the red circle",
+                                            elem_id="expression")
+                    r_method = gr.Dropdown(referring, value="anyword" if "anyword" in referring else referring[0],
+                                           label="Method", elem_id="refer-method")
+                    r_button = gr.Button("Segment", variant="primary", elem_id="refer")
+                    gr.Examples([[str(p)] for p in example_images(session.out_dir)], inputs=[r_upload], label="Examples")
+                with gr.Column():
+                    r_result = gr.Image(label="Referent", type="pil", interactive=False, elem_id="refer-overlay")
+                    r_legend = gr.HTML(elem_id="refer-legend")
+                    r_status = gr.Markdown(elem_id="refer-status")
+                    r_maps = gr.Gallery(label="Referent map", columns=2, height=220)
+                    r_files = gr.File(label="Downloads: mask PNG, JSON (COCO RLE)", file_count="multiple")
+
+        def refer(path, text, name, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+            out = session.refer(path, text, name, progress)
+            return out.overlay, out.heatmaps, out.legend, out.status, out.files or None
+
+        def show(path):
+            return path if path and Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp") else None
+
+        upload.change(show, inputs=upload, outputs=preview)
+        r_upload.change(show, inputs=r_upload, outputs=r_preview)
         button.click(handle, inputs=[upload, labels, method, filter_name],
                      outputs=[result, maps, legend, status, files], concurrency_limit=1)
+        r_button.click(refer, inputs=[r_upload, expression, r_method],
+                       outputs=[r_result, r_maps, r_legend, r_status, r_files], concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
     return app
 

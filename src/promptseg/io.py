@@ -140,3 +140,28 @@ def save_result(result, image: Image.Image, out_dir: str | Path, stem: str) -> d
         record["filter"] = result.extra["filter"]
     paths["masks"].write_text(json.dumps(record))
     return paths
+
+
+def save_refer(result, image: Image.Image, out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write one referring answer into `out_dir`: the mask PNG (0/255), the overlay with the expression as legend,
+    and a JSON with the expression, the COCO RLE of the mask, warnings and the method's diagnostics; returns the
+    paths by kind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "mask": out_dir / f"{stem}_mask.png",
+        "overlay": out_dir / f"{stem}_overlay.png",
+        "json": out_dir / f"{stem}_refer.json",
+    }
+    Image.fromarray(result.mask.astype(np.uint8) * 255).save(paths["mask"])
+    overlay(image, result.mask.astype(np.int32), ["background", result.expression]).save(paths["overlay"])
+    record = {
+        "expression": result.expression,
+        "area": int(result.mask.sum()),
+        "empty": not bool(result.mask.any()),
+        "segmentation": encode_rle(result.mask),
+        "warnings": result.warnings,
+        "extra": {k: v for k, v in result.extra.items() if isinstance(v, (str, int, float, list, dict, type(None)))},
+    }
+    paths["json"].write_text(json.dumps(record))
+    return paths

@@ -149,3 +149,27 @@ def label_scores(cross: torch.Tensor, positions: list[list[list[int]]]) -> torch
         synonym_maps = torch.stack([cross[..., span].mean(dim=-1) for span in spans], dim=-1)
         per_label.append(synonym_maps.amax(dim=-1))
     return torch.stack(per_label, dim=-1)
+
+
+def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Token indices in the tokenized `text` (start token at 0) of each character span [start, end) of it.
+
+    A span must start and end at word boundaries (CLIP's tokenizer splits words, never across them).
+
+    Raises:
+        ValueError: `text` does not fit the text encoder, or a span's tokens do not match the tokenized text.
+    """
+    ids = tokenizer(text).input_ids
+    if len(ids) > int(tokenizer.model_max_length):
+        raise ValueError(
+            f"the expression {text!r} needs {len(ids)} tokens but the text encoder takes {tokenizer.model_max_length}; "
+            "shorten it"
+        )
+    out = []
+    for start, end in spans:
+        first = 1 + len(_pieces(tokenizer, text[:start]))
+        pieces = _pieces(tokenizer, text[start:end])
+        if not pieces or ids[first : first + len(pieces)] != pieces:
+            raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
+        out.append(list(range(first, first + len(pieces))))
+    return out

@@ -34,4 +34,29 @@ def get_dataset(name: str, root: str | None = None, class_names_file: str | None
     return COCOObjectDataset(root, class_names_file=class_names_file, **kwargs)
 
 
-__all__ = ["DATASETS", "IGNORE_INDEX", "Sample", "SegDataset", "get_dataset", "read_class_names"]
+
+
+
+REFER_DATASETS = ("shapes_ref", "refcoco", "refcoco+", "refcocog", "grefcoco")
+
+
+def get_refer_dataset(name: str, root: str | None = None, split: str | None = None, limit: int | None = None):
+    """The referring dataset `name` (one of `REFER_DATASETS`): samples with `image`, `expression`, `mask`, `id`.
+
+    shapes_ref needs no `root` (split "test" by default; `limit` expressions are generated, 300 when None).
+
+    Raises:
+        ValueError: an unknown name, or no `root` for a dataset on disk.
+    """
+    if name not in REFER_DATASETS:
+        raise ValueError(f"unknown referring dataset {name!r}; choose from {REFER_DATASETS}")
+    if name == "shapes_ref":
+        from promptseg.data.shapes_ref import ShapesRefDataset
+
+        return ShapesRefDataset(split or "test", n=limit or 300)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs --root, the folder holding {name}/ and the COCO train2014 images")
+    from promptseg.data.refcoco import RefCOCODataset
+
+    return RefCOCODataset(name, root, split or "val")
+__all__ = ["DATASETS", "IGNORE_INDEX", "REFER_DATASETS", "Sample", "SegDataset", "get_dataset", "get_refer_dataset", "read_class_names"]

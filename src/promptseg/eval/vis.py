@@ -22,3 +22,16 @@ def save_comparison(image: Image.Image, gt: np.ndarray, pred: np.ndarray, path: 
     """Save image | ground truth | prediction side by side."""
     panels = [np.asarray(image.convert("RGB")), colourise(gt), colourise(pred)]
     Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+
+
+def save_refer_comparison(image: Image.Image, gt: np.ndarray, pred: np.ndarray, expression: str, path: Path) -> None:
+    """Save image | ground-truth mask | predicted mask (masks tinted on the image); the expression in the file's
+    PNG text chunk."""
+    from PIL import PngImagePlugin
+
+    rgb = np.asarray(image.convert("RGB")).astype(np.float32)
+    tint = np.array([255, 64, 64], np.float32)
+    panels = [rgb] + [np.where(m[..., None], 0.45 * rgb + 0.55 * tint, 0.6 * rgb) for m in (gt, pred)]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("expression", expression)
+    Image.fromarray(np.concatenate(panels, axis=1).astype(np.uint8)).save(path, pnginfo=info)

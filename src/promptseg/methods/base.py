@@ -50,6 +50,27 @@ class SegmentationResult:
 
 
 @dataclass
+class ReferResult:
+    """The output of a method for one image and one referring expression.
+
+    Attributes:
+        mask (`np.ndarray`): HxW bool at the input image's size, the union of everything the expression refers to
+            (all False when the method finds no referent).
+        score (`np.ndarray`): HxW float32 in [0, 1], the referent's attention map before any mask model.
+        expression (`str`): the expression, as given.
+        timings (`dict[str, float]`), warnings (`list[str]`): as for `SegmentationResult`.
+        extra (`dict`): method-specific diagnostics (the parse, the prompts, the inversion's loss).
+    """
+
+    mask: np.ndarray
+    score: np.ndarray
+    expression: str
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PreparedImage:
     """What a method keeps about one image between `prepare` and `segment`.
 
@@ -115,6 +136,7 @@ def build_method(name: str, backbone, config=None, **overrides):
 
 
 def _import_builtin_methods() -> None:
+    import promptseg.methods.anyword  # noqa: F401
     import promptseg.methods.baseline  # noqa: F401
     import promptseg.methods.fastseg  # noqa: F401
     import promptseg.methods.invseg  # noqa: F401

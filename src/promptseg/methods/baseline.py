@@ -8,14 +8,18 @@ upsample to the image size and take the argmax over labels.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from promptseg.capture import AttentionStore, capture
 from promptseg.methods.base import (
     PreparedImage,
+    ReferResult,
     SegmentationResult,
     as_labels,
     finish,
@@ -23,8 +27,16 @@ from promptseg.methods.base import (
     prepare_pixels,
     register_method,
 )
-from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
-from promptseg.text import build_prompt, label_scores, split_to_fit
+from promptseg.refine import (
+    maps_to_tokens,
+    minmax,
+    refine,
+    resize_maps,
+    resize_self_attention,
+    tokens_to_maps,
+    weighted_sum,
+)
+from promptseg.text import build_prompt, label_scores, span_positions, split_to_fit
 
 
 @dataclass
@@ -153,6 +165,34 @@ class Baseline:
         propagate = sum(resize_self_attention(self_attn[g], g, self.target) * (w / total) for g, w in self.self_grids.items())
         refined = refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations)
         return minmax(tokens_to_maps(refined, self.target))
+
+    def refer(self, prepared: PreparedImage, expression: str) -> ReferResult:
+        """The baseline's answer to a referring expression: the UNet sees the expression; the mean map of the target's
+        head noun phrase (head and bound modifiers, from `promptseg.language`; every word when spaCy is missing)
+        is refined like a label's and thresholded at `background_threshold` (0.5 when None). Never empty: it has
+        no notion of an absent referent, relations or number, which is what Segment Anyword adds."""
+        from promptseg.language import parse_expression
+
+        start = time.perf_counter()
+        warnings = []
+        try:
+            spans = [(w.start, w.end) for w in parse_expression(expression).target.concept_words()]
+        except ImportError as err:
+            spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", expression)]
+            warnings.append(f"no parse ({err}); the map of every word is used")
+        positions = span_positions(self.backbone.tokenizer, expression, spans)
+        tokens = SimpleNamespace(positions=[[[p for span in positions for p in span]]])
+        with torch.no_grad():
+            text = self.backbone.encode_text(expression)
+            if self.config.conditioning == "prompt":
+                raise ValueError("baseline.refer needs conditioning='labels' (the expression is the prompt)")
+            label_cross, self_attn = self.read_attention(prepared, tokens, text)
+            scores = self.scores(self_attn, label_cross)
+        score = resize_maps(scores.float(), prepared.size)[0, 0].clamp(0, 1).cpu().numpy()
+        threshold = 0.5 if self.config.background_threshold is None else self.config.background_threshold
+        timings = {**prepared.timings, "refer": time.perf_counter() - start}
+        return ReferResult(mask=score >= threshold, score=score.astype(np.float32), expression=expression,
+                           timings=timings, warnings=warnings, extra={"words": [expression[a:b] for a, b in spans]})
 
     def __call__(self, image, labels, prompt: str | None = None):
         """`segment(prepare(image), labels)`."""

@@ -36,21 +36,29 @@ MEAN = (0.485, 0.456, 0.406)  # SamImageProcessor's defaults, so the stock proce
 STD = (0.229, 0.224, 0.225)
 
 
-def build_model(seed: int = 0):
+def build_model(seed: int = 0, width: int = 128, pos_scale: float = 1.0):
     """A fresh (untrained) `SamModel` of the shapes-sam architecture."""
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
     torch.manual_seed(seed)
     vision = SamVisionConfig(
         image_size=IMAGE_SIZE, patch_size=4, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, mlp_dim=384,
-        output_channels=64, num_pos_feats=32, global_attn_indexes=[1], window_size=0,
+        output_channels=width, num_pos_feats=width // 2, global_attn_indexes=[1], window_size=0,
     )
-    prompt = SamPromptEncoderConfig(hidden_size=64, image_size=IMAGE_SIZE, patch_size=4, mask_input_channels=16)
-    decoder = SamMaskDecoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_dim=256,
+    prompt = SamPromptEncoderConfig(hidden_size=width, image_size=IMAGE_SIZE, patch_size=4, mask_input_channels=16)
+    decoder = SamMaskDecoderConfig(hidden_size=width, num_hidden_layers=2, num_attention_heads=4, mlp_dim=4 * width,
                                    iou_head_hidden_dim=64)
     config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
                        mask_decoder_config=decoder.to_dict())
-    return SamModel(config)
+    model = SamModel(config)
+    # SamVisionConfig fixes the random-Fourier scale of the prompt/image positional encoding at hidden_size // 2
+    # (48 here); pretrained SAM overwrites it from its weights, but from scratch frequencies that high make
+    # neighbouring coordinates unrelated, and the decoder cannot tell where a prompt is. SAM's own default is 1.
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.copy_(
+            pos_scale * torch.randn(model.shared_image_embedding.positional_embedding.shape))
+    model.shared_image_embedding.positional_embedding.requires_grad_(False)
+    return model
 
 
 def make_processor():
@@ -156,8 +164,8 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model = build_model(args.seed, args.width, args.pos_scale)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
     state = checkpoint.resume(work, model, opt, rng)
     t0 = time.time()
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
+    parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")
+    parser.add_argument("--pos-scale", type=float, default=1.0, help="random Fourier positional encoding scale")
     parser.add_argument("--threads", type=int, default=2)
     train(parser.parse_args(argv))
 

@@ -1,0 +1,155 @@
+"""Referring segmentation on shapes_ref: Segment Anyword against the baseline, its ablations, and the val sweep.
+
+    python benchmarks/anyword_benchmark.py --split val --n 150    # choose settings (writes anyword_val.md/.json)
+    python benchmarks/anyword_benchmark.py --split test --n 300   # the table (writes anyword.md/.json)
+
+Every row is `promptseg eval --task refer --dataset shapes_ref --model shapes` (resumable runs under runs/anyword/)
+with the settings shown on top of what the shapes model recommends for the method. Test rows: the baseline (head
+noun phrase's attention, thresholded), anyword as recommended, and one ablation per part: without inversion (0
+steps), without the linguistic regularisation (every content word's map averaged, every region kept), without SAM
+(regions are the masks), with the paper's attention-only ranking (no denoising evidence). Per expression kind:
+mean IoU of one-target "shape" ("the circle"), "colour shape", "relation" ("... left of the ..."), "plural"
+("the circles", "the red shapes") and the share of "no target" expressions answered empty. Cost: seconds per
+expression, and one bare UNet forward at the same batch on this machine (2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from promptseg import load_backbone
+from promptseg.backbone import model_settings
+from promptseg.data.shapes_ref import ShapesRefDataset
+from promptseg.eval.refer_runner import ReferRun, evaluate_refer
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+TEST_ROWS = {
+    "baseline (head phrase attention, thresholded)": ("baseline", {}),
+    "anyword (recommended settings)": ("anyword", {}),
+    "anyword without inversion (0 steps)": ("anyword", {"steps": 0}),
+    "anyword without linguistic regularisation": ("anyword", {"linguistic": False}),
+    "anyword without SAM (regions as masks)": ("anyword", {"sam": None}),
+    "anyword, attention-only ranking (the paper's)": ("anyword", {"evidence": "attention"}),
+    "anyword, paper's condition (the expression as written)": ("anyword", {"condition": "expression",
+                                                                           "lemmatize": False}),
+}
+
+VAL_ROWS = {  # without SAM (the maps and the selection are chosen here; SAM only turns regions into masks)
+    "baseline": ("baseline", {}),
+    "attention, expression as written, 0 steps": ("anyword", {"evidence": "attention", "condition": "expression",
+                                                              "lemmatize": False, "steps": 0, "sam": None}),
+    "attention, concept words + lemmas, 0 steps": ("anyword", {"evidence": "attention", "steps": 0, "sam": None}),
+    "denoising, concept words + lemmas, 0 steps": ("anyword", {"evidence": "denoising", "steps": 0, "sam": None}),
+    "denoising, 10 steps lr 0.005": ("anyword", {"evidence": "denoising", "steps": 10, "lr": 0.005, "sam": None}),
+    "denoising, 10 steps lr 0.001": ("anyword", {"evidence": "denoising", "steps": 10, "lr": 0.001, "sam": None}),
+    "denoising, 0 steps, presence 0.5": ("anyword", {"evidence": "denoising", "steps": 0, "presence_threshold": 0.5,
+                                                     "sam": None}),
+    "denoising, 0 steps, region threshold 0.4": ("anyword", {"evidence": "denoising", "steps": 0,
+                                                             "region_threshold": 0.4, "sam": None}),
+}
+
+
+def kind_of(expression: str, empty: bool) -> str:
+    if empty:
+        return "no target"
+    if " of " in expression:
+        return "relation"
+    last = expression.split()[-1]
+    if last.endswith("s") and last != "grass":
+        return "plural"
+    return "colour shape" if len(expression.split()) == 3 else "shape"
+
+
+def breakdown(out: Path, dataset: ShapesRefDataset, n: int) -> dict:
+    """Mean IoU per expression kind (for "no target": the share answered empty)."""
+    kinds: dict[str, list[float]] = {}
+    for k in range(n):
+        sample = dataset[k]
+        record = json.loads((out / "samples" / f"{sample.id}.json").read_text())
+        kinds.setdefault(kind_of(sample.expression, not sample.mask.any()), []).append(record["iou"])
+    return {kind: {"mean_iou": float(np.mean(v)), "n": len(v)} for kind, v in sorted(kinds.items())}
+
+
+def unet_forward_seconds(backbone, rounds: int = 20) -> float:
+    """Median seconds of one bare UNet forward (batch 1) of the shapes model."""
+    h, w = backbone.latent_size
+    latents = torch.randn(1, backbone.unet.config.in_channels, h, w)
+    text = backbone.encode_text("a red circle")
+    t = torch.tensor([300])
+    times = []
+    with torch.no_grad():
+        for _ in range(rounds + 3):
+            start = time.perf_counter()
+            backbone.unet(latents, t, encoder_hidden_states=text)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times[3:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--work", default="runs/anyword")
+    parser.add_argument("--only", default=None, help="run only the rows whose name contains this")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    backbone = load_backbone("shapes", device="cpu")
+    dataset = ShapesRefDataset(args.split, args.n)
+    rows = TEST_ROWS if args.split == "test" else VAL_ROWS
+    name = "anyword" if args.split == "test" else "anyword_val"
+    json_path = RESULTS / f"{name}.json"
+    table = json.loads(json_path.read_text())["rows"] if json_path.exists() else {}
+    for label, (method, settings) in rows.items():
+        if args.only and args.only not in label:
+            continue
+        slug = "".join(c if c.isalnum() else "_" for c in label)[:60]
+        out = Path(args.work) / args.split / slug
+        report = evaluate_refer(ReferRun(dataset="shapes_ref", split=args.split, method=method, model="shapes",
+                                         out=str(out), limit=args.n, settings=settings, device="cpu"),
+                                backbone=backbone)
+        table[label] = {"method": method, "settings": settings, **{k: report[k] for k in (
+            "ciou", "giou", "n_acc", "t_acc", "n_samples", "n_no_target", "seconds_per_expression")},
+            "kinds": breakdown(out, dataset, args.n)}
+        print(label, {k: table[label][k] for k in ("ciou", "giou", "n_acc")}, flush=True)
+    forward = unet_forward_seconds(backbone)
+    recommended = model_settings("shapes").get("anyword", {})
+    RESULTS.mkdir(exist_ok=True)
+    json_path.write_text(json.dumps({"split": args.split, "n": args.n, "unet_forward_seconds": forward,
+                                     "recommended": recommended, "rows": table}, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(table, args, forward, recommended))
+
+
+def markdown(table: dict, args, forward: float, recommended: dict) -> str:
+    kinds = ["shape", "colour shape", "relation", "plural", "no target"]
+    lines = [
+        f"# Referring segmentation on shapes_ref {args.split} ({args.n} expressions), bundled `shapes` model",
+        "",
+        f"Made by `python benchmarks/anyword_benchmark.py --split {args.split} --n {args.n}` (2 CPU cores). cIoU, gIoU,",
+        "N-acc as in ReLA's evaluator (x100). Kind columns: mean IoU per expression kind; \"no target\": share answered",
+        f"empty. One bare UNet forward: {1000 * forward:.1f} ms. Anyword's recommended settings (shapes model):",
+        f"`{json.dumps(recommended)}`.",
+        "",
+        "| row | cIoU | gIoU | N-acc | " + " | ".join(kinds) + " | s/expr | x UNet forward |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in kinds) + " | --- | --- |",
+    ]
+    for label, row in table.items():
+        cells = []
+        for kind in kinds:
+            v = row["kinds"].get(kind)
+            cells.append("-" if v is None else f"{100 * v['mean_iou']:.1f} ({v['n']})")
+        n_acc = "-" if row["n_acc"] is None else f"{100 * row['n_acc']:.1f}"
+        lines.append(f"| {label} | {100 * row['ciou']:.1f} | {100 * row['giou']:.1f} | {n_acc} | " + " | ".join(cells)
+                     + f" | {row['seconds_per_expression']:.3f} | {row['seconds_per_expression'] / forward:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

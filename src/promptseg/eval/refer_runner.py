@@ -1,0 +1,153 @@
+"""Evaluate a method on a referring-segmentation dataset: resumable, sharded, with a report (cIoU, gIoU, N-acc).
+
+    promptseg eval --task refer --dataset shapes_ref --method anyword --model shapes --limit 300 --out runs/ref
+    accelerate launch --num_processes 4 -m promptseg.cli eval --task refer --dataset refcoco --root DATA ...
+
+Like the semantic runner: one record per sample in OUT/samples/<id>.json (its intersection, union and areas), a rerun
+skips what is done, the shards' counts are summed (`ReferScores.as_array`), the main process writes report.json/md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from promptseg import __version__
+from promptseg.backbone import DEFAULT_MODEL
+from promptseg.data import get_refer_dataset
+from promptseg.eval.refer_metrics import ReferScores
+from promptseg.eval.runner import _atomic_write, _check_run_file, _Shard
+
+
+@dataclass
+class ReferRun:
+    """What to evaluate: a method's `refer` on a referring dataset."""
+
+    dataset: str
+    method: str = "anyword"
+    model: str = DEFAULT_MODEL
+    out: str = "eval_out"
+    root: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    settings: dict = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    save_vis: int = 0
+
+
+def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict | None:
+    """Run (or resume) a referring evaluation; returns the report on the main process (None on the others).
+
+    Raises:
+        ValueError: a method without `refer`, nothing to evaluate, or an OUT written with other settings.
+    """
+    from promptseg.methods import build_method
+    from promptseg.methods.base import METHODS, config_for_model
+
+    method_cls = METHODS.get(run.method)[0]
+    if not hasattr(method_cls, "refer"):
+        answering = sorted(name for name in METHODS.summaries() if hasattr(METHODS.get(name)[0], "refer"))
+        raise ValueError(f"method {run.method!r} does not answer referring expressions; use one of {answering}")
+    dataset = get_refer_dataset(run.dataset, run.root, run.split, run.limit)
+    config = config_for_model(run.method, run.model, **run.settings)
+    n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
+    if n < 1:
+        raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
+    out = Path(run.out)
+    records = out / "samples"
+    shard = _Shard()
+    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    signature = {"task": "refer", "dataset": run.dataset, "split": run.split, "method": run.method,
+                 "model": run.model, "settings": settings}
+    if shard.is_main:
+        records.mkdir(parents=True, exist_ok=True)
+        _check_run_file(out, signature)
+    shard.barrier()
+
+    mine = shard.indices(n)
+    totals = ReferScores()
+    seconds = 0.0
+    segmenter = None
+    bar = None
+    if progress and shard.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="expr", desc=f"{run.method} on {run.dataset}", dynamic_ncols=True)
+    for i in mine:
+        sample = dataset[i]
+        path = records / f"{sample.id}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+        else:
+            if segmenter is None:
+                if backbone is None:
+                    from promptseg.backbone import load_backbone
+
+                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
+                segmenter = build_method(run.method, backbone, config)
+            start = time.perf_counter()
+            result = segmenter.refer(segmenter.prepare(sample.image), sample.expression)
+            elapsed = time.perf_counter() - start
+            one = ReferScores()
+            iou = one.add(result.mask, sample.mask)
+            record = {"id": sample.id, "expression": sample.expression, "seconds": elapsed, "iou": iou,
+                      "scores": one.as_array().tolist(), "warnings": result.warnings}
+            _atomic_write(path, json.dumps(record))
+            if i < run.save_vis:
+                from promptseg.eval.vis import save_refer_comparison
+
+                (out / "vis").mkdir(exist_ok=True)
+                save_refer_comparison(sample.image, sample.mask, result.mask, sample.expression,
+                                      out / "vis" / f"{sample.id}.png")
+        totals = ReferScores.from_array(totals.as_array() + np.asarray(record["scores"]))
+        seconds += record["seconds"]
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    summed = shard.sum(np.concatenate([totals.as_array(), [seconds]]))
+    shard.barrier()
+    if not shard.is_main:
+        return None
+    summary = ReferScores.from_array(summed[:-1]).summary()
+    report = {
+        "task": "refer",
+        "dataset": run.dataset,
+        "split": getattr(dataset, "split", run.split),
+        "method": run.method,
+        "model": run.model,
+        **summary,
+        "seconds_per_expression": float(summed[-1] / max(summary["n_samples"], 1)),
+        "settings": settings,
+        "processes": shard.world,
+        "promptseg_version": __version__,
+    }
+    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    _atomic_write(out / "report.md", markdown_refer_report(report))
+    return report
+
+
+def markdown_refer_report(report: dict) -> str:
+    """A markdown summary of a referring report."""
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    return "\n".join([
+        f"# {report['method']} on {report['dataset']} ({report['split']}), referring segmentation",
+        "",
+        f"- model: `{report['model']}`; promptseg {report['promptseg_version']}; {report['processes']} process(es)",
+        f"- {report['n_samples']} expressions, {report['n_no_target']} without a target",
+        f"- {report['seconds_per_expression']:.3f} s per expression",
+        "",
+        "| cIoU | gIoU | N-acc | T-acc |",
+        "| --- | --- | --- | --- |",
+        f"| {pct(report['ciou'])} | {pct(report['giou'])} | {pct(report['n_acc'])} | {pct(report['t_acc'])} |",
+        "",
+    ])

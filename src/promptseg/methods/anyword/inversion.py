@@ -1,0 +1,81 @@
+"""Mask-prompt inversion: learn the concept words' token embeddings for one image with the denoising loss.
+
+The expression is the generation condition. Only the *input* token embeddings of its visual-concept words are
+trainable (textual inversion's parameters: tokens x width, e.g. 3 x 768 = 2.3k values on SD 1.5, far under the
+paper's 0.1M); they pass through the frozen text encoder into the frozen UNet, which must reconstruct the image's
+noise at random timesteps: L = || target - UNet(z_t, t, c(V)) ||^2, the diffusion model's own training loss (the
+target is the noise, the velocity or the sample, as the scheduler predicts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def denoising_target(backbone, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict for `latents` noised with `noise` at `t`."""
+    kind = backbone.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return backbone.scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction type {kind!r}")
+
+
+def invert_tokens(
+    backbone,
+    latents: torch.Tensor,
+    prompt: str,
+    positions: list[int],
+    steps: int,
+    lr: float,
+    batch: int,
+    timesteps: tuple[int, int],
+    seed: int,
+    on_step=None,
+) -> tuple[torch.Tensor, dict]:
+    """Optimise the input token embeddings at `positions` of `prompt` so the UNet denoises `latents` (1, C, h, w).
+
+    Returns:
+        (`torch.Tensor`, `dict`): the text-encoder output (1, T, D) with the learnt embeddings, and a log with
+        "loss" per step, "change" (relative distance of the embeddings from the word's own) and "warnings".
+    """
+    embedding = backbone.text_encoder.get_input_embeddings()
+    ids = backbone.tokenizer(prompt, padding="max_length", max_length=backbone.text_length).input_ids
+    index = torch.tensor([ids[p] for p in positions], device=embedding.weight.device)
+    start = embedding.weight[index].detach().float().clone()
+    log = {"loss": [], "change": [], "warnings": []}
+    if steps == 0 or not positions:
+        with torch.no_grad():
+            return backbone.encode_text(prompt), log
+    rows = torch.nn.Parameter(start.clone())
+    optimiser = torch.optim.Adam([rows], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    clean = latents.expand(batch, -1, -1, -1)
+    last = rows.detach().clone()
+    for _ in range(steps):
+        t = torch.randint(timesteps[0], timesteps[1] + 1, (batch,), generator=generator).to(latents.device)
+        noise = torch.randn(clean.shape, generator=generator).to(latents.device, latents.dtype)
+        noisy = backbone.scheduler.add_noise(clean, noise, t)
+        text = backbone.encode_text([prompt] * batch, token_embeds=(positions, rows))
+        prediction = backbone.unet(noisy, t, encoder_hidden_states=text.to(backbone.dtype)).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), denoising_target(backbone, clean, noise, t).float())
+        if not math.isfinite(float(loss.detach())):
+            log["warnings"].append(f"non-finite denoising loss at step {len(log['loss'])}; kept the last embeddings")
+            with torch.no_grad():
+                rows.copy_(last)
+            break
+        last = rows.detach().clone()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        log["loss"].append(float(loss.detach()))
+        log["change"].append(float((rows.detach() - start).norm() / start.norm().clamp_min(1e-12)))
+        if on_step is not None:
+            on_step(len(log["loss"]), steps)
+    with torch.no_grad():
+        return backbone.encode_text(prompt, token_embeds=(positions, rows.detach())), log
