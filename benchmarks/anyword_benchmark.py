@@ -52,6 +52,12 @@ VAL_ROWS = {  # without SAM (the maps and the selection are chosen here; SAM onl
     "denoising, 10 steps lr 0.001": ("anyword", {"evidence": "denoising", "steps": 10, "lr": 0.001, "sam": None}),
     "denoising, 0 steps, presence 0.5": ("anyword", {"evidence": "denoising", "steps": 0, "presence_threshold": 0.5,
                                                      "sam": None}),
+    "denoising, 0 steps, evidence threshold -0.2": ("anyword", {"evidence": "denoising", "steps": 0,
+                                                                "evidence_threshold": -0.2, "sam": None}),
+    "denoising, 0 steps, evidence threshold -0.1": ("anyword", {"evidence": "denoising", "steps": 0,
+                                                                "evidence_threshold": -0.1, "sam": None}),
+    "denoising, 0 steps, evidence threshold 0": ("anyword", {"evidence": "denoising", "steps": 0,
+                                                             "evidence_threshold": 0.0, "sam": None}),
     "denoising, 0 steps, region threshold 0.4": ("anyword", {"evidence": "denoising", "steps": 0,
                                                              "region_threshold": 0.4, "sam": None}),
 }

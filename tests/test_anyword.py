@@ -107,3 +107,15 @@ def test_semantic_segmentation_through_referring(tiny, image):
         assert (result.scores[k][result.label_map == k] >= 0).all()
     with pytest.raises(ValueError, match="no prompt"):
         anyword(image, ["cat"], prompt="a cat")
+
+
+def test_denoising_evidence_ranks_and_can_empty_the_answer(tiny, image):
+    settings = {**FAST, "steps": 0, "evidence": "denoising", "evidence_timesteps": (100, 500)}
+    ranked = build_method("anyword", tiny, **settings)
+    prepared = ranked.prepare(image)
+    result = ranked.refer(prepared, "a red cat")
+    evidence = prepared.extra["evidence"]  # cached on the prepared image, one entry per phrase
+    assert list(evidence.cache) == ["red cat"] and evidence.cache["red cat"].shape == prepared.latents.shape[-2:]
+    assert result.mask.any()
+    strict = build_method("anyword", tiny, **{**settings, "evidence_threshold": 1e6})
+    assert not strict.refer(strict.prepare(image), "a red cat").mask.any()

@@ -43,6 +43,27 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _each_file(paths: list[Path], work, on_progress) -> list[FileOutcome]:
+    """Run `work(image, stem) -> outputs` on each readable file; an unreadable one gets its error and the rest go on."""
+    import time
+
+    outcomes = []
+    for path, stem in zip(paths, _unique_stems(paths)):
+        start = time.perf_counter()
+        outcome = FileOutcome(path=path)
+        try:
+            image = load_image(path)
+        except ImageLoadError as err:
+            outcome.error = str(err)
+        else:
+            outcome.outputs = work(image, stem)
+        outcome.seconds = time.perf_counter() - start
+        outcomes.append(outcome)
+        if on_progress is not None:
+            on_progress(outcome)
+    return outcomes
+
+
 def segment_files(
     paths: Sequence[str | Path],
     labels: Sequence[str],
@@ -66,7 +87,6 @@ def segment_files(
     ("none" to switch it off; None: the one the model recommends); what it kept and dropped is written into each
     image's masks JSON.
     """
-    import time
 
     labels = parse_labels(labels)
     config = config_for_model(method, model, **(settings or {}))
@@ -78,22 +98,8 @@ def segment_files(
     backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     segmenter = build_method(method, backbone, config)
     label_filter = build_filter(filter_name, backbone, filter_cfg)
-    outcomes = []
-    for path, stem in zip(paths, _unique_stems(paths)):
-        start = time.perf_counter()
-        outcome = FileOutcome(path=path)
-        try:
-            image = load_image(path)
-        except ImageLoadError as err:
-            outcome.error = str(err)
-        else:
-            result = segment_filtered(segmenter, label_filter, image, labels, prompt=prompt)
-            outcome.outputs = save_result(result, image, out_dir, stem)
-        outcome.seconds = time.perf_counter() - start
-        outcomes.append(outcome)
-        if on_progress is not None:
-            on_progress(outcome)
-    return outcomes
+    return _each_file(paths, lambda image, stem: save_result(
+        segment_filtered(segmenter, label_filter, image, labels, prompt=prompt), image, out_dir, stem), on_progress)
 
 
 def refer_files(
@@ -112,35 +118,18 @@ def refer_files(
     """Segment what `expression` refers to in each image file; write its mask PNG, overlay and RLE JSON to
     `out_dir` (`io.save_refer`). The method must answer expressions (`anyword`, `baseline`). Settings are checked
     before the model loads; an unreadable file is reported in its `FileOutcome.error` and the others still run."""
-    import time
 
     from promptseg.io import save_refer
-    from promptseg.methods.base import METHODS
+    from promptseg.methods.base import require_refer
 
     if not expression or not expression.strip():
         raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
-    if not hasattr(METHODS.get(method)[0], "refer"):
-        answering = sorted(name for name in METHODS.summaries() if hasattr(METHODS.get(name)[0], "refer"))
-        raise ValueError(f"method {method!r} does not answer referring expressions; use one of {answering}")
+    require_refer(method)
     config = config_for_model(method, model, **(settings or {}))
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
     backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     segmenter = build_method(method, backbone, config)
-    outcomes = []
-    for path, stem in zip(paths, _unique_stems(paths)):
-        start = time.perf_counter()
-        outcome = FileOutcome(path=path)
-        try:
-            image = load_image(path)
-        except ImageLoadError as err:
-            outcome.error = str(err)
-        else:
-            result = segmenter.refer(segmenter.prepare(image), expression)
-            outcome.outputs = save_refer(result, image, out_dir, stem)
-        outcome.seconds = time.perf_counter() - start
-        outcomes.append(outcome)
-        if on_progress is not None:
-            on_progress(outcome)
-    return outcomes
+    return _each_file(paths, lambda image, stem: save_refer(
+        segmenter.refer(segmenter.prepare(image), expression), image, out_dir, stem), on_progress)

@@ -38,6 +38,15 @@ def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline
     )
 
 
+def _report(outcomes, out: str) -> int:
+    """Print the files skipped and the count written; exit code 1 when a file was skipped."""
+    failed = [o for o in outcomes if o.error]
+    for outcome in failed:
+        print(f"skipped {outcome.error}", file=sys.stderr)
+    print(f"wrote {len(outcomes) - len(failed)} of {len(outcomes)} image(s) to {out}")
+    return 1 if failed else 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -54,11 +63,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         filter=args.filter, filter_settings=_settings(args.filter_settings), on_progress=lambda outcome: bar.update(1),
     )
     bar.close()
-    failed = [o for o in outcomes if o.error]
-    for outcome in failed:
-        print(f"skipped {outcome.error}", file=sys.stderr)
-    print(f"wrote {len(outcomes) - len(failed)} of {len(outcomes)} image(s) to {args.out}")
-    return 1 if failed else 0
+    return _report(outcomes, args.out)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -105,11 +110,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
         args.images, args.expression, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), allow_pickle=args.allow_pickle,
     )
-    failed = [o for o in outcomes if o.error]
-    for outcome in failed:
-        print(f"skipped {outcome.error}", file=sys.stderr)
-    print(f"wrote {len(outcomes) - len(failed)} of {len(outcomes)} image(s) to {args.out}")
-    return 1 if failed else 0
+    return _report(outcomes, args.out)
 
 
 def cmd_eval_refer(args: argparse.Namespace) -> int:

@@ -48,12 +48,9 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
         ValueError: a method without `refer`, nothing to evaluate, or an OUT written with other settings.
     """
     from promptseg.methods import build_method
-    from promptseg.methods.base import METHODS, config_for_model
+    from promptseg.methods.base import config_for_model, require_refer
 
-    method_cls = METHODS.get(run.method)[0]
-    if not hasattr(method_cls, "refer"):
-        answering = sorted(name for name in METHODS.summaries() if hasattr(METHODS.get(name)[0], "refer"))
-        raise ValueError(f"method {run.method!r} does not answer referring expressions; use one of {answering}")
+    require_refer(run.method)
     dataset = get_refer_dataset(run.dataset, run.root, run.split, run.limit)
     config = config_for_model(run.method, run.model, **run.settings)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))

@@ -98,6 +98,13 @@ def register_method(name: str, config_cls: type):
     return METHODS.register(name, config_cls)
 
 
+def require_refer(name: str) -> None:
+    """Raise a ValueError naming the methods that do, when method `name` does not answer referring expressions."""
+    if not hasattr(METHODS.get(name)[0], "refer"):
+        answering = sorted(n for n in METHODS.summaries() if hasattr(METHODS.get(n)[0], "refer"))
+        raise ValueError(f"method {name!r} does not answer referring expressions; use one of {answering}")
+
+
 def list_methods() -> dict[str, str]:
     """Registered method names with the first line of their docstrings."""
     return METHODS.summaries()

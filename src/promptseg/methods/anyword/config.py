@@ -52,6 +52,10 @@ class AnywordConfig:
     `evidence_timesteps`)."""
     evidence_timesteps: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800)
     """Timesteps of the denoising evidence, one noise draw each (one UNet batch)."""
+    evidence_threshold: float | None = None
+    """With "denoising" evidence: a region is kept only if the phrase's mean gain inside it (the relative drop of the
+    noise-prediction error, unnormalised) is at least this; None: no such test. The no-target decision on models
+    whose normalised attention cannot say "absent" (chosen on val for the shapes model)."""
     region_threshold: float = 0.5
     """A region is a connected part of the referent map (min-max normalised) at or above this value."""
     min_region: float = 0.005

@@ -104,7 +104,7 @@ class Anyword:
         return minmax((total / len(c.timesteps))[None])[0]
 
     def evidence_for(self, prepared: PreparedImage, grid: tuple[int, int]):
-        """None, or phrase -> its denoising gain on `grid` in [0, 1] (`evidence.py`), cached per image."""
+        """None, or phrase -> its denoising gain on `grid` (`evidence.py`; relative error drop), cached per image."""
         c = self.config
         if c.evidence != "denoising":
             return None
@@ -113,8 +113,7 @@ class Anyword:
         source = prepared.extra["evidence"]
 
         def gain(phrase: str) -> np.ndarray:
-            raw = source.gain(phrase).clamp_min(0)[None, None]
-            return minmax(resize_maps(raw, grid))[0, 0].cpu().numpy()
+            return resize_maps(source.gain(phrase)[None, None].float(), grid)[0, 0].cpu().numpy()
 
         return gain
 
@@ -135,8 +134,11 @@ class Anyword:
         if evidence is not None and regions:
             gain = evidence(" ".join(w.lemma if self.config.lemmatize and w.lemma.isalpha() else w.text for w in words))
             inside = [float(gain[r.mask].mean()) for r in regions]
+            best = max(max(inside), 1e-12)
             for region, value in zip(regions, inside):
-                region.score *= value / max(max(inside), 1e-12)
+                region.score *= max(value, 0.0) / best
+            if self.config.evidence_threshold is not None:
+                regions = [r for r, v in zip(regions, inside) if v >= self.config.evidence_threshold]
             regions.sort(key=lambda r: -r.score)
         return score, regions
 
