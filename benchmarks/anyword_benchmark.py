@@ -42,24 +42,32 @@ TEST_ROWS = {
                                                                            "lemmatize": False}),
 }
 
-VAL_ROWS = {  # without SAM (the maps and the selection are chosen here; SAM only turns regions into masks)
+VAL_BASE = {"steps": 0, "lr": 0.005, "evidence": "denoising", "evidence_threshold": None, "sam": None}
+"""What every val row starts from (on top of the shapes model's recommendation for the rest): explicit, so that a
+later change of the recommendation does not change what a val row measured."""
+
+
+def val(**settings) -> tuple[str, dict]:
+    return "anyword", {**VAL_BASE, **settings}
+
+
+VAL_ROWS = {  # without SAM unless named (the maps and the selection are chosen here; SAM only turns regions into masks)
     "baseline": ("baseline", {}),
-    "attention, expression as written, 0 steps": ("anyword", {"evidence": "attention", "condition": "expression",
-                                                              "lemmatize": False, "steps": 0, "sam": None}),
-    "attention, concept words + lemmas, 0 steps": ("anyword", {"evidence": "attention", "steps": 0, "sam": None}),
-    "denoising, concept words + lemmas, 0 steps": ("anyword", {"evidence": "denoising", "steps": 0, "sam": None}),
-    "denoising, 10 steps lr 0.005": ("anyword", {"evidence": "denoising", "steps": 10, "lr": 0.005, "sam": None}),
-    "denoising, 10 steps lr 0.001": ("anyword", {"evidence": "denoising", "steps": 10, "lr": 0.001, "sam": None}),
-    "denoising, 0 steps, presence 0.5": ("anyword", {"evidence": "denoising", "steps": 0, "presence_threshold": 0.5,
-                                                     "sam": None}),
-    "denoising, 0 steps, evidence threshold -0.2": ("anyword", {"evidence": "denoising", "steps": 0,
-                                                                "evidence_threshold": -0.2, "sam": None}),
-    "denoising, 0 steps, evidence threshold -0.1": ("anyword", {"evidence": "denoising", "steps": 0,
-                                                                "evidence_threshold": -0.1, "sam": None}),
-    "denoising, 0 steps, evidence threshold 0": ("anyword", {"evidence": "denoising", "steps": 0,
-                                                             "evidence_threshold": 0.0, "sam": None}),
-    "denoising, 0 steps, region threshold 0.4": ("anyword", {"evidence": "denoising", "steps": 0,
-                                                             "region_threshold": 0.4, "sam": None}),
+    "attention, expression as written, 0 steps": val(evidence="attention", condition="expression", lemmatize=False),
+    "attention, concept words + lemmas, 0 steps": val(evidence="attention"),
+    "denoising, concept words + lemmas, 0 steps, no reference": val(evidence_reference=None),
+    "denoising, concept words + lemmas, 0 steps": val(),
+    "denoising, 10 steps lr 0.005": val(steps=10),
+    "denoising, 10 steps lr 0.001": val(steps=10, lr=0.001),
+    "denoising, 0 steps, presence 0.5": val(presence_threshold=0.5),
+    "denoising, 0 steps, evidence threshold -0.2": val(evidence_threshold=-0.2),
+    "denoising, 0 steps, evidence threshold -0.1": val(evidence_threshold=-0.1),
+    "denoising, 0 steps, evidence threshold 0": val(evidence_threshold=0.0),
+    "denoising, 0 steps, region threshold 0.4": val(region_threshold=0.4),
+    "chosen: 10 steps lr 0.001, evidence threshold -0.1": val(steps=10, lr=0.001, evidence_threshold=-0.1),
+    "chosen, with shapes-sam boxes": val(steps=10, lr=0.001, evidence_threshold=-0.1, sam="shapes-sam"),
+    "chosen, with shapes-sam box + point": val(steps=10, lr=0.001, evidence_threshold=-0.1, sam="shapes-sam",
+                                               sam_prompt="box+point"),
 }
 
 

@@ -1,12 +1,13 @@
 """The SAM loader and the shapes-sam training script: prompts to masks, errors, resume."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
 from promptseg.data.shapes_world import render_sample
-from promptseg.sam import load_sam
+from promptseg.sam import BUNDLED_SAM, load_sam
 from promptseg.zoo import train_shapes_sam as tss
 
 ARGS = ["--n-train", "16", "--batch", "4", "--steps", "4", "--save-every", "2", "--threads", "1", "--n-eval", "0"]
@@ -61,8 +62,9 @@ def test_loader_gives_masks_at_the_image_size_and_clear_errors(trained, tmp_path
         sam.predict(image, points=[[[1, 1]]])
     with pytest.raises(FileNotFoundError, match="neither a folder with config.json"):
         load_sam(str(tmp_path / "missing"))
+    monkeypatch.setitem(BUNDLED_SAM, "shapes-sam", tmp_path / "not-installed")
     with pytest.raises(FileNotFoundError, match="train it with"):
-        load_sam("shapes-sam")  # named, but not bundled yet
+        load_sam("shapes-sam")  # a bundled name whose files are missing
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="could not load the SAM model 'nobody/no-such-sam'"):
         load_sam("nobody/no-such-sam")
@@ -73,3 +75,15 @@ def test_mask_loss_prefers_the_right_mask():
     target[:, 2:6, 2:6] = 1
     right = torch.where(target > 0, 8.0, -8.0)
     assert tss.mask_loss(right, target) < 0.01 < tss.mask_loss(-right, target)
+
+
+def test_bundled_shapes_sam_follows_its_prompt():
+    sample = render_sample("test", 5)
+    image = Image.fromarray(sample.image).resize((128, 128), Image.NEAREST)  # the processor maps it back to 64
+    sam = load_sam("shapes-sam", device="cpu")
+    ids = [k for k in range(1, len(sample.objects) + 1) if (sample.instance_map == k).sum() > 20]
+    truths = [np.kron(sample.instance_map == k, np.ones((2, 2), bool)) for k in ids]
+    boxes = [tss.box_of(t) for t in truths]
+    masks, _ = sam.predict(image, boxes=boxes)
+    for mask, truth in zip(masks, truths):  # each box gives its own instance, not every shape
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8

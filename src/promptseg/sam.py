@@ -1,6 +1,7 @@
 """Load a promptable mask model (transformers `SamModel` + `SamProcessor`): hub id, local folder, bundled name.
 
     sam = load_sam("facebook/sam-vit-base")              # Hugging Face hub id (or its cache)
+    sam = load_sam("shapes-sam")                         # the bundled shapes-world SAM (model card in zoo/shapes-sam)
     sam = load_sam("runs/shapes-sam-out")                # a local folder (`python -m promptseg.zoo.train_shapes_sam`)
     masks, scores = sam.predict(image, boxes=[[x0, y0, x1, y1]])          # (N, H, W) bool, (N,)
     masks, scores = sam.predict(image, points=[[[x, y]]], labels=[[1]])   # one point prompt
@@ -98,7 +99,7 @@ def load_sam(
     key = str(name)
     model, processor = load_pretrained(
         key, BUNDLED_SAM, SamModel, SamProcessor, kind="SAM model", dtype=dtype, local_files_only=local_files_only,
-        missing_hint="not bundled until it passes its bar; train it with `python -m promptseg.zoo.train_shapes_sam "
+        missing_hint="its files are missing from this install; train it with `python -m promptseg.zoo.train_shapes_sam "
         "--out FOLDER` and pass FOLDER",
     )
     model.to(device).eval().requires_grad_(False)

@@ -1,20 +1,25 @@
 """Train the "shapes-sam" model: a transformers `SamModel` for the shapes world (seeded, resumable).
 
-    python -m promptseg.zoo.train_shapes_sam --work runs/shapes-sam --out src/promptseg/zoo/shapes-sam
+    python -m promptseg.zoo.train_shapes_sam --work runs/shapes-sam-w128 --out src/promptseg/zoo/shapes-sam
 
 Segment Anything's architecture (`SamModel`: a ViT image encoder with a neck, the prompt encoder, the two-way
-transformer mask decoder), small: 64x64 images in 4x4 patches (a 16x16 embedding grid), width 96, 2 encoder
-layers; masks come out at 64x64, the image's own size. Saved in the transformers layout with its `SamProcessor`,
-so `SamModel.from_pretrained`, `SamProcessor.from_pretrained` and `promptseg.sam.load_sam` read it like
-`facebook/sam-vit-base`. Not bundled yet: the first 2,000-step run reached 0.49 box and point mIoU on test
-instances, the same for both prompt kinds, because the decoder barely reads the prompt (two very different boxes
-move the logits by at most 0.2); it learnt "the shapes in the image" rather than "this shape".
+transformer mask decoder), small: 64x64 images in 4x4 patches (a 16x16 embedding grid), encoder width 96 with 2
+layers, prompt encoder and mask decoder width 128; masks come out at 64x64, the image's own size. Saved in the
+transformers layout with its `SamProcessor`, so `SamModel.from_pretrained`, `SamProcessor.from_pretrained` and
+`promptseg.sam.load_sam` read it like `facebook/sam-vit-base`.
+
+One fix that matters: transformers sets the scale of SAM's random-Fourier positional encoding (shared by the image
+grid and the prompt coordinates) to hidden_size // 2, harmless for pretrained SAM whose weights overwrite it but, from
+scratch, so high a frequency that neighbouring coordinates look unrelated; the first model (scale 48) learnt to
+ignore its prompt (0.49 box and point mIoU, the same for both: "the shapes in the image", not "this shape"). Here
+the scale is segment-anything's own default, 1, and the encoding is frozen as in the original.
 
 Training: rendered train-split images (never val or test); each item is one visible instance with one prompt, a box
 (its bounding box, each side jittered by up to 10% of the box size) or a point (a random pixel of the instance,
-label 1), half and half; loss = binary cross-entropy + dice on the single output mask. Checkpoint every
-`--save-every` steps to WORK/state.pt; a killed run resumes to the same weights. At the end the script measures
-single-box and single-point mIoU on test instances and writes them beside the weights (`eval.json`).
+label 1), half and half; loss = binary cross-entropy + dice on the single output mask; AdamW, 100 warm-up steps, a
+cosine decay. Checkpoint every `--save-every` steps to WORK/state.pt; a killed run resumes to the same weights. At
+the end the script measures single-box and single-point mIoU on test instances and writes them beside the weights
+(`eval.json`).
 """
 
 from __future__ import annotations
@@ -212,13 +217,13 @@ def export(out: Path, model, state: dict, scores: dict | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="runs/shapes-sam", help="checkpoint folder (resumes from WORK/state.pt)")
+    parser.add_argument("--work", default="runs/shapes-sam-w128", help="checkpoint folder (resumes from WORK/state.pt)")
     parser.add_argument("--out", default="src/promptseg/zoo/shapes-sam", help="export folder (transformers layout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=10000, help="training images rendered once (train split)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
     parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")

@@ -52,6 +52,9 @@ class AnywordConfig:
     `evidence_timesteps`)."""
     evidence_timesteps: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800)
     """Timesteps of the denoising evidence, one noise draw each (one UNet batch)."""
+    evidence_reference: str | None = "object"
+    """A generic word whose gain is subtracted from the phrase's: a salient object lowers every prompt's error, and
+    the difference keeps what the phrase itself explains (None: the phrase's gain alone)."""
     evidence_threshold: float | None = None
     """With "denoising" evidence: a region is kept only if the phrase's mean gain inside it (the relative drop of the
     noise-prediction error, unnormalised) is at least this; None: no such test. The no-target decision on models

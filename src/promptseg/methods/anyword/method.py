@@ -104,7 +104,8 @@ class Anyword:
         return minmax((total / len(c.timesteps))[None])[0]
 
     def evidence_for(self, prepared: PreparedImage, grid: tuple[int, int]):
-        """None, or phrase -> its denoising gain on `grid` (`evidence.py`; relative error drop), cached per image."""
+        """None, or phrase -> its denoising gain on `grid` (`evidence.py`; relative error drop) less the reference
+        word's, cached per image."""
         c = self.config
         if c.evidence != "denoising":
             return None
@@ -113,7 +114,10 @@ class Anyword:
         source = prepared.extra["evidence"]
 
         def gain(phrase: str) -> np.ndarray:
-            return resize_maps(source.gain(phrase)[None, None].float(), grid)[0, 0].cpu().numpy()
+            value = source.gain(phrase)
+            if c.evidence_reference:
+                value = value - source.gain(c.evidence_reference)
+            return resize_maps(value[None, None].float(), grid)[0, 0].cpu().numpy()
 
         return gain
 

@@ -25,8 +25,9 @@ class Region:
         mask (`np.ndarray`): hxw bool.
         box (`tuple`): (x0, y0, x1, y1) in grid pixels, x1/y1 exclusive.
         peak (`tuple`): (x, y) of the highest referent score inside, in grid pixels.
-        score (`float`): mean referent score inside.
+        score (`float`): mean referent score inside (times the relative denoising evidence, when used).
         support (`float`): the lowest mean score inside over the referent's bound words (1 when unbound).
+        prior (`float`): the mean referent map inside, before any evidence; a plural referent compares regions by it.
     """
 
     mask: np.ndarray
@@ -34,6 +35,11 @@ class Region:
     peak: tuple[int, int]
     score: float
     support: float = 1.0
+    prior: float | None = None
+
+    def __post_init__(self):
+        if self.prior is None:
+            self.prior = self.score
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -155,11 +161,11 @@ def select(
             return [], None
         _, target, anchor = max(pairs, key=lambda p: p[0])
         if referent.plural:
-            return [t for t in kept if satisfies(t, kind, anchor) and t.score >= plural_ratio * target.score], anchor
+            return [t for t in kept if satisfies(t, kind, anchor) and t.prior >= plural_ratio * target.prior], anchor
         return [target], anchor
-    if referent.plural:
-        best = max(r.score for r in kept)
-        return [r for r in kept if r.score >= plural_ratio * best], None
+    if referent.plural:  # every region about as strong in the map as the best one (evidence has judged presence)
+        best = max(r.prior for r in kept)
+        return [r for r in kept if r.prior >= plural_ratio * best], None
     if referent.position is not None:
         return by_position(kept, referent.position)[:1], None
     return [max(kept, key=lambda r: r.score)], None
