@@ -173,6 +173,8 @@ class Baseline:
         no notion of an absent referent, relations or number, which is what Segment Anyword adds."""
         from promptseg.language import parse_expression
 
+        if self.config.conditioning == "prompt":
+            raise ValueError("baseline.refer needs conditioning='labels' (the expression is the prompt)")
         start = time.perf_counter()
         warnings = []
         try:
@@ -184,8 +186,6 @@ class Baseline:
         tokens = SimpleNamespace(positions=[[[p for span in positions for p in span]]])
         with torch.no_grad():
             text = self.backbone.encode_text(expression)
-            if self.config.conditioning == "prompt":
-                raise ValueError("baseline.refer needs conditioning='labels' (the expression is the prompt)")
             label_cross, self_attn = self.read_attention(prepared, tokens, text)
             scores = self.scores(self_attn, label_cross)
         score = resize_maps(scores.float(), prepared.size)[0, 0].clamp(0, 1).cpu().numpy()

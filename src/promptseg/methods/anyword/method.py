@@ -17,7 +17,6 @@ from promptseg.methods.base import (
     ReferResult,
     SegmentationResult,
     as_labels,
-    plan_attention,
     prepare_pixels,
     register_method,
     to_pil,
@@ -55,8 +54,7 @@ class Anyword:
         c = self.config
         self.reader = Baseline(backbone, BaselineConfig(cross_weights=c.cross_weights, self_weights=c.self_weights,
                                                         places=c.places, refine_iterations=c.refine_iterations))
-        plan = plan_attention(backbone, c.cross_weights, c.self_weights, c.places)
-        self.layers = self.reader.layers if c.refine_iterations else [la for la in plan.layers if la.kind == "cross"]
+        self.layers = self.reader.layers  # without refinement the reader records cross-attention only
         self.sam = _load_sam_cached(c.sam, backbone.device, backbone.dtype) if c.sam else None
 
     def prepare(self, image) -> PreparedImage:
@@ -233,7 +231,7 @@ class Anyword:
         return self._result(prepared, expression, regions, score, log, start, extra)
 
     def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
-        """Semantic segmentation through referring: "the {synonym}s"-style plural expressions, one per label; a pixel
+        """Semantic segmentation through referring: each label (its first synonym) is a plural referent; a pixel
         takes the label whose mask covers it with the highest referent score (background elsewhere)."""
         from promptseg.methods.base import BACKGROUND
 
