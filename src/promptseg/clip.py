@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from promptseg.backbone import choose_device, choose_dtype
 from promptseg.parts import load_pretrained
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -111,10 +110,7 @@ def load_clip(
     """
     from transformers import CLIPModel, CLIPProcessor
 
-    device = choose_device(device)
-    dtype = choose_dtype(dtype, device)
     key = str(name)
-    model, processor = load_pretrained(key, BUNDLED_CLIP, CLIPModel, CLIPProcessor, kind="CLIP model", dtype=dtype,
-                                       local_files_only=local_files_only)
-    model.to(device).eval().requires_grad_(False)
+    model, processor, device, dtype = load_pretrained(key, BUNDLED_CLIP, CLIPModel, CLIPProcessor, kind="CLIP model",
+                                                      device=device, dtype=dtype, local_files_only=local_files_only)
     return ClipModel(name=key, model=model, processor=processor, device=device, dtype=dtype)

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from promptseg.backbone import hub_offline
+from promptseg.backbone import choose_device, choose_dtype, hub_offline
 
 
-def load_pretrained(key: str, bundled: dict, model_cls, processor_cls, *, kind: str, dtype,
+def load_pretrained(key: str, bundled: dict, model_cls, processor_cls, *, kind: str, device=None, dtype=None,
                     local_files_only: bool | None = None, missing_hint: str = "reinstall promptseg"):
-    """(model, processor) of `kind` ("CLIP model", "SAM model", "captioner") from `key`.
+    """(model, processor, device, dtype) of `kind` ("CLIP model", "SAM model", "captioner") from `key`: the model
+    frozen (eval mode, `requires_grad` off) on `device` in `dtype`, both chosen like the backbone's when None.
 
     Raises:
         FileNotFoundError: a path that is not a model folder, or a bundled name whose folder is missing
             (`missing_hint` says what to do).
         OSError: a hub id that cannot be loaded (the message says how to fix it).
     """
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
     names = ", ".join(sorted(bundled)) or "none"
     source = bundled.get(key)
     if source is not None and not (Path(source) / "config.json").is_file():
@@ -45,4 +48,5 @@ def load_pretrained(key: str, bundled: dict, model_cls, processor_cls, *, kind: 
             f"reachable (`huggingface-cli download {key}`), then set HF_HUB_OFFLINE=1 to load it from the cache; or "
             f"pass a local folder saved by `save_pretrained`; or use a bundled model ({names})."
         ) from err
-    return model, processor
+    model.to(device).eval().requires_grad_(False)
+    return model, processor, device, dtype

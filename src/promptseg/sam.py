@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from promptseg.backbone import choose_device, choose_dtype
 from promptseg.parts import load_pretrained
 
 DEFAULT_SAM = "facebook/sam-vit-base"
@@ -94,13 +93,11 @@ def load_sam(
     """
     from transformers import SamModel, SamProcessor
 
-    device = choose_device(device)
-    dtype = choose_dtype(dtype, device)
     key = str(name)
-    model, processor = load_pretrained(
-        key, BUNDLED_SAM, SamModel, SamProcessor, kind="SAM model", dtype=dtype, local_files_only=local_files_only,
+    model, processor, device, dtype = load_pretrained(
+        key, BUNDLED_SAM, SamModel, SamProcessor, kind="SAM model", device=device, dtype=dtype,
+        local_files_only=local_files_only,
         missing_hint="its files are missing from this install; train it with `python -m promptseg.zoo.train_shapes_sam "
         "--out FOLDER` and pass FOLDER",
     )
-    model.to(device).eval().requires_grad_(False)
     return SamPredictor(name=key, model=model, processor=processor, device=device, dtype=dtype)

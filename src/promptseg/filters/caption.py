@@ -11,7 +11,6 @@ import re
 
 import torch
 
-from promptseg.backbone import choose_device, choose_dtype
 from promptseg.parts import load_pretrained
 
 
@@ -65,9 +64,6 @@ def load_captioner(name: str, device=None, dtype=None, local_files_only: bool | 
     """
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    device = choose_device(device)
-    dtype = choose_dtype(dtype, device)
-    model, processor = load_pretrained(name, {}, BlipForConditionalGeneration, BlipProcessor, kind="captioner",
-                                       dtype=dtype, local_files_only=local_files_only)
-    model.to(device).eval().requires_grad_(False)
+    model, processor, device, dtype = load_pretrained(name, {}, BlipForConditionalGeneration, BlipProcessor, kind="captioner",
+                                       device=device, dtype=dtype, local_files_only=local_files_only)
     return BlipCaptioner(model, processor, device, dtype)

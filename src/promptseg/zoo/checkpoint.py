@@ -6,6 +6,8 @@ progress (`{"step": ..., "log": [...]}`); it is written atomically, so a kill mi
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from pathlib import Path
 
@@ -34,3 +36,31 @@ def save(work: Path, model, opt, rng: np.random.Generator, state: dict) -> None:
             "np_rng": rng.bit_generator.state, "state": state}
     torch.save(blob, Path(work) / "state.tmp")
     os.replace(Path(work) / "state.tmp", Path(work) / "state.pt")
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, work: str, out: str, n_train: int, batch: int, steps: int,
+                  lr: float) -> None:
+    """The arguments every zoo training script takes (folders, seed, data size, batch, steps, lr, checkpointing,
+    threads), with this script's defaults."""
+    parser.add_argument("--work", default=work, help="checkpoint folder (resumes from WORK/state.pt)")
+    parser.add_argument("--out", default=out, help="export folder (transformers layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=n_train, help="training images rendered once (train split)")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def export(out: Path, model, processor, state: dict, scores: dict | None = None) -> None:
+    """Write a transformers model and its processor into `out` (folder layout, safetensors) with the training log,
+    and the test `scores` as eval.json when given."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "training_log.json").write_text(json.dumps({"steps": state["step"], "log": state["log"]}, indent=1))
+    if scores is not None:
+        (out / "eval.json").write_text(json.dumps(scores, indent=1))
+    print(f"exported to {out} at step {state['step']}" + (f"; test {scores}" if scores is not None else ""), flush=True)

@@ -20,7 +20,6 @@ run resumes to the same weights.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -172,29 +171,13 @@ def train(args: argparse.Namespace) -> None:
             t0 = time.time()
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
             checkpoint.save(work, model, opt, rng, state)
-    export(Path(args.out), tokenizer, model, state)
-
-
-def export(out: Path, tokenizer, model, state: dict) -> None:
-    """Write the model and its processor in the transformers folder layout, with the training log."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    make_processor(tokenizer).save_pretrained(out)
-    (out / "training_log.json").write_text(json.dumps({"steps": state["step"], "log": state["log"]}, indent=1))
-    print(f"exported to {out} at step {state['step']}", flush=True)
+    checkpoint.export(Path(args.out), model, make_processor(tokenizer), state)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="runs/shapes-clip", help="checkpoint folder (resumes from WORK/state.pt)")
-    parser.add_argument("--out", default="src/promptseg/zoo/shapes-clip", help="export folder (transformers layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once (train split)")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--save-every", type=int, default=250)
-    parser.add_argument("--threads", type=int, default=2)
+    checkpoint.add_arguments(parser, work="runs/shapes-clip", out="src/promptseg/zoo/shapes-clip", n_train=20000,
+                             batch=128, steps=3000, lr=5e-4)
     train(parser.parse_args(argv))
 
 

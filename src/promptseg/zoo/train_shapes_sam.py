@@ -25,7 +25,6 @@ the end the script measures single-box and single-point mIoU on test instances a
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -201,34 +200,17 @@ def train(args: argparse.Namespace) -> None:
             t0 = time.time()
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
             checkpoint.save(work, model, opt, rng, state)
-    export(Path(args.out), model, state, evaluate_prompts(model, n_images=args.n_eval) if args.n_eval else None)
-
-
-def export(out: Path, model, state: dict, scores: dict | None) -> None:
-    """Write the model and its processor in the transformers folder layout, with the log and test scores."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    make_processor().save_pretrained(out)
-    (out / "training_log.json").write_text(json.dumps({"steps": state["step"], "log": state["log"]}, indent=1))
-    if scores is not None:
-        (out / "eval.json").write_text(json.dumps(scores, indent=1))
-    print(f"exported to {out} at step {state['step']}; test {scores}", flush=True)
+    scores = evaluate_prompts(model, n_images=args.n_eval) if args.n_eval else None
+    checkpoint.export(Path(args.out), model, make_processor(), state, scores)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="runs/shapes-sam-w128", help="checkpoint folder (resumes from WORK/state.pt)")
-    parser.add_argument("--out", default="src/promptseg/zoo/shapes-sam", help="export folder (transformers layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=10000, help="training images rendered once (train split)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--save-every", type=int, default=250)
+    checkpoint.add_arguments(parser, work="runs/shapes-sam-w128", out="src/promptseg/zoo/shapes-sam", n_train=10000,
+                             batch=32, steps=4000, lr=5e-4)
     parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
     parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")
     parser.add_argument("--pos-scale", type=float, default=1.0, help="random Fourier positional encoding scale")
-    parser.add_argument("--threads", type=int, default=2)
     train(parser.parse_args(argv))
 
 
