@@ -87,3 +87,29 @@ def tiny_single_file(tiny, tmp_path_factory):
     from promptseg.backbone import save_packed
 
     return save_packed(tiny, tmp_path_factory.mktemp("tiny_file") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory):
+    """A tiny random transformers CLIPModel with its processor, saved as a local folder."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from promptseg.zoo.tokenizer import build_word_tokenizer
+    from promptseg.zoo.train_shapes_clip import make_processor
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(("a", "photo", "of", "cat", "dog"), model_max_length=12)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=12, eos_token_id=eos, pad_token_id=eos,
+                         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>")),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2),
+        projection_dim=8,
+    )
+    model = CLIPModel(config)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    model.save_pretrained(folder, safe_serialization=True)
+    make_processor(tokenizer, image_size=32).save_pretrained(folder)
+    return folder, model

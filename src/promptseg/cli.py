@@ -132,6 +132,13 @@ def cmd_eval_refer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from promptseg.methods.dpseg.train import train
+
+    train(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg.demo import serve
 
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=("semantic", "refer"), default="semantic",
                     help="semantic segmentation (mIoU) or referring segmentation (cIoU, gIoU, N-acc)")
     ev.add_argument("--dataset", required=True, help="semantic: voc21, voc20, context60, context59, coco_object, "
-                    "shapes; refer: shapes_ref, refcoco, refcoco+, refcocog, grefcoco")
+                    "ade150, ade847, context459, coco_stuff, shapes; refer: shapes_ref, refcoco, refcoco+, refcocog, grefcoco")
     ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for shapes)")
     ev.add_argument("--split", default=None, help="dataset split (default: val; shapes: test)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -177,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--out", default="promptseg_out", help="output folder")
     _model_args(ref, default_method="anyword")
     ref.set_defaults(func=cmd_refer)
+
+    tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
+    tr_sub = tr.add_subparsers(dest="trained_method", required=True)
+    from promptseg.methods.dpseg.train import add_arguments as dpseg_train_arguments
+
+    dp = tr_sub.add_parser("dpseg", help="DPSeg's image encoder and decoder (shapes or COCO-Stuff)")
+    dpseg_train_arguments(dp)
+    dp.set_defaults(func=cmd_train)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=cmd_methods)

@@ -78,13 +78,16 @@ def make_config(config_cls: type, overrides: dict, owner: str):
 def _coerce(key: str, value, default):
     """Settings given as text (command line, JSON): parse them to the type of the default value.
 
-    Text stays text for text settings; otherwise it is read as JSON ("null", "50", "[1, 2]", '{"0.25": 1}').
+    Text stays text for text settings; otherwise it is read as JSON ("null", "50", "[1, 2]", '{"0.25": 1}'). A
+    setting whose default is None takes plain text too when it is not JSON (`weights=/models/dpseg`).
     Resolution-weight dicts get float keys, lists become tuples where the default is a tuple.
     """
     if isinstance(value, str) and not isinstance(default, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
+            if default is None:
+                return value
             raise ValueError(f"setting {key}={value!r} is not valid JSON ({err}); e.g. {key}={json.dumps(default)}") from err
     if isinstance(default, dict) and isinstance(value, dict):
         value = {float(k): float(v) for k, v in value.items()}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from promptseg.data.base import IGNORE_INDEX, Sample, SegDataset, read_class_names
 
-DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "shapes")
+DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "shapes", "ade150", "ade847", "context459",
+            "coco_stuff")
 
 
 def get_dataset(name: str, root: str | None = None, class_names_file: str | None = None, **kwargs) -> SegDataset:
@@ -21,6 +22,10 @@ def get_dataset(name: str, root: str | None = None, class_names_file: str | None
         return ShapesDataset(class_names_file=class_names_file, **kwargs)
     if root is None:
         raise ValueError(f"dataset {name!r} needs --root, the folder that holds it")
+    if name in ("ade150", "ade847", "context459", "coco_stuff"):
+        from promptseg.data.openvocab import FolderSegDataset
+
+        return FolderSegDataset(name, root, class_names_file=class_names_file, **kwargs)
     if name.startswith("voc"):
         from promptseg.data.voc import VOCDataset
 

@@ -280,10 +280,31 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         **_filter_scores(filter_counts, count),
         "processes": shard.world,
         "promptseg_version": __version__,
+        **_seen_unseen(run.method, config, names, result.iou),
     }
     _atomic_write(out / "report.json", json.dumps(report, indent=1))
     _atomic_write(out / "report.md", markdown_report(report))
     return report
+
+
+def _seen_unseen(method: str, config, names: list[str], iou: np.ndarray) -> dict:
+    """For a trained method (one whose class has `seen_classes(config)`): mIoU over the classes its weights saw in
+    training, over the others, and their harmonic mean (hIoU, as zero-shot segmentation reports); {} otherwise."""
+    from promptseg.methods.base import METHODS
+
+    method_cls = METHODS.get(method)[0]
+    seen = method_cls.seen_classes(config) if hasattr(method_cls, "seen_classes") else None
+    if seen is None:
+        return {}
+    is_seen = np.array([name in seen for name in names])
+    valid = ~np.isnan(iou)
+    groups = {key: iou[mask & valid] for key, mask in (("miou_seen", is_seen), ("miou_unseen", ~is_seen))}
+    out = {key: float(v.mean()) if v.size else None for key, v in groups.items()}
+    s, u = out["miou_seen"], out["miou_unseen"]
+    out["hiou"] = 2 * s * u / (s + u) if s is not None and u is not None and s + u > 0 else None
+    out["seen_classes"] = [n for n in names if n in seen]
+    out["unseen_classes"] = [n for n in names if n not in seen]
+    return out
 
 
 def _filter_counts(record: dict) -> np.ndarray:
@@ -321,6 +342,9 @@ def markdown_report(report: dict) -> str:
         f"- **mIoU {pct(report['miou'])}**, mAcc {pct(report['macc'])}, pixel accuracy {pct(report['aacc'])}",
         f"- class filter: `{report['filter']}`; per-image precision {pct(report['filter_precision'])}, recall "
         f"{pct(report['filter_recall'])} (kept classes against the ground truth's)",
+        *([f"- seen classes (in the weights' training): mIoU {pct(report['miou_seen'])}; unseen "
+           f"({', '.join(report['unseen_classes'])}): mIoU {pct(report['miou_unseen'])}; hIoU {pct(report['hiou'])}"]
+          if "miou_seen" in report else []),
         f"- settings: `{json.dumps(report['settings'], sort_keys=True)}`",
         f"- filter settings: `{json.dumps(report['filter_settings'], sort_keys=True)}`",
         "",

@@ -145,6 +145,7 @@ def build_method(name: str, backbone, config=None, **overrides):
 def _import_builtin_methods() -> None:
     import promptseg.methods.anyword  # noqa: F401
     import promptseg.methods.baseline  # noqa: F401
+    import promptseg.methods.dpseg  # noqa: F401
     import promptseg.methods.fastseg  # noqa: F401
     import promptseg.methods.invseg  # noqa: F401
 

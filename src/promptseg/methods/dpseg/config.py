@@ -1,0 +1,55 @@
+"""DPSeg's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from promptseg.methods.dpseg.cost import PROMPT_MODES
+
+CROP_FILLS = ("mask", "box")
+
+
+@dataclass
+class DPSegConfig:
+    """Settings of DPSeg (arXiv 2505.11676). Defaults are the paper's unless marked "ours"."""
+
+    weights: str | None = None
+    """Trained weights: a bundled name ("shapes-dpseg", which the bundled `shapes` model recommends) or a folder
+    written by `promptseg train dpseg`. Required: DPSeg is the one trained method."""
+    prompts: str = "dual"
+    """"dual" (R = mean of text and visual prompt embeddings), "text" or "visual": the prompt-strategy ablation."""
+    rounds: int = 2
+    """1: generated visual prompts only; 2: round II re-runs with each detected class's crop as its visual prompt."""
+    crop_fill: str = "mask"
+    """Round II's crop: "box" (the detected region's bounding box, as the paper describes) or "mask" (ours: pixels
+    of the box outside the region painted grey, so a background class's crop is not its objects)."""
+    min_area: float = 0.005
+    """A class counts as detected in round I when it wins at least this fraction of the pixels."""
+    visual_cost: bool = True
+    """Feed the multi-scale visual cost volumes (False zeroes them at inference; the fair ablation is weights
+    trained with `--no-visual-cost`)."""
+    prompt_images: int | None = None
+    """Generated images per class and template; None: as many as the weights were trained with."""
+    generation_steps: int = 25
+    """Sampler steps for each visual prompt."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance of the visual prompts."""
+    seed: int = 0
+    """Seed of the first visual prompt of each template (then seed + 1, ...)."""
+    cache_dir: str | None = None
+    """Visual-prompt cache folder; None: $PROMPTSEG_CACHE/visual_prompts or ~/.cache/promptseg/visual_prompts."""
+    background_threshold: float | None = None
+    """Pixels whose best class probability is below this become "background"; None: every pixel gets a class
+    (the open-vocabulary protocol offers a background class by name where the dataset has one)."""
+
+    def __post_init__(self):
+        if self.prompts not in PROMPT_MODES:
+            raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {self.prompts!r}")
+        if self.rounds not in (1, 2):
+            raise ValueError(f"rounds must be 1 or 2, got {self.rounds}")
+        if self.crop_fill not in CROP_FILLS:
+            raise ValueError(f"crop_fill must be one of {CROP_FILLS}, got {self.crop_fill!r}")
+        if not 0 <= self.min_area < 1:
+            raise ValueError(f"min_area is a fraction of the image in [0, 1), got {self.min_area}")
+        if self.prompt_images is not None and self.prompt_images < 1:
+            raise ValueError(f"prompt_images must be >= 1, got {self.prompt_images}")

@@ -1,0 +1,118 @@
+"""The DPSeg method: prepare an image once (the fine-tuned CLIP image encoder), then segment any label set.
+
+    segment(prepared, labels):
+        1. R = Avg(V, T) per class and template: T from the frozen CLIP text tower, V from the frozen CLIP vision
+           tower over images the diffusion backbone generated from the same templates (cached on disk).
+        2. Round I: cost volume of R with the image's dense CLIP features -> CVGD decoder (with the multi-scale
+           visual cost volumes) -> per-class logits -> argmax.
+        3. Round II: each class that won at least `min_area` of the image gets the crop of its region as its
+           visual prompt (for every template); undetected classes keep the generated ones; decode again.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from PIL import Image
+
+from promptseg.methods.base import PreparedImage, SegmentationResult, as_labels, finish, register_method, to_pil
+from promptseg.methods.dpseg.bank import PromptBank
+from promptseg.methods.dpseg.config import DPSegConfig
+from promptseg.methods.dpseg.network import load_dpseg, read_net_config
+from promptseg.methods.dpseg.prompts import VisualPromptCache, crop_region
+from promptseg.refine import resize_maps
+
+
+@functools.lru_cache(maxsize=2)
+def _load(weights: str, device: str, dtype: str):
+    return load_dpseg(weights, device=device, dtype=getattr(torch, dtype))
+
+
+@register_method("dpseg", DPSegConfig)
+class DPSeg:
+    """DPSeg: CLIP cost volume of text + diffusion-generated visual prompts, trained decoder, two-round inference."""
+
+    takes_prompt = False  # the prompts are the class templates; a filter's caption is not used
+
+    def __init__(self, backbone, config: DPSegConfig | None = None):
+        self.config = config or DPSegConfig()
+        if self.config.weights is None:
+            raise ValueError(
+                "dpseg needs trained weights: --set weights=FOLDER (train them with `promptseg train dpseg`), or "
+                "--model shapes, which recommends the bundled shapes-dpseg"
+            )
+        self.backbone = backbone
+        self.net, self.clip = _load(str(self.config.weights), str(backbone.device), str(backbone.dtype).split(".")[-1])
+        net_config = self.net.config
+        images = self.config.prompt_images or int(net_config.training.get("prompt_images", 4))
+        cache = VisualPromptCache(backbone, self.config.cache_dir, images=images, steps=self.config.generation_steps,
+                                  guidance=self.config.guidance_scale, seed=self.config.seed)
+        self.bank = PromptBank(self.clip, net_config.templates, net_config.visual_layers, cache)
+
+    @classmethod
+    def seen_classes(cls, config: DPSegConfig) -> list[str] | None:
+        """The class names the weights were trained on (evaluation reports seen vs unseen IoU with them)."""
+        return None if config.weights is None else read_net_config(config.weights).trained_classes
+
+    def prepare(self, image) -> PreparedImage:
+        """Run the image encoder once: dense CLIP features and the decoder's intermediate features."""
+        start = time.perf_counter()
+        pil = to_pil(image)
+        pixels = self.clip.pixel_values([pil])
+        with torch.no_grad():
+            encoded = self.net.encode(pixels)
+        return PreparedImage(size=(pil.height, pil.width), pixels=pixels, latents=encoded.dense,
+                             extra={"image": pil, "encoded": encoded}, timings={"encode": time.perf_counter() - start})
+
+    @torch.no_grad()
+    def _probabilities(self, prepared: PreparedImage, classes, replace=None) -> torch.Tensor:
+        prompts = self.bank.features(classes, self.config.prompts, replace)
+        logits = self.net.decode(prepared.extra["encoded"], prompts, visual_cost=self.config.visual_cost)
+        return torch.sigmoid(logits[0].float())  # (K, H, W)
+
+    def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
+        """Segment the prepared image into `labels` (strings or `Label`s); scores are per-class probabilities."""
+        labels = as_labels(labels)
+        classes = [label.synonyms for label in labels]
+        timings = dict(prepared.timings)
+        start = time.perf_counter()
+        probs = self._probabilities(prepared, classes)
+        timings["round1"] = time.perf_counter() - start
+        extra = {"prompts": self.config.prompts, "rounds": self.config.rounds, "detected": []}
+        if self.config.rounds == 2 and self.config.prompts != "text":
+            start = time.perf_counter()
+            replace = self._round_two_prompts(prepared, probs)
+            extra["detected"] = [labels[k].name for k in sorted(replace)]
+            if replace:
+                probs = self._probabilities(prepared, classes, replace)
+            timings["round2"] = time.perf_counter() - start
+        result = finish(probs, labels, prepared.size, self.config.background_threshold, timings)
+        result.extra.update(extra)
+        return result
+
+    def _round_two_prompts(self, prepared: PreparedImage, probs: torch.Tensor) -> dict:
+        """{class index: crop features} for every class that wins at least `min_area` of the image in round I."""
+        image: Image.Image = prepared.extra["image"]
+        winner = resize_maps(probs[None], prepared.size)[0].argmax(0).cpu().numpy()
+        fill = None
+        if self.config.crop_fill == "mask":
+            mean = getattr(self.clip.processor.image_processor, "image_mean", (0.5, 0.5, 0.5))
+            fill = tuple(int(round(255 * m)) for m in mean)
+        replace = {}
+        for k in range(probs.shape[0]):
+            mask = winner == k
+            if mask.mean() >= max(self.config.min_area, 1e-12):
+                with torch.no_grad():
+                    replace[k] = self.bank.crop(crop_region(image, mask, fill))
+        return replace
+
+    def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:
+        """`segment(prepare(image), labels)`; DPSeg's prompts are its templates, so `prompt` must stay None."""
+        if prompt is not None:
+            raise ValueError("dpseg builds its prompts from the class templates; it takes no prompt or caption")
+        return self.segment(self.prepare(image), labels)
+
+
+__all__ = ["DPSeg", "DPSegConfig"]

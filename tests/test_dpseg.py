@@ -1,0 +1,248 @@
+"""DPSeg: cost volume, decoder, round-II crops, the visual-prompt cache, the method, training and its resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from promptseg.methods.dpseg.cost import cost_volume, fuse_prompts
+from promptseg.methods.dpseg.decoder import CostVolumeDecoder, DecoderConfig
+from promptseg.methods.dpseg.prompts import VisualPromptCache, crop_region
+
+
+def test_cost_volume_is_the_cosine_of_every_pixel_with_every_prompt():
+    torch.manual_seed(0)
+    feats, prompts = torch.randn(2, 5, 3, 4), torch.randn(6, 2, 5)
+    cost = cost_volume(feats, prompts)
+    assert cost.shape == (2, 6, 2, 3, 4)
+    b, k, p, y, x = 1, 4, 1, 2, 3
+    expected = F.cosine_similarity(feats[b, :, y, x], prompts[k, p], dim=0)
+    assert torch.allclose(cost[b, k, p, y, x], expected, atol=1e-6)
+    assert cost.abs().max() <= 1 + 1e-6
+    same = cost_volume(prompts[3, :1, :, None, None].expand(1, 5, 3, 4), prompts)  # a feature equal to a prompt
+    assert torch.allclose(same[0, 3, 0], torch.ones(3, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="channels"):
+        cost_volume(feats, torch.randn(6, 2, 4))
+
+
+def test_dual_prompt_is_the_normalised_mean_of_text_and_visual():
+    t, v = torch.tensor([[[3.0, 0.0]]]), torch.tensor([[[0.0, 0.5]]])
+    r = fuse_prompts(t, v, "dual")
+    assert torch.allclose(r, torch.tensor([[[1.0, 1.0]]]) / 2 ** 0.5)
+    assert torch.allclose(fuse_prompts(t, v, "text"), torch.tensor([[[1.0, 0.0]]]))
+    assert torch.allclose(fuse_prompts(None, v, "visual"), torch.tensor([[[0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="needs text and visual"):
+        fuse_prompts(t, None, "dual")
+    with pytest.raises(ValueError, match="unknown prompt mode"):
+        fuse_prompts(t, v, "both")
+
+
+def _decoder_inputs(b=2, k=3, p=2, h=4, d=8, w=6):
+    torch.manual_seed(1)
+    return (torch.randn(b, k, p, h, h), torch.randn(b, d, h, h), [torch.randn(b, w, h, h) for _ in range(3)],
+            [torch.randn(b, k, p, h, h) for _ in range(3)], torch.randn(b, 3, 8 * h, 8 * h))
+
+
+def test_decoder_upsamples_x8_and_decodes_each_class_alone():
+    config = DecoderConfig(prompt_channels=2, feature_dim=8, layer_dim=6, dims=(16, 8, 8, 8), guidance_dim=4, heads=2)
+    decoder = CostVolumeDecoder(config).eval()
+    cost, dense, layers, visual, pixels = _decoder_inputs()
+    out = decoder(cost, dense, layers, visual, pixels)
+    assert out.shape == (2, 3, 32, 32)
+    # class-agnostic: permuting the classes permutes the logits, so no weight belongs to a class
+    perm = torch.tensor([2, 0, 1])
+    permuted = decoder(cost[:, perm], dense, layers, [v[:, perm] for v in visual], pixels)
+    assert torch.allclose(permuted, out[:, perm], atol=1e-5)
+    # the visual cost volumes matter
+    changed = decoder(cost, dense, layers, [v * 0 for v in visual], pixels)
+    assert not torch.allclose(changed, out)
+    with pytest.raises(ValueError, match="visual cost"):
+        decoder(cost, dense, layers, None, pixels)
+    with pytest.raises(ValueError, match="pixels"):
+        decoder(cost, dense, layers, visual, None)
+
+
+def test_crop_region_cuts_the_box_and_paints_the_rest():
+    pixels = np.arange(8 * 10 * 3, dtype=np.uint8).reshape(8, 10, 3)
+    image = Image.fromarray(pixels)
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 3:7] = True
+    mask[2, 3] = False  # a hole inside the box
+    box = crop_region(image, mask)
+    assert box.size == (4, 3) and np.array_equal(np.asarray(box), pixels[2:5, 3:7])
+    painted = np.asarray(crop_region(image, mask, fill=(1, 2, 3)))
+    assert painted[0, 0].tolist() == [1, 2, 3] and np.array_equal(painted[1, 1], pixels[3, 4])
+    with pytest.raises(ValueError, match="empty mask"):
+        crop_region(image, np.zeros((8, 10), bool))
+    with pytest.raises(ValueError, match="does not match"):
+        crop_region(image, np.ones((4, 4), bool))
+
+
+def test_visual_prompt_cache_hits_misses_and_regenerates_a_corrupt_file(tiny, tmp_path):
+    cache = VisualPromptCache(tiny, tmp_path, images=2, steps=2, guidance=2.0)
+    first = cache.images("a cat")
+    assert len(first) == 2 and cache.stats.misses == 2 and cache.stats.hits == 0
+    assert first[0].size == tuple(reversed(tiny.image_size))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))  # two seeds, two images
+    again = VisualPromptCache(tiny, tmp_path, images=2, steps=2, guidance=2.0)
+    second = again.images("a cat")
+    assert again.stats.hits == 2 and again.stats.misses == 0
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, second))
+    broken = again.path("a cat", 1)
+    broken.write_bytes(b"not a png")
+    third = VisualPromptCache(tiny, tmp_path, images=2, steps=2, guidance=2.0)
+    redrawn = third.images("a cat")
+    assert third.stats.regenerated == 1 and third.stats.hits == 1 and str(broken) in third.stats.corrupt
+    assert np.array_equal(np.asarray(redrawn[1]), np.asarray(first[1]))  # same seed, same image
+    with Image.open(broken) as f:
+        f.verify()
+    # the key names the model, prompt, seed and sampler: another seed is another file
+    assert VisualPromptCache(tiny, tmp_path, seed=5).path("a cat", 0) != cache.path("a cat", 0)
+    assert cache.path("a dog", 0) != cache.path("a cat", 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dpseg(tiny_clip_folder, tmp_path_factory):
+    """Untrained DPSeg weights on the tiny CLIP, saved as a weights folder."""
+    from promptseg.clip import load_clip
+    from promptseg.methods.dpseg.network import DPSegNet, NetConfig
+
+    folder, _ = tiny_clip_folder
+    clip = load_clip(str(folder), device="cpu")
+    torch.manual_seed(0)
+    config = NetConfig(clip=str(folder), templates=["a photo of a {}", "a {}"],
+                       decoder=DecoderConfig(prompt_channels=2, feature_dim=8, layer_dim=16, dims=(16, 8, 8, 8),
+                                             guidance_dim=4, heads=2),
+                       trained_classes=["cat"], held_out=["dog"], training={"prompt_images": 1})
+    out = DPSegNet(clip.model, config).save(tmp_path_factory.mktemp("dpseg") / "weights")
+    return out
+
+
+def test_dpseg_segments_in_two_rounds(tiny, tiny_dpseg, tmp_path):
+    from promptseg.methods import build_method
+    from promptseg.methods.dpseg import DPSeg, DPSegConfig
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    method = build_method("dpseg", tiny, DPSegConfig(weights=str(tiny_dpseg), cache_dir=str(tmp_path),
+                                                     generation_steps=2, min_area=0.0))
+    prepared = method.prepare(image)
+    result = method.segment(prepared, ["cat", "dog"])
+    assert result.label_map.shape == (40, 30) and result.scores.shape == (2, 40, 30)
+    assert result.labels == ["cat", "dog"] and set(np.unique(result.label_map)) <= {0, 1}
+    assert sorted(result.extra["detected"]) == sorted({["cat", "dog"][i] for i in np.unique(result.label_map)})
+    one = build_method("dpseg", tiny, DPSegConfig(weights=str(tiny_dpseg), cache_dir=str(tmp_path),
+                                                  generation_steps=2, rounds=1)).segment(prepared, ["cat", "dog"])
+    assert one.extra["detected"] == [] and not np.allclose(one.scores, result.scores)  # round II changed the prompts
+    text = build_method("dpseg", tiny, DPSegConfig(weights=str(tiny_dpseg), cache_dir=str(tmp_path / "empty"),
+                                                   prompts="text"))
+    text.segment(prepared, ["cat", "dog"])
+    assert text.bank.cache.stats.misses == 0  # text prompts draw nothing
+    assert DPSeg.seen_classes(DPSegConfig(weights=str(tiny_dpseg))) == ["cat"]
+    with pytest.raises(ValueError, match="takes no prompt"):
+        method(image, ["cat"], prompt="a cat")
+
+
+def test_dpseg_without_weights_says_how_to_get_them(tiny, tmp_path):
+    from promptseg.methods import build_method
+    from promptseg.methods.dpseg import DPSegConfig
+
+    with pytest.raises(ValueError, match="promptseg train dpseg"):
+        build_method("dpseg", tiny, DPSegConfig())
+    with pytest.raises(FileNotFoundError, match="promptseg train dpseg"):
+        build_method("dpseg", tiny, DPSegConfig(weights=str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match="crop_fill"):
+        DPSegConfig(crop_fill="blur")
+
+
+def test_eval_report_splits_seen_and_unseen_classes(tiny, tiny_dpseg, tmp_path, monkeypatch):
+    from promptseg.eval.runner import EvalRun, evaluate
+
+    monkeypatch.setenv("PROMPTSEG_CACHE", str(tmp_path / "cache"))
+    names = tmp_path / "names.txt"
+    names.write_text("cat\nsand\nwater\nsky\ncircle\nsquare\ndog\n")  # the tiny CLIP knows cat and dog only
+    run = EvalRun(dataset="shapes", method="dpseg", model=str(tiny.name), out=str(tmp_path / "ev"), limit=2,
+                  names="all", filter="none", class_names_file=str(names),
+                  settings={"weights": str(tiny_dpseg), "generation_steps": "1", "rounds": "1"})
+    report = evaluate(run, progress=False, backbone=tiny)
+    assert report["seen_classes"] == ["cat"] and "dog" in report["unseen_classes"]
+    ious = report["per_class_iou"]
+    unseen = [ious[n] for n in report["unseen_classes"] if ious[n] is not None]
+    assert report["miou_seen"] == pytest.approx(ious["cat"] if ious["cat"] is not None else None)
+    assert report["miou_unseen"] == pytest.approx(float(np.mean(unseen)))
+    assert "unseen" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_training_loss_falls_on_a_fixed_batch(tiny_clip_folder):
+    from promptseg.clip import load_clip
+    from promptseg.methods.dpseg.network import DPSegNet, NetConfig, PromptFeatures
+    from promptseg.methods.dpseg.train import bce_loss, targets_for
+
+    folder, _ = tiny_clip_folder
+    clip = load_clip(str(folder), device="cpu")
+    torch.manual_seed(0)
+    config = NetConfig(clip=str(folder), templates=["{}"], decoder=DecoderConfig(
+        prompt_channels=1, feature_dim=8, layer_dim=16, dims=(16, 8, 8, 8), guidance_dim=4, heads=2))
+    net = DPSegNet(clip.model, config)
+    pixels = torch.randn(2, 3, 32, 32)
+    label = np.zeros((32, 32), np.uint8)
+    label[8:24, 8:24] = 1
+    label[:2] = 255
+    target, valid = targets_for(label, np.zeros((0, 32, 32), bool), [0, 1], [], 255)
+    target, valid = torch.from_numpy(target)[None].repeat(2, 1, 1, 1), torch.from_numpy(valid)[None].repeat(2, 1, 1)
+    prompts = PromptFeatures(embeds=F.normalize(torch.randn(2, 1, 8), dim=-1), layers=[torch.randn(2, 1, 16)] * 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(2 + 18):
+        loss = bce_loss(net(pixels, prompts), target, valid)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_training_targets_ignore_held_out_pixels_and_add_colour_masks():
+    from promptseg.data.shapes_world import render_sample
+    from promptseg.methods.dpseg.train import ShapesWithColours, targets_for
+
+    label = np.array([[0, 6], [4, 255]], np.uint8)  # grass, triangle (held out), circle, ignored
+    extra = np.array([[[0, 1], [1, 0]]], bool)  # one colour: the triangle and the circle are red
+    target, valid = targets_for(label, extra, [0, 4], [6], 255)
+    assert target.shape == (3, 2, 2)
+    assert target[0].tolist() == [[1, 0], [0, 0]] and target[1].tolist() == [[0, 0], [1, 0]]
+    assert valid.tolist() == [[True, False], [True, False]]  # the held-out triangle counts for nothing
+    data = ShapesWithColours(n=4)
+    masks = data.extra(2)
+    sample = render_sample("train", 2, 64)
+    assert masks.shape == (4, 64, 64) and data.extra_names == ["red", "green", "blue", "yellow"]
+    assert np.array_equal(masks.any(0), sample.instance_map > 0)
+    first = sample.objects[0].colour
+    assert masks[data.extra_names.index(first)][sample.instance_map == 1].all()
+
+
+def test_train_command_writes_weights_and_resumes_to_the_same_ones(tiny_folder, tiny_clip_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from promptseg.cli import main
+
+    clip_folder, _ = tiny_clip_folder
+    common = ["train", "dpseg", "--dataset", "shapes", "--clip", str(clip_folder), "--model", str(tiny_folder),
+              "--templates", '["a {}"]', "--prompt-images", "1", "--batch", "2", "--steps", "4", "--n-train", "8",
+              "--cache-dir", str(tmp_path / "cache"), "--save-every", "2", "--warmup", "1"]
+    assert main(common + ["--out", str(tmp_path / "straight")]) == 0
+    assert main(common + ["--out", str(tmp_path / "resumed"), "--stop-after", "2"]) == 0
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    progress = json.loads((tmp_path / "resumed-work" / "progress.json").read_text())
+    assert progress["step"] == 2
+    assert main(common + ["--out", str(tmp_path / "resumed")]) == 0
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "straight" / "dpseg_config.json").read_text())
+    assert config["held_out"] == ["sky", "triangle"]
+    assert config["trained_classes"] == ["grass", "sand", "water", "circle", "square"]
+    assert main(common + ["--out", str(tmp_path / "x"), "--hold-out", "tree"]) == 2  # not a shapes class
