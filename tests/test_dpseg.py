@@ -77,6 +77,9 @@ def test_crop_region_cuts_the_box_and_paints_the_rest():
     assert box.size == (4, 3) and np.array_equal(np.asarray(box), pixels[2:5, 3:7])
     painted = np.asarray(crop_region(image, mask, fill=(1, 2, 3)))
     assert painted[0, 0].tolist() == [1, 2, 3] and np.array_equal(painted[1, 1], pixels[3, 4])
+    framed = np.asarray(crop_region(image, mask, fill=(1, 2, 3), keep_frame=True))
+    assert framed.shape == (8, 10, 3) and framed[0, 0].tolist() == [1, 2, 3]
+    assert np.array_equal(framed[mask], pixels[mask])
     with pytest.raises(ValueError, match="empty mask"):
         crop_region(image, np.zeros((8, 10), bool))
     with pytest.raises(ValueError, match="does not match"):
@@ -143,6 +146,14 @@ def test_dpseg_segments_in_two_rounds(tiny, tiny_dpseg, tmp_path):
     text.segment(prepared, ["cat", "dog"])
     assert text.bank.cache.stats.misses == 0  # text prompts draw nothing
     assert DPSeg.seen_classes(DPSegConfig(weights=str(tiny_dpseg))) == ["cat"]
+    # round II's prompt mixes the crop with the generated prompt by crop_weight; 0 leaves round I's prompts
+    classes = [["cat"], ["dog"]]
+    crop = method.bank.crop(image)
+    generated = method.bank.features(classes)
+    kept = method.bank.features(classes, replace={0: crop}, weight=0.0)
+    assert torch.allclose(kept.embeds, generated.embeds) and torch.allclose(kept.layers[0], generated.layers[0])
+    half = method.bank.features(classes, replace={0: crop}, weight=0.5)
+    assert torch.allclose(half.embeds[1], generated.embeds[1]) and not torch.allclose(half.embeds[0], generated.embeds[0])
     with pytest.raises(ValueError, match="takes no prompt"):
         method(image, ["cat"], prompt="a cat")
 

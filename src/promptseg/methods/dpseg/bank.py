@@ -60,14 +60,16 @@ class PromptBank:
         return embeds[0], [f[0] for f in feats]
 
     def features(self, classes: list[list[str]], mode: str = "dual",
-                 replace: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] | None = None) -> PromptFeatures:
+                 replace: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] | None = None,
+                 weight: float = 1.0) -> PromptFeatures:
         """The decoder's prompts for `classes` (each a list of synonyms).
 
         Args:
             mode (`str`, defaults to "dual"): "dual" (R = mean of T and V), "text" or "visual". With "text" the
                 layer features are zero (no visual prompt exists).
             replace (`dict`, *optional*): class index -> a crop's features, used instead of that class's generated
-                visual prompts for every template (round II).
+                visual prompts for every template (round II)...
+            weight (`float`, defaults to 1): ...with this weight, the generated ones keeping the rest (1: replaced).
         """
         text = torch.stack([self.text(c) for c in classes]) if mode != "visual" else None
         visual, layers = None, None
@@ -76,9 +78,9 @@ class PromptBank:
             vis = [p[0] for p in pairs]
             lay = [[p[1][j] for p in pairs] for j in range(len(self.layers))]
             for k, (emb, feats) in (replace or {}).items():
-                vis[k] = emb.expand_as(vis[k])
+                vis[k] = weight * emb.expand_as(vis[k]) + (1 - weight) * vis[k]
                 for j in range(len(self.layers)):
-                    lay[j][k] = feats[j].expand_as(lay[j][k])
+                    lay[j][k] = weight * feats[j].expand_as(lay[j][k]) + (1 - weight) * lay[j][k]
             visual = torch.stack(vis)
             layers = [torch.stack(lay_j) for lay_j in lay]
         embeds = fuse_prompts(text, visual, mode)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from promptseg.methods.dpseg.cost import PROMPT_MODES
 
-CROP_FILLS = ("mask", "box")
+CROP_FILLS = ("mask", "box", "frame")
 
 
 @dataclass
@@ -21,8 +21,12 @@ class DPSegConfig:
     rounds: int = 2
     """1: generated visual prompts only; 2: round II re-runs with each detected class's crop as its visual prompt."""
     crop_fill: str = "mask"
-    """Round II's crop: "box" (the detected region's bounding box, as the paper describes) or "mask" (ours: pixels
-    of the box outside the region painted grey, so a background class's crop is not its objects)."""
+    """Round II's crop: "box" (the detected region's bounding box, as the paper describes), "mask" (ours: pixels
+    of the box outside the region painted grey, so a background class's crop is not its objects) or "frame" (ours:
+    the whole image with everything outside the region grey, so the region keeps its size and place)."""
+    crop_weight: float = 1.0
+    """Round II's visual prompt = crop_weight x the crop's features + (1 - crop_weight) x the generated ones
+    (1: the paper's replacement)."""
     min_area: float = 0.005
     """A class counts as detected in round I when it wins at least this fraction of the pixels."""
     visual_cost: bool = True
@@ -49,6 +53,8 @@ class DPSegConfig:
             raise ValueError(f"rounds must be 1 or 2, got {self.rounds}")
         if self.crop_fill not in CROP_FILLS:
             raise ValueError(f"crop_fill must be one of {CROP_FILLS}, got {self.crop_fill!r}")
+        if not 0 <= self.crop_weight <= 1:
+            raise ValueError(f"crop_weight must be in [0, 1], got {self.crop_weight}")
         if not 0 <= self.min_area < 1:
             raise ValueError(f"min_area is a fraction of the image in [0, 1), got {self.min_area}")
         if self.prompt_images is not None and self.prompt_images < 1:

@@ -63,12 +63,13 @@ class DPSeg:
         pixels = self.clip.pixel_values([pil])
         with torch.no_grad():
             encoded = self.net.encode(pixels)
-        return PreparedImage(size=(pil.height, pil.width), pixels=pixels, latents=encoded.dense,
+        # no diffusion latents: DPSeg reads CLIP features only (the backbone draws visual prompts, once per class)
+        return PreparedImage(size=(pil.height, pil.width), pixels=pixels, latents=torch.empty(0),
                              extra={"image": pil, "encoded": encoded}, timings={"encode": time.perf_counter() - start})
 
     @torch.no_grad()
     def _probabilities(self, prepared: PreparedImage, classes, replace=None) -> torch.Tensor:
-        prompts = self.bank.features(classes, self.config.prompts, replace)
+        prompts = self.bank.features(classes, self.config.prompts, replace, self.config.crop_weight)
         logits = self.net.decode(prepared.extra["encoded"], prompts, visual_cost=self.config.visual_cost)
         return torch.sigmoid(logits[0].float())  # (K, H, W)
 
@@ -97,7 +98,7 @@ class DPSeg:
         image: Image.Image = prepared.extra["image"]
         winner = resize_maps(probs[None], prepared.size)[0].argmax(0).cpu().numpy()
         fill = None
-        if self.config.crop_fill == "mask":
+        if self.config.crop_fill in ("mask", "frame"):
             mean = getattr(self.clip.processor.image_processor, "image_mean", (0.5, 0.5, 0.5))
             fill = tuple(int(round(255 * m)) for m in mean)
         replace = {}
@@ -105,7 +106,7 @@ class DPSeg:
             mask = winner == k
             if mask.mean() >= max(self.config.min_area, 1e-12):
                 with torch.no_grad():
-                    replace[k] = self.bank.crop(crop_region(image, mask, fill))
+                    replace[k] = self.bank.crop(crop_region(image, mask, fill, self.config.crop_fill == "frame"))
         return replace
 
     def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:

@@ -117,7 +117,8 @@ class VisualPromptCache:
         return self._pipe
 
 
-def crop_region(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int] | None = None) -> Image.Image:
+def crop_region(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int] | None = None,
+                keep_frame: bool = False) -> Image.Image:
     """Round II's visual prompt: the bounding box of `mask` cut from `image`.
 
     Args:
@@ -126,6 +127,8 @@ def crop_region(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int]
         fill (`tuple`, *optional*): an RGB colour for the box's pixels outside the mask (ours: a background class's
             box is often the whole image, and the objects in it would speak for the background); None keeps the
             box as it is (the paper's crop).
+        keep_frame (`bool`, defaults to False): return the whole image (with `fill` outside the mask) instead of the
+            box, so the region keeps its size and place (ours).
 
     Raises:
         ValueError: an empty mask, or one whose size is not the image's.
@@ -135,7 +138,10 @@ def crop_region(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int]
         raise ValueError(f"mask of shape {mask.shape} does not match the image's (h, w) = {(image.height, image.width)}")
     if not mask.any():
         raise ValueError("cannot crop a visual prompt from an empty mask")
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if keep_frame:
+        rows, cols = np.array([0, mask.shape[0] - 1]), np.array([0, mask.shape[1] - 1])
+    else:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     pixels = np.asarray(image.convert("RGB"))[top:bottom, left:right].copy()
     if fill is not None:
