@@ -168,6 +168,13 @@ def test_dpseg_without_weights_says_how_to_get_them(tiny, tmp_path):
         build_method("dpseg", tiny, DPSegConfig(weights=str(tmp_path / "nothing")))
     with pytest.raises(ValueError, match="crop_fill"):
         DPSegConfig(crop_fill="blur")
+    from promptseg.methods import method_config
+
+    # a path given on the command line (--set weights=/models/dpseg) is text, not JSON; null still means None
+    assert method_config("dpseg", weights="/models/dpseg").weights == "/models/dpseg"
+    assert method_config("dpseg", weights="null").weights is None
+    with pytest.raises(ValueError, match="not valid JSON"):
+        method_config("dpseg", rounds="two")
 
 
 def test_eval_report_splits_seen_and_unseen_classes(tiny, tiny_dpseg, tmp_path, monkeypatch):
