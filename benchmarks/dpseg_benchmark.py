@@ -11,6 +11,11 @@ with ours, text prompts only, visual prompts only (all with the same dual-traine
 visual cost volumes (`--no-visual-cost`, a separate training: runs/shapes-dpseg-novc, when present), and the first
 recipe we trained (the five class names only, held-out pixels as negatives: runs/shapes-dpseg-v1, when present).
 
+The two extra weights come from the same script as the bundled ones (seed 0, 3,000 steps):
+
+    promptseg train dpseg --dataset shapes --out runs/shapes-dpseg-novc --no-visual-cost
+    promptseg train dpseg --dataset shapes --out runs/shapes-dpseg-v1 --no-extra-classes --held-out-as-negatives
+
 Cost: the visual prompts are drawn once per class (timed on an empty cache: `generation_seconds_per_class`); every
 row runs on a warm cache, so its seconds per image are what a user pays per image.
 """

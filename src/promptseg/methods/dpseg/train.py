@@ -10,7 +10,8 @@ point resumes from WORK (`accelerate`'s saved state: weights, optimiser, random 
 every process takes its own slice of the global batch. Classes named in `--hold-out` are never offered and their
 pixels count for nothing (neither positive nor negative, as SPNet and ZS3Net train): the weights must find them from
 their prompts alone (the open-vocabulary split; `NetConfig.trained_classes` records which were seen). On shapes the
-four colour words are offered as extra training classes (`--no-extra-classes` to train on the class names alone).
+four colour words are offered as extra training classes (`--no-extra-classes` to train on the class names alone;
+with `--held-out-as-negatives` as well, that is our first recipe).
 
 Visual prompts of the training classes are generated once by `--model` (cached on disk; with several processes
 the main one generates and the others read the cache).
@@ -156,6 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-visual-cost", action="store_true", help="ablation: no multi-scale visual cost volumes")
     parser.add_argument("--no-extra-classes", action="store_true",
                         help="shapes: train on the class names only (not also on the colour words)")
+    parser.add_argument("--held-out-as-negatives", action="store_true",
+                        help="count held-out classes' pixels as negatives of every offered class (our first recipe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--cache-dir", default=None, help="visual-prompt cache (default ~/.cache/promptseg)")
@@ -198,7 +201,7 @@ def train(args: argparse.Namespace) -> Path:
     if unknown:
         raise ValueError(f"--hold-out names {unknown} are not classes of {args.dataset}: {names}")
     class_ids = [i for i, n in enumerate(names) if n not in hold_out]
-    held_out_ids = [i for i, n in enumerate(names) if n in hold_out]
+    held_out_ids = [] if args.held_out_as_negatives else [i for i, n in enumerate(names) if n in hold_out]
     labels = parse_labels([data.class_names[i] for i in class_ids] + extra_names)
 
     clip = load_clip(args.clip or defaults["clip"], device=accelerator.device, dtype=torch.float32)
@@ -211,7 +214,8 @@ def train(args: argparse.Namespace) -> Path:
                            "dataset": args.dataset, "steps": steps, "batch": batch, "lr": args.lr,
                            "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
                            "diffusion_model": args.model or defaults["model"], "prompt_images": args.prompt_images,
-                           "extra_classes": extra_names, "held_out_pixels": "ignored"})
+                           "extra_classes": extra_names,
+                           "held_out_pixels": "negatives" if args.held_out_as_negatives else "ignored"})
     net = DPSegNet(clip.model, config).to(accelerator.device)
 
     cache_kwargs = {"root": args.cache_dir, "images": args.prompt_images, "seed": args.seed}
