@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from promptseg.data.base import Sample, SegDataset
-from promptseg.data.voc import load_class_names
+from promptseg.data.voc import load_class_names, reduce_zero_label
 
 # name: (dataset folder, image dir, label dir, label suffix, number of classes, ignore value in the files,
 #        reduce_zero_label)
@@ -79,13 +79,12 @@ class FolderSegDataset(SegDataset):
     def read_label(self, path: Path) -> np.ndarray:
         """HxW int32 class indices with `ignore_index` where nothing counts."""
         with Image.open(path) as image:
-            raw = np.array(image).astype(np.int64)
+            raw = np.array(image)
         if raw.ndim != 2:
             raise ValueError(f"{path}: expected a single-channel label map, got shape {raw.shape}")
-        label = raw.copy()
-        if self.reduce_zero:
-            label = raw - 1
-            label[raw == 0] = self.ignore_index
+        if self.reduce_zero:  # the uint8 maps of ADE20K-150: mmseg's reduce_zero_label, as for VOC20
+            raw = reduce_zero_label(raw.astype(np.uint8))
+        label = raw.astype(np.int64)
         if self.file_ignore is not None:
             label[raw == self.file_ignore] = self.ignore_index
         label[(label >= len(self.class_names)) & (label != self.ignore_index)] = self.ignore_index

@@ -64,6 +64,7 @@ def load_captioner(name: str, device=None, dtype=None, local_files_only: bool | 
     """
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    model, processor, device, dtype = load_pretrained(name, {}, BlipForConditionalGeneration, BlipProcessor, kind="captioner",
-                                       device=device, dtype=dtype, local_files_only=local_files_only)
+    model, processor, device, dtype = load_pretrained(name, {}, BlipForConditionalGeneration, BlipProcessor,
+                                                      kind="captioner", device=device, dtype=dtype,
+                                                      local_files_only=local_files_only)
     return BlipCaptioner(model, processor, device, dtype)

@@ -26,8 +26,9 @@ from promptseg.refine import resize_maps
 
 
 @functools.lru_cache(maxsize=2)
-def _load(weights: str, device: str, dtype: str):
-    return load_dpseg(weights, device=device, dtype=getattr(torch, dtype))
+def _load(weights: str, device: torch.device, dtype: torch.dtype):
+    """One (net, clip) per (weights, device, dtype) per process: several DPSeg instances share them."""
+    return load_dpseg(weights, device=device, dtype=dtype)
 
 
 @register_method("dpseg", DPSegConfig)
@@ -44,7 +45,7 @@ class DPSeg:
                 "--model shapes, which recommends the bundled shapes-dpseg"
             )
         self.backbone = backbone
-        self.net, self.clip = _load(str(self.config.weights), str(backbone.device), str(backbone.dtype).split(".")[-1])
+        self.net, self.clip = _load(str(self.config.weights), backbone.device, backbone.dtype)
         net_config = self.net.config
         images = self.config.prompt_images or int(net_config.training.get("prompt_images", 4))
         cache = VisualPromptCache(backbone, self.config.cache_dir, images=images, steps=self.config.generation_steps,

@@ -133,9 +133,10 @@ class DPSegNet(nn.Module):
         cost = cost_volume(encoded.dense, prompts.embeds)
         visual = None
         if self.config.decoder.visual_cost:
-            visual = [cost_volume(f, p) for f, p in zip(encoded.layers, prompts.layers)]
-            if visual_cost is False:
-                visual = [torch.zeros_like(v) for v in visual]
+            if visual_cost is False:  # every visual cost volume has the initial one's shape
+                visual = [torch.zeros_like(cost)] * len(encoded.layers)
+            else:
+                visual = [cost_volume(f, p) for f, p in zip(encoded.layers, prompts.layers)]
         return self.decoder(cost, encoded.dense, encoded.layers, visual, encoded.pixels)
 
     def save(self, folder: str | os.PathLike) -> Path:
