@@ -82,6 +82,32 @@ def test_regions_become_sam_prompts_in_image_pixels(tiny, image, monkeypatch):
     assert result.mask[y0:y1, x0:x1].all()
 
 
+def test_sam_proposals_are_ranked_and_kept_as_drawn(tiny, image):
+    anyword = build_method("anyword", tiny, **{**FAST, "steps": 0})
+    red = np.zeros((32, 48), bool)
+    red[8:24, 4:20] = True  # the red square of the image
+    other = np.zeros((32, 48), bool)
+    other[2:30, 30:46] = True
+
+    class FakeSam:
+        def propose(self, img, points_per_side, min_stability, min_area):
+            self.asked = (img.size, points_per_side, min_stability)
+            return np.stack([other, red]), np.ones(2, np.float32)
+
+        def predict(self, *args, **kwargs):
+            raise AssertionError("a proposal is the mask as drawn: SAM is not prompted again")
+
+    anyword.sam = FakeSam()
+    anyword.config.proposals = "sam"
+    prepared = anyword.prepare(image)
+    result = anyword.refer(prepared, "a red cat")
+    assert anyword.sam.asked == ((48, 32), 8, anyword.config.min_stability)
+    assert len(result.extra["candidates"]) == 2  # both proposals were scored, one was chosen
+    assert np.array_equal(result.mask, red) or np.array_equal(result.mask, other)
+    small, full = prepared.extra["proposals"]  # cached per image: grid masks and the masks as drawn
+    assert full.shape == (2, 32, 48) and small.shape[1:] == anyword._grid((32, 48))
+
+
 def test_baseline_answers_with_the_head_phrase(tiny, image):
     baseline = build_method("baseline", tiny, cross_weights={0.5: 1.0}, self_weights={1.0: 1.0})
     result = baseline.refer(baseline.prepare(image), "a red cat and a dog")
@@ -95,6 +121,12 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="evidence"):
         method_config("anyword", evidence="clip")
     assert method_config("anyword", sam="none").sam is None
+    with pytest.raises(ValueError, match="proposals='sam' needs a SAM"):
+        method_config("anyword", proposals="sam", sam=None)
+    with pytest.raises(ValueError, match="proposals must be"):
+        method_config("anyword", proposals="grid")
+    with pytest.raises(ValueError, match="evidence_template"):
+        method_config("anyword", evidence_template="a cat")
 
 
 def test_semantic_segmentation_through_referring(tiny, image):
@@ -120,3 +152,11 @@ def test_denoising_evidence_ranks_and_can_empty_the_answer(tiny, image):
     assert result.mask.any()
     strict = build_method("anyword", tiny, **{**settings, "evidence_threshold": 1e6})
     assert not strict.refer(strict.prepare(image), "a red cat").mask.any()
+
+
+def test_evidence_template_writes_phrase_and_reference(tiny, image):
+    settings = {**FAST, "steps": 0, "evidence": "denoising", "evidence_timesteps": (100,), "evidence_template": "a {}"}
+    anyword = build_method("anyword", tiny, **settings)
+    prepared = anyword.prepare(image)
+    anyword.refer(prepared, "a red cat")
+    assert set(prepared.extra["evidence"].cache) == {"a red cat", "a object"}

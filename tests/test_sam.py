@@ -87,3 +87,24 @@ def test_bundled_shapes_sam_follows_its_prompt():
     masks, _ = sam.predict(image, boxes=boxes)
     for mask, truth in zip(masks, truths):  # each box gives its own instance, not every shape
         assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+
+
+def test_proposals_find_each_shape_once():
+    sample = render_sample("test", 5)
+    sam = load_sam("shapes-sam", device="cpu")
+    masks, stability = sam.propose(Image.fromarray(sample.image), points_per_side=8)
+    assert masks.shape[1:] == (64, 64) and masks.dtype == bool and len(stability) == len(masks)
+    assert np.all(np.diff(stability) <= 0)  # most stable first
+    for k in range(1, len(sample.objects) + 1):
+        truth = sample.instance_map == k
+        if truth.sum() > 20:  # a visible shape is one proposal (and not several overlapping ones)
+            ious = (masks & truth).sum((1, 2)) / (masks | truth).sum((1, 2))
+            assert ious.max() > 0.8 and (ious > 0.5).sum() == 1
+    flat = masks.reshape(len(masks), -1).astype(float)
+    inter = flat @ flat.T
+    iou = inter / (flat.sum(1)[:, None] + flat.sum(1)[None] - inter)
+    assert (iou[~np.eye(len(masks), dtype=bool)] < 0.7).all()  # suppressed duplicates
+    none, _ = sam.propose(Image.fromarray(sample.image), min_stability=1.01)
+    assert none.shape == (0, 64, 64)
+    with pytest.raises(ValueError, match="points_per_side"):
+        sam.propose(Image.fromarray(sample.image), points_per_side=0)

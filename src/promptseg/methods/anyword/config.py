@@ -52,6 +52,9 @@ class AnywordConfig:
     `evidence_timesteps`)."""
     evidence_timesteps: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800)
     """Timesteps of the denoising evidence, one noise draw each (one UNet batch)."""
+    evidence_template: str = "{}"
+    """How a phrase is written when its denoising gain is read (`{}` becomes "red circle"; "a {}" for a model trained
+    on captions like "a red circle and a blue square"); the reference word is written the same way."""
     evidence_reference: str | None = "object"
     """A generic word whose gain is subtracted from the phrase's: a salient object lowers every prompt's error, and
     the difference keeps what the phrase itself explains (None: the phrase's gain alone)."""
@@ -59,6 +62,17 @@ class AnywordConfig:
     """With "denoising" evidence: a region is kept only if the phrase's mean gain inside it (the relative drop of the
     noise-prediction error, unnormalised) is at least this; None: no such test. The no-target decision on models
     whose normalised attention cannot say "absent" (chosen on val for the shapes model)."""
+    proposals: str = "attention"
+    """Where candidate regions come from: "attention" (the paper: connected parts of the referent's map above
+    `region_threshold`, each then prompting SAM with its box) or "sam" (ours: every object SAM finds from a point
+    grid, `SamPredictor.propose`, each scored by the referent's map and evidence inside it and, when chosen, kept as
+    SAM drew it). Needs `sam`. Without the parse (`linguistic=False`) the map's own regions are kept, as in the
+    paper's ablation."""
+    points_per_side: int = 8
+    """With "sam" proposals: the point grid's side (8: 64 point prompts, one SAM image encoding)."""
+    min_stability: float = 0.7
+    """With "sam" proposals: the lowest stability score of a kept proposal (segment-anything: 0.95; with the bundled
+    `shapes-sam` 0.7 covers val objects best, `benchmarks/results/sam_proposals.md`)."""
     region_threshold: float = 0.5
     """A region is a connected part of the referent map (min-max normalised) at or above this value."""
     min_region: float = 0.005
@@ -93,10 +107,16 @@ class AnywordConfig:
             raise ValueError(f"evidence must be 'attention' or 'denoising', got {self.evidence!r}")
         if self.sam_prompt not in ("box", "point", "box+point"):
             raise ValueError(f"sam_prompt must be 'box', 'point' or 'box+point', got {self.sam_prompt!r}")
+        if self.proposals not in ("attention", "sam"):
+            raise ValueError(f"proposals must be 'attention' or 'sam', got {self.proposals!r}")
+        if self.evidence_template.count("{}") != 1:
+            raise ValueError(f"evidence_template must contain '{{}}' exactly once, got {self.evidence_template!r}")
         if self.template.count("{}") != 1:
             raise ValueError(f"template must contain '{{}}' exactly once, got {self.template!r}")
         if isinstance(self.sam, str) and self.sam.lower() in ("", "none"):
             self.sam = None
+        if self.proposals == "sam" and self.sam is None:
+            raise ValueError("proposals='sam' needs a SAM (sam=...); without one use proposals='attention'")
         self.timesteps = tuple(int(t) for t in self.timesteps)
         self.train_timesteps = tuple(int(t) for t in self.train_timesteps)
         self.evidence_timesteps = tuple(int(t) for t in self.evidence_timesteps)

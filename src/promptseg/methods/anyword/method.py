@@ -11,7 +11,7 @@ import torch
 from promptseg.methods.anyword.config import AnywordConfig
 from promptseg.methods.anyword.evidence import DenoisingEvidence
 from promptseg.methods.anyword.inversion import invert_tokens
-from promptseg.methods.anyword.prompts import Region, add_support, find_regions, referent_map, select
+from promptseg.methods.anyword.prompts import Region, add_support, find_regions, mask_regions, referent_map, select
 from promptseg.methods.base import (
     PreparedImage,
     ReferResult,
@@ -112,9 +112,9 @@ class Anyword:
         source = prepared.extra["evidence"]
 
         def gain(phrase: str) -> np.ndarray:
-            value = source.gain(phrase)
+            value = source.gain(c.evidence_template.format(phrase))
             if c.evidence_reference:
-                value = value - source.gain(c.evidence_reference)
+                value = value - source.gain(c.evidence_template.format(c.evidence_reference))
             return resize_maps(value[None, None].float(), grid)[0, 0].cpu().numpy()
 
         return gain
@@ -124,14 +124,30 @@ class Anyword:
         scale = min(1.0, self.config.work_size / max(h, w))
         return max(1, round(h * scale)), max(1, round(w * scale))
 
-    def candidates(self, referent, maps: dict, evidence=None) -> tuple[np.ndarray, list[Region]]:
-        """The referent's map (the geometric mean of its bound words' maps) and its regions, each with its support;
-        with `evidence`, a region's score is also weighted by its phrase's mean denoising gain inside it (relative
-        to the best region's)."""
+    def proposals_for(self, prepared: PreparedImage, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """None (`proposals="attention"`), or SAM's object proposals for the image: (K, gh, gw) masks on the work grid
+        and the (K, H, W) masks they come from; cached per image."""
+        c = self.config
+        if c.proposals != "sam":
+            return None
+        if "proposals" not in prepared.extra:
+            full, _ = self.sam.propose(prepared.extra["image"], c.points_per_side, c.min_stability,
+                                       min_area=c.min_region)
+            small = resize_maps(torch.from_numpy(full.astype(np.float32))[:, None], grid)[:, 0].numpy() >= 0.5
+            prepared.extra["proposals"] = (small.reshape(-1, *grid), full)
+        return prepared.extra["proposals"]
+
+    def candidates(self, referent, maps: dict, evidence=None, proposals=None) -> tuple[np.ndarray, list[Region]]:
+        """The referent's map (the geometric mean of its bound words' maps) and its regions (its connected parts, or
+        the `proposals` scored by it), each with its support; with `evidence`, a region's score is also weighted by
+        its phrase's mean denoising gain inside it (relative to the best region's)."""
         words = sorted(referent.concept_words(), key=lambda w: w.start)
         bound = [maps[(w.start, w.end)] for w in words]
         score = referent_map(bound)
-        regions = find_regions(score, self.config.region_threshold, self.config.min_region)
+        if proposals is None:
+            regions = find_regions(score, self.config.region_threshold, self.config.min_region)
+        else:
+            regions = mask_regions(proposals[0], score, proposals[1])
         add_support(regions, bound)
         if evidence is not None and regions:
             gain = evidence(" ".join(w.lemma if self.config.lemmatize and w.lemma.isalpha() else w.text for w in words))
@@ -139,15 +155,16 @@ class Anyword:
             best = max(max(inside), 1e-12)
             for region, value in zip(regions, inside):
                 region.score *= max(value, 0.0) / best
+                region.gain = value
             if self.config.evidence_threshold is not None:
                 regions = [r for r, v in zip(regions, inside) if v >= self.config.evidence_threshold]
             regions.sort(key=lambda r: -r.score)
         return score, regions
 
-    def regions_for(self, referent, maps: dict, evidence=None) -> tuple[list[Region], np.ndarray, dict]:
+    def regions_for(self, referent, maps: dict, evidence=None, proposals=None) -> tuple[list[Region], np.ndarray, dict]:
         """The regions that are `referent` (after binding, support, position and relation) and its map."""
         c = self.config
-        score, regions = self.candidates(referent, maps, evidence)
+        score, regions = self.candidates(referent, maps, evidence, proposals)
         attributes = [maps[(w.start, w.end)] for w in referent.attributes]
         if attributes:
             attribute = np.mean(attributes, axis=0)
@@ -155,12 +172,13 @@ class Anyword:
                 region.score += c.attribute_weight * float(attribute[region.mask].mean())
         anchors, info = None, {}
         if referent.relation is not None:
-            _, anchors = self.candidates(referent.relation.other, maps, evidence)
+            _, anchors = self.candidates(referent.relation.other, maps, evidence, proposals)
             anchors = [a for a in anchors if a.support >= c.presence_threshold]
         chosen, anchor = select(regions, referent, c.presence_threshold, c.plural_ratio, anchors)
         if anchor is not None:
             info["anchor"] = list(anchor.box)
-        info["candidates"] = [[*r.box, round(r.score, 4), round(r.support, 4)] for r in regions]
+        info["candidates"] = [[*r.box, round(r.score, 4), round(r.support, 4)] + ([] if r.gain is None else
+                                                                                 [round(r.gain, 4)]) for r in regions]
         return chosen, score, info
 
     def masks_from(self, prepared: PreparedImage, regions: list[Region], grid: tuple[int, int]) -> np.ndarray:
@@ -168,6 +186,8 @@ class Anyword:
         h, w = prepared.size
         if not regions:
             return np.zeros((h, w), bool)
+        if all(r.source is not None for r in regions):  # SAM's own proposals
+            return np.any([r.source for r in regions], axis=0)
         if self.sam is None:
             union = np.any([r.mask for r in regions], axis=0).astype(np.float32)
             return resize_maps(torch.from_numpy(union)[None, None], (h, w))[0, 0].numpy() >= 0.5
@@ -226,7 +246,9 @@ class Anyword:
             extra["candidates"] = [[*r.box, round(r.score, 4)] for r in regions]
         else:
             by_word = {(word.start, word.end): grid_maps[k] for k, word in enumerate(parsed.words())}
-            regions, score, info = self.regions_for(parsed.target, by_word, self.evidence_for(prepared, grid_maps.shape[1:]))
+            grid = grid_maps.shape[1:]
+            regions, score, info = self.regions_for(parsed.target, by_word, self.evidence_for(prepared, grid),
+                                                    self.proposals_for(prepared, grid))
             extra.update(info)
         return self._result(prepared, expression, regions, score, log, start, extra)
 
@@ -264,7 +286,8 @@ class Anyword:
         grid_maps, log = self.learnt_maps(prepared, prompt, [(shift, shift + len(name))])
         referent = Referent(head=Word(text=name, lemma=name, start=0, end=len(name)), plural=True)
         evidence = self.evidence_for(prepared, grid_maps.shape[1:])
-        regions, score, info = self.regions_for(referent, {(0, len(name)): grid_maps[0]}, evidence)
+        regions, score, info = self.regions_for(referent, {(0, len(name)): grid_maps[0]}, evidence,
+                                                self.proposals_for(prepared, grid_maps.shape[1:]))
         return self._result(prepared, name, regions, score, log, start, {"prompt": prompt, **info})
 
     def __call__(self, image, labels, prompt: str | None = None):

@@ -28,6 +28,9 @@ class Region:
         score (`float`): mean referent score inside (times the relative denoising evidence, when used).
         support (`float`): the lowest mean score inside over the referent's bound words (1 when unbound).
         prior (`float`): the mean referent map inside, before any evidence; a plural referent compares regions by it.
+        gain (`float`, *optional*): the referent phrase's mean denoising gain inside (with denoising evidence).
+        source (`np.ndarray`, *optional*): the image-size mask the region came from (a SAM proposal), which is then the
+            final mask as it is.
     """
 
     mask: np.ndarray
@@ -36,6 +39,8 @@ class Region:
     score: float
     support: float = 1.0
     prior: float | None = None
+    gain: float | None = None
+    source: np.ndarray | None = None
 
     def __post_init__(self):
         if self.prior is None:
@@ -81,10 +86,17 @@ def referent_map(word_maps: list[np.ndarray]) -> np.ndarray:
 def find_regions(score: np.ndarray, threshold: float, min_area: float) -> list[Region]:
     """Connected parts of `score` >= `threshold` with at least `min_area` (fraction of the grid), best first."""
     labels, count = connected_components(score >= threshold)
+    masks = [labels == k for k in range(1, count + 1)]
+    return mask_regions(np.array([m for m in masks if m.sum() >= max(1.0, min_area * m.size)], bool).reshape(
+        -1, *score.shape), score)
+
+
+def mask_regions(masks: np.ndarray, score: np.ndarray, sources: np.ndarray | None = None) -> list[Region]:
+    """Regions from given (K, h, w) bool masks on `score`'s grid (proposals), scored by the mean of `score` inside,
+    best first; empty masks are dropped. `sources`: the (K, H, W) masks they were resized from, kept on the regions."""
     regions = []
-    for k in range(1, count + 1):
-        mask = labels == k
-        if mask.sum() < max(1.0, min_area * mask.size):
+    for k, mask in enumerate(np.asarray(masks, bool)):
+        if not mask.any():
             continue
         ys, xs = np.nonzero(mask)
         j = int(np.argmax(score[ys, xs]))
@@ -93,6 +105,7 @@ def find_regions(score: np.ndarray, threshold: float, min_area: float) -> list[R
             box=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
             peak=(int(xs[j]), int(ys[j])),
             score=float(score[mask].mean()),
+            source=None if sources is None else sources[k],
         ))
     return sorted(regions, key=lambda r: -r.score)
 
