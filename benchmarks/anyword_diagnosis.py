@@ -77,17 +77,22 @@ def main() -> None:
                     hits.setdefault(f"{kind} word | {name}", []).append(int(ids[int(np.argmax(means))] == k))
     table = {key: {"accuracy": float(np.mean(v)), "n": len(v)} for key, v in hits.items()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "anyword_diagnosis.json").write_text(json.dumps({"n_images": args.n, "chance": float(np.mean(chance)),
-                                                                "rows": table}, indent=1))
-    lines = [f"# Per-object pick accuracy of word maps, shapes model, val images 0-{args.n - 1} with 2+ objects", "",
-             f"Made by `python benchmarks/anyword_diagnosis.py --n {args.n}`. Chance: {np.mean(chance):.3f}.", "",
-             "| word | map | pick accuracy | objects |", "| --- | --- | --- | --- |"]
-    for key, row in table.items():
-        kind, name = key.split(" | ")
-        lines.append(f"| {kind} | {name} | {row['accuracy']:.3f} | {row['n']} |")
-    (RESULTS / "anyword_diagnosis.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_pick_table("anyword_diagnosis", {"n_images": args.n, "chance": float(np.mean(chance))}, table, [
+        f"# Per-object pick accuracy of word maps, shapes model, val images 0-{args.n - 1} with 2+ objects", "",
+        f"Made by `python benchmarks/anyword_diagnosis.py --n {args.n}`. Chance: {np.mean(chance):.3f}.", "",
+        "| word | map | pick accuracy | objects |"])
 
+
+def write_pick_table(name: str, record: dict, table: dict, head: list[str]) -> None:
+    """results/NAME.json (`record` and the rows) and NAME.md (`head`, then one line per "kind | signal" row)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**record, "rows": table}, indent=1))
+    lines = [*head, "| --- | --- | --- | --- |"]
+    for key, row in table.items():
+        kind, signal = key.split(" | ")
+        lines.append(f"| {kind} | {signal} | {row['accuracy']:.3f} | {row['n']} |")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 if __name__ == "__main__":
     main()

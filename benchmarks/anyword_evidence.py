@@ -15,11 +15,10 @@ benchmarks/results/anyword_evidence.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
+from anyword_diagnosis import write_pick_table
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import render_sample
@@ -27,7 +26,6 @@ from promptseg.methods.anyword.evidence import DenoisingEvidence
 from promptseg.methods.base import prepare_pixels
 from promptseg.refine import resize_maps
 
-RESULTS = Path(__file__).parent / "results"
 FIRST = (100, 200, 300, 400, 500, 600, 700, 800)
 HIGH = tuple(int(t) for t in np.linspace(400, 950, 32).astype(int))
 VARIANTS = {  # name: (template, timesteps)
@@ -68,18 +66,10 @@ def main() -> None:
                 kind = "colour shape" if len(words) == 2 else "shape"
                 hits.setdefault((kind, name), []).append(int(ids[int(np.argmax(means))] == targets[0]))
     table = {f"{kind} | {name}": {"accuracy": float(np.mean(v)), "n": len(v)} for (kind, name), v in sorted(hits.items())}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "anyword_evidence.json").write_text(json.dumps({"n_images": args.n, "rows": table}, indent=1))
-    lines = [f"# Pick accuracy of denoising evidence among true object masks, shapes model, val images 0-{args.n - 1}",
-             "", f"Made by `python benchmarks/anyword_evidence.py --n {args.n}` (images with 2+ visible objects; one-target",
-             "expressions without a relation).", "", "| expression | evidence | pick accuracy | expressions |",
-             "| --- | --- | --- | --- |"]
-    for key, row in table.items():
-        kind, name = key.split(" | ")
-        lines.append(f"| {kind} | {name} | {row['accuracy']:.3f} | {row['n']} |")
-    (RESULTS / "anyword_evidence.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_pick_table("anyword_evidence", {"n_images": args.n}, table, [
+        f"# Pick accuracy of denoising evidence among true object masks, shapes model, val images 0-{args.n - 1}", "",
+        f"Made by `python benchmarks/anyword_evidence.py --n {args.n}` (images with 2+ visible objects; one-target",
+        "expressions without a relation).", "", "| expression | evidence | pick accuracy | expressions |"])
 
 if __name__ == "__main__":
     main()
