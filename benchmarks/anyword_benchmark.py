@@ -31,6 +31,10 @@ from promptseg.eval.refer_runner import ReferRun, evaluate_refer
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
+OLD_EVIDENCE = (100, 200, 300, 400, 500, 600, 700, 800)
+HIGH_EVIDENCE = tuple(int(t) for t in np.linspace(400, 950, 32).astype(int))
+"""The denoising evidence's draws: 8 timesteps over 100-800 (first sweep), 32 over 400-950 (second sweep)."""
+
 TEST_ROWS = {
     "baseline (head phrase attention, thresholded)": ("baseline", {}),
     "anyword (recommended settings)": ("anyword", {}),
@@ -42,13 +46,8 @@ TEST_ROWS = {
     "anyword, the paper's pipeline (expression as written, attention regions and ranking, SAM boxes)": (
         "anyword", {"condition": "expression", "lemmatize": False, "proposals": "attention", "evidence": "attention"}),
     "anyword, first sweep's recommendation (attention regions, x8 evidence)": ("anyword", {
-        "proposals": "attention", "evidence_template": "{}", "evidence_timesteps": [100, 200, 300, 400, 500, 600, 700,
-                                                                                     800]}),
+        "proposals": "attention", "evidence_template": "{}", "evidence_timesteps": OLD_EVIDENCE}),
 }
-
-OLD_EVIDENCE = (100, 200, 300, 400, 500, 600, 700, 800)
-HIGH_EVIDENCE = tuple(int(t) for t in np.linspace(400, 950, 32).astype(int))
-"""The denoising evidence's draws: 8 timesteps over 100-800 (first sweep), 32 over 400-950 (second sweep)."""
 
 VAL_BASE = {"steps": 0, "lr": 0.005, "evidence": "denoising", "evidence_threshold": None, "sam": None,
             "condition": "words", "lemmatize": True, "proposals": "attention", "evidence_template": "{}",
@@ -60,7 +59,7 @@ PROPOSE = {"sam": "shapes-sam", "proposals": "sam", "evidence_template": "a {}",
            "evidence_threshold": -0.1}
 """The second sweep: SAM's object proposals ranked by the phrase's denoising evidence ("a red circle", as the training
 captions write it; 32 draws at high noise, where per-object pick accuracy with true object masks was highest on val
-images), see `anyword_diagnosis.md`."""
+images), see `anyword_evidence.md`."""
 
 
 def val(**settings) -> tuple[str, dict]:

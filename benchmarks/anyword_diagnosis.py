@@ -76,7 +76,6 @@ def main() -> None:
                     means = [value[sample.instance_map == j].mean() for j in ids]
                     hits.setdefault(f"{kind} word | {name}", []).append(int(ids[int(np.argmax(means))] == k))
     table = {key: {"accuracy": float(np.mean(v)), "n": len(v)} for key, v in hits.items()}
-    RESULTS.mkdir(exist_ok=True)
     write_pick_table("anyword_diagnosis", {"n_images": args.n, "chance": float(np.mean(chance))}, table, [
         f"# Per-object pick accuracy of word maps, shapes model, val images 0-{args.n - 1} with 2+ objects", "",
         f"Made by `python benchmarks/anyword_diagnosis.py --n {args.n}`. Chance: {np.mean(chance):.3f}.", "",
@@ -93,6 +92,7 @@ def write_pick_table(name: str, record: dict, table: dict, head: list[str]) -> N
         lines.append(f"| {kind} | {signal} | {row['accuracy']:.3f} | {row['n']} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,8 @@ import argparse
 
 import numpy as np
 import torch
+from anyword_benchmark import HIGH_EVIDENCE as HIGH
+from anyword_benchmark import OLD_EVIDENCE as FIRST
 from anyword_diagnosis import write_pick_table
 
 from promptseg import load_backbone
@@ -26,8 +28,6 @@ from promptseg.methods.anyword.evidence import DenoisingEvidence
 from promptseg.methods.base import prepare_pixels
 from promptseg.refine import resize_maps
 
-FIRST = (100, 200, 300, 400, 500, 600, 700, 800)
-HIGH = tuple(int(t) for t in np.linspace(400, 950, 32).astype(int))
 VARIANTS = {  # name: (template, timesteps)
     "first sweep: '{}', x8 t100-800": ("{}", FIRST),
     "'a {}', x8 t100-800": ("a {}", FIRST),
