@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+OPEN_CLIP_VERSION ?= 3.3.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptseg-installed
 
@@ -13,10 +14,13 @@ STAMP := $(VENV)/.promptseg-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,demo]"
+	# CLIP's real BPE vocabulary ships inside open-clip-torch; only that file is read (never imported), so its
+	# dependencies (torchvision, timm) are not installed
+	$(BIN)/python -m pip install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,7 +5,7 @@
 For every visible object of every val image with two or more objects, and for its shape word ("circle") and its
 colour word ("red") alone: is the object with the highest mean map value the right one? Maps: the word's
 cross-attention (the prompt is the word alone, 8x8 layers, t = 100/300/500 averaged: what Segment Anyword reads),
-the word's denoising gain (`methods/anyword/evidence.py`: relative drop of the noise-prediction error against the
+the word's denoising gain (`promptseg/evidence.py`: relative drop of the noise-prediction error against the
 empty prompt, 8 timesteps), and that gain less the gain of the generic word "object". Chance is about 1 / (objects
 per image), ~0.43 here. Results: benchmarks/results/anyword_diagnosis.md and .json.
 """
@@ -21,8 +21,8 @@ import torch
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import render_sample
+from promptseg.evidence import DenoisingEvidence
 from promptseg.methods import build_method
-from promptseg.methods.anyword.evidence import DenoisingEvidence
 from promptseg.methods.baseline import attention_pass, noised_latents
 from promptseg.refine import resize_maps, tokens_to_maps
 from promptseg.text import span_positions

@@ -4,7 +4,7 @@
 
 For every one-target expression without a relation ("the circle", "the red circle") of val images 0..n-1 with two
 or more visible objects: is the object with the highest mean evidence inside its true mask the referred one? The
-evidence is the phrase's denoising gain (`methods/anyword/evidence.py`) less a generic reference word's, read with
+evidence is the phrase's denoising gain (`promptseg/evidence.py`) less a generic reference word's, read with
 the settings of Segment Anyword's two val sweeps: the first ("red circle" less "object", 8 draws at t = 100..800) and
 the second ("a red circle" less "a object", as the training captions write phrases, 32 draws at t = 400..950), and
 the two halves of the second (its template at the first sweep's timesteps; its timesteps without the template). True
@@ -24,7 +24,7 @@ from anyword_diagnosis import write_pick_table
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import render_sample
-from promptseg.methods.anyword.evidence import DenoisingEvidence
+from promptseg.evidence import DenoisingEvidence
 from promptseg.methods.base import prepare_pixels
 from promptseg.refine import resize_maps
 

@@ -89,7 +89,7 @@ def main() -> None:
             print(f"skipping {name!r}: no weights at {settings['weights']}")
             continue
         slug = "_".join(f"{k}-{Path(str(v)).name}" for k, v in settings.items()) or "recommended"
-        run = EvalRun(dataset="shapes", split=args.split, method="dpseg", model="shapes", limit=args.n, names="all",
+        run = EvalRun(refine="none", dataset="shapes", split=args.split, method="dpseg", model="shapes", limit=args.n, names="all",
                       filter="none", settings={k: json.dumps(v) if not isinstance(v, str) else v
                                                for k, v in settings.items()},
                       out=str(ROOT / "runs" / "dpseg" / args.split / slug))

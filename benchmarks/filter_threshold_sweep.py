@@ -34,7 +34,7 @@ def main() -> None:
         for method in ("baseline", "fastseg"):
             work = tempfile.mkdtemp()
             settings = {"model": "shapes-clip", "templates": ["a photo of a {}"], "threshold": threshold}
-            report = evaluate(EvalRun(dataset="shapes", split="val", method=method, model="shapes", out=work,
+            report = evaluate(EvalRun(refine="none", dataset="shapes", split="val", method=method, model="shapes", out=work,
                                       limit=args.n, device="cpu", names="all", filter="clip",
                                       filter_settings=settings), progress=False, backbone=backbone)
             shutil.rmtree(work)

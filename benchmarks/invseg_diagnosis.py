@@ -51,7 +51,7 @@ def per_image_miou(record: dict, k: int) -> float:
 def run(backbone, method: str, settings: dict, n: int) -> tuple[dict, list[dict]]:
     work = Path(tempfile.mkdtemp(prefix="invseg_diag_"))
     try:
-        report = evaluate(EvalRun(dataset="shapes", split="val", method=method, model="shapes", out=str(work),
+        report = evaluate(EvalRun(refine="none", dataset="shapes", split="val", method=method, model="shapes", out=str(work),
                                   limit=n, device="cpu", settings=settings), progress=False, backbone=backbone)
         records = [json.loads(p.read_text()) for p in sorted((work / "images").glob("*.json"))]
     finally:

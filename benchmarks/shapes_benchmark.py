@@ -16,6 +16,7 @@ What it measures, all in one process on this machine:
   same input is timed in the same run and counts 1;
 - the capture overhead: one UNet forward under capture of the baseline's layers against the bare forward.
 
+Every row runs without a refiner (`refine="none"`): the refiners' rows are `benchmarks/refine_benchmark.py`'s.
 The methods' settings are the ones the model folder recommends (`promptseg_settings.json`, chosen on the *val*
 split by `benchmarks/shapes_sweep.py`, never on the test images); `evaluate` and `build_method` apply them.
 """
@@ -107,7 +108,7 @@ def early_stop_saving(backbone, model: str, n: int) -> dict:
         for early in (True, False):
             work = Path(tempfile.mkdtemp(prefix="shapes_invseg_stop_"))
             report = evaluate(
-                EvalRun(dataset="shapes", method="invseg", model=model, out=str(work), limit=n, device="cpu",
+                EvalRun(refine="none", dataset="shapes", method="invseg", model=model, out=str(work), limit=n, device="cpu",
                         settings={"stop_forward_early": early, **extra}),
                 progress=False,
                 backbone=backbone,
@@ -157,7 +158,7 @@ def main() -> None:
             key = f"{name} ({'vocabulary, filter ' + label_filter if names == 'all' else 'oracle'})"
             work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
             report = evaluate(
-                EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
+                EvalRun(refine="none", dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
                         names=names, filter=label_filter),
                 progress=True,
                 backbone=backbone,
@@ -173,7 +174,7 @@ def main() -> None:
         poor_words(backbone, args.poor_words)
         for name in ("baseline", "invseg"):
             work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_poor_"))
-            report = evaluate(EvalRun(dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n,
+            report = evaluate(EvalRun(refine="none", dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n,
                                       device="cpu"), progress=True, backbone=backbone)
             report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
             record["methods"][f"{name} (oracle, poor words {args.poor_words:g})"] = report

@@ -36,7 +36,7 @@ def run(method: str, settings: dict, n: int, model: str) -> float:
     work = tempfile.mkdtemp(prefix="sweep_")
     try:
         report = evaluate(
-            EvalRun(dataset="shapes", split="val", method=method, model=model, out=work, limit=n, device="cpu",
+            EvalRun(refine="none", dataset="shapes", split="val", method=method, model=model, out=work, limit=n, device="cpu",
                     settings=settings),
             progress=False,
             backbone=BACKBONE[model],

@@ -115,6 +115,15 @@ def test_baseline_answers_with_the_head_phrase(tiny, image):
     assert result.mask.shape == (32, 48) and result.mask.any() and not result.mask.all()
 
 
+def test_a_sam_that_cannot_load_names_the_setting_at_build_time(tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"(?s)sam=.facebook/sam-vit-base.*--set sam=null"):
+        build_method("anyword", tiny)  # the default SAM is a hub id, not in this machine's cache
+    with pytest.raises(FileNotFoundError, match="--set sam="):
+        build_method("anyword", tiny, sam="/no/such/sam")
+    assert build_method("anyword", tiny, sam=None).sam is None  # the no-SAM path builds
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="sam_prompt"):
         method_config("anyword", sam_prompt="mask")

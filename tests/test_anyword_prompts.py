@@ -6,7 +6,6 @@ import pytest
 from promptseg.language import Referent, Relation, Word
 from promptseg.methods.anyword.prompts import (
     add_support,
-    connected_components,
     find_regions,
     referent_map,
     select,
@@ -22,16 +21,6 @@ def blob(shape, box, value=1.0):
 
 def word(text):
     return Word(text=text, lemma=text, start=0, end=len(text))
-
-
-def test_connected_components_are_four_connected():
-    mask = np.zeros((6, 6), bool)
-    mask[0:2, 0:2] = True
-    mask[2, 2] = True  # touches the first block only diagonally
-    mask[4:6, 3:6] = True
-    labels, count = connected_components(mask)
-    assert count == 3
-    assert len(np.unique(labels[mask])) == 3 and (labels[~mask] == 0).all()
 
 
 def test_regions_have_boxes_peaks_and_scores_best_first():

@@ -47,6 +47,13 @@ def test_a_request_gives_overlay_maps_legend_and_files(session, scene):
     assert np.array_equal(np.asarray(again.overlay), np.asarray(out.overlay))  # same model, same answer
 
 
+def test_a_refiner_redraws_the_map_and_says_so(session, scene):
+    plain = session.run(scene, "circle, square, sky", "baseline", "none", refine_name="none")
+    refined = session.run(scene, "circle, square, sky", "baseline", "none", refine_name="pamr")
+    assert "refiner pamr" in refined.status and "redrew" in refined.status and "refiner none" in plain.status
+    assert not np.array_equal(np.asarray(refined.overlay), np.asarray(plain.overlay))
+
+
 def test_long_methods_report_progress_per_step(session, scene):
     seen = []
     out = session.run(scene, "circle, sky", "invseg", "none", lambda value, desc=None: seen.append((value, desc)))
@@ -102,6 +109,7 @@ def test_every_registered_method_is_offered():
     dropdowns = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)]
     offered = {choice[0] if isinstance(choice, tuple) else choice for d in dropdowns for choice in d.choices}
     assert set(list_methods()) <= offered and {"none", "clip", "diffusion"} <= offered
+    assert {"pamr", "sam"} <= offered  # the refiners
     assert legend_html(["background", "cat"]).count("legend-item") == 2
 
 

@@ -184,3 +184,19 @@ def test_cli_segment_filters_by_default_and_records_the_decision(tmp_path, capsy
     assert main(["segment", str(image), "--labels", labels, "--model", "shapes", "--filter", "clip",
                  "--filter-set", "thresh=1"]) == 2
     assert "unknown setting(s) ['thresh'] for filter 'clip'" in capsys.readouterr().err
+
+
+def test_the_diffusion_filter_does_not_score_a_vocabulary_past_its_budget(tiny):
+    label_filter = build_filter("diffusion", tiny, max_labels=3)
+
+    def unaffordable(*args):
+        raise AssertionError("scored past max_labels")
+
+    label_filter.scores = unaffordable
+    labels = parse_labels(["cat", "dog", "person", "grass"])
+    decision = label_filter(Image.new("RGB", (32, 32)), labels)
+    assert decision.kept == labels and not decision.dropped
+    assert "offered 4 labels, more than max_labels=3" in decision.warnings[0] and "15 UNet items" in decision.warnings[0]
+    with pytest.raises(ValueError, match="max_labels must be"):
+        filter_config("diffusion", max_labels=0)
+    assert filter_config("diffusion", max_labels="null").max_labels is None

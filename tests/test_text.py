@@ -59,3 +59,13 @@ def test_label_scores_mean_over_tokens_max_over_synonyms():
     cross = torch.tensor([[[0.0, 1.0, 3.0, 0.5, 0.2]]])  # (B=1, N=1, T=5)
     positions = [[[1, 2]], [[3], [4]]]  # label 0: tokens 1-2; label 1: synonyms at 3 and 4
     assert torch.allclose(label_scores(cross, positions), torch.tensor([[[2.0, 0.5]]]))
+
+
+def test_a_dataset_list_with_shared_synonyms_keeps_its_classes():
+    lines = ["blind, screen", "screen door, screen", "screen, crt screen", "screen, silver screen", "screen"]
+    with pytest.raises(ValueError, match="duplicate label 'screen'"):
+        parse_labels(lines)
+    labels = parse_labels(lines, shared_synonyms=True)
+    assert [label.synonyms for label in labels] == [("blind",), ("screen door",), ("screen", "crt screen"),
+                                                    ("silver screen",), ("screen",)]
+    assert [label.name for label in labels] == ["blind", "screen door", "screen", "silver screen", "screen (2)"]

@@ -15,6 +15,7 @@ from promptseg.filters import build_filter, filter_config, resolve_filter, segme
 from promptseg.io import ImageLoadError, load_image, save_result
 from promptseg.methods import build_method
 from promptseg.methods.base import config_for_model
+from promptseg.refiners import build_refiner, refiner_config, resolve_refiner
 from promptseg.text import parse_labels
 
 
@@ -78,6 +79,8 @@ def segment_files(
     allow_pickle: bool = False,
     filter: str | None = None,
     filter_settings: dict | None = None,
+    refine: str | None = None,
+    refine_settings: dict | None = None,
     on_progress: Callable[[FileOutcome], None] | None = None,
 ) -> list[FileOutcome]:
     """Segment each image file into `labels` and write its four outputs to `out_dir`.
@@ -85,21 +88,26 @@ def segment_files(
     Labels and settings are checked before the model loads. A file that cannot be read is reported in its
     `FileOutcome.error` and the other files are still processed. `filter` names the class filter run first
     ("none" to switch it off; None: the one the model recommends); what it kept and dropped is written into each
-    image's masks JSON.
+    image's masks JSON. `refine` names the refiner run on the label map ("none" to switch it off; None: the one the
+    model recommends); what it redrew is written there too.
     """
 
     labels = parse_labels(labels)
     config = config_for_model(method, model, **(settings or {}))
     filter_name, filter_overrides = resolve_filter(model_settings(model), filter, filter_settings or {})
     filter_cfg = filter_config(filter_name, **filter_overrides)
+    refine_name, refine_overrides = resolve_refiner(model_settings(model), refine, refine_settings or {})
+    refine_cfg = refiner_config(refine_name, **refine_overrides)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
     backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     segmenter = build_method(method, backbone, config)
     label_filter = build_filter(filter_name, backbone, filter_cfg)
+    refiner = build_refiner(refine_name, backbone, refine_cfg)
     return _each_file(paths, lambda image, stem: save_result(
-        segment_filtered(segmenter, label_filter, image, labels, prompt=prompt), image, out_dir, stem), on_progress)
+        segment_filtered(segmenter, label_filter, image, labels, prompt=prompt, refiner=refiner), image, out_dir, stem),
+        on_progress)
 
 
 def refer_files(

@@ -352,8 +352,19 @@ def load_backbone(
                 parts = _load_folder_or_hub(key, local_files_only, dtype)
             except Exception as err:  # hub, cache and network errors all come here
                 raise _hub_error(key, err) from err
-    backbone = Backbone(name=key, device=device, dtype=dtype, method_defaults=model_settings(key), **parts)
+    return backbone_from_parts(key, parts, device=device, dtype=dtype, method_defaults=model_settings(key))
+
+
+def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None) -> Backbone:
+    """A `Backbone` from components already in memory (unet, vae, text_encoder, tokenizer, scheduler), moved to
+    `device` and `dtype` (chosen as `load_backbone` chooses them when None) and frozen. What `load_backbone` ends
+    with; also how the benchmark at SD's scale runs random-weight architectures without writing gigabytes."""
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
+    backbone = Backbone(name=name, device=device, dtype=dtype, method_defaults=dict(method_defaults or {}), **parts)
     for module in (backbone.unet, backbone.vae, backbone.text_encoder):
         module.to(device)
+        if next(module.parameters()).dtype != dtype:  # loaded in `dtype` already unless built in memory
+            module.to(dtype)
     _freeze(backbone.unet, backbone.vae, backbone.text_encoder)
     return backbone

@@ -26,6 +26,13 @@ def _filter_args(parser: argparse.ArgumentParser, default_help: str) -> None:
                         help="change a filter setting, value as JSON (e.g. --filter-set threshold=0.3)")
 
 
+def _refine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--refine", default=None, help="refiner run on the label map (see `promptseg refiners`): none, "
+                        "pamr, sam; default: the one the model recommends")
+    parser.add_argument("--refine-set", dest="refine_settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a refiner setting, value as JSON (e.g. --refine-set sam=facebook/sam-vit-huge)")
+
+
 def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline") -> None:
     parser.add_argument("--method", default=default_method, help="segmentation method (see `promptseg methods`)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
@@ -60,10 +67,35 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outcomes = segment_files(
         args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
-        filter=args.filter, filter_settings=_settings(args.filter_settings), on_progress=lambda outcome: bar.update(1),
+        filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
+        refine_settings=_settings(args.refine_settings), on_progress=lambda outcome: bar.update(1),
     )
     bar.close()
     return _report(outcomes, args.out)
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from promptseg.api import split_cli_labels
+    from promptseg.data.base import read_class_names
+    from promptseg.labelling import LabelRun, label_images
+
+    if (args.labels is None) == (args.labels_file is None):
+        raise SystemExit("give the classes with exactly one of --labels or --labels-file")
+    vocabulary = split_cli_labels(args.labels) if args.labels is not None else read_class_names(args.labels_file)
+    summary = label_images(LabelRun(
+        inputs=args.images, vocabulary=vocabulary, out=args.out, method=args.method, model=args.model,
+        settings=_settings(args.settings), prompt=args.prompt, filter=args.filter,
+        filter_settings=_settings(args.filter_settings), refine=args.refine,
+        refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+    ))
+    if summary is not None:
+        for item in summary["skipped"]:
+            print(f"skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
+        counts = ", ".join(f"{name} {n}" for name, n in summary["per_category"].items())
+        print(f"labelled {summary['images']} image(s), skipped {len(summary['skipped'])}; {summary['annotations']} "
+              f"annotation(s): {counts}; {summary['seconds_per_image']:.2f} s/image -> {summary['out']}/annotations.json")
+    return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -82,6 +114,14 @@ def cmd_filters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refiners(args: argparse.Namespace) -> int:
+    from promptseg.refiners import list_refiners
+
+    for name, summary in list_refiners().items():
+        print(f"{name:10s} {summary}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.eval.runner import EvalRun, evaluate
 
@@ -92,7 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
         class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
-        filter_settings=_settings(args.filter_settings),
+        filter_settings=_settings(args.filter_settings), refine=args.refine,
+        refine_settings=_settings(args.refine_settings),
     )
     report = evaluate(run)
     if report is not None:
@@ -116,8 +157,10 @@ def cmd_refer(args: argparse.Namespace) -> int:
 def cmd_eval_refer(args: argparse.Namespace) -> int:
     from promptseg.eval.refer_runner import ReferRun, evaluate_refer
 
-    if args.names != "oracle" or args.class_names or args.filter or args.filter_settings:
-        raise ValueError("--names, --class-names and --filter are for --task semantic; a referring run takes none")
+    if (args.names != "oracle" or args.class_names or args.filter or args.filter_settings or args.refine
+            or args.refine_settings):
+        raise ValueError("--names, --class-names, --filter and --refine are for --task semantic; a referring run "
+                         "takes none")
     run = ReferRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
@@ -160,7 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a caption of the image (fastseg) or the conditioning prompt (baseline with conditioning=prompt)")
     _model_args(seg)
     _filter_args(seg, "the one the model recommends")
+    _refine_args(seg)
     seg.set_defaults(func=cmd_segment)
+
+    lab = sub.add_parser("label", help="label images into a COCO dataset (resumable; shard with accelerate launch)")
+    lab.add_argument("images", nargs="+", help="image files, folders (walked recursively) or glob patterns")
+    lab.add_argument("--labels", help='classes, comma-separated; "|" joins synonyms of one class')
+    lab.add_argument("--labels-file", help="file with one class a line, commas separating synonyms")
+    lab.add_argument("--out", default="dataset", help="dataset folder (rerun with the same one to resume)")
+    lab.add_argument("--min-area", type=int, default=16,
+                     help="smallest region, in pixels, that gets an annotation (default 16)")
+    lab.add_argument("--prompt", "--caption", dest="prompt", default=None, help="as for segment")
+    _model_args(lab)
+    _filter_args(lab, "the one the model recommends")
+    _refine_args(lab)
+    lab.set_defaults(func=cmd_label)
 
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
     ev.add_argument("--task", choices=("semantic", "refer"), default="semantic",
@@ -176,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="eval_out", help="output folder (rerun with the same one to resume)")
     _model_args(ev)
     _filter_args(ev, "none with --names oracle, else the one the model recommends")
+    _refine_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     ref = sub.add_parser("refer", help="segment what a sentence refers to (Segment Anyword)")
@@ -203,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=cmd_filters)
+    refiners = sub.add_parser("refiners", help="list the registered refiners")
+    refiners.set_defaults(func=cmd_refiners)
     return parser
 
 

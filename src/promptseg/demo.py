@@ -90,6 +90,7 @@ class DemoSession:
         self._backbone = None
         self._methods: dict = {}
         self._filters: dict = {}
+        self._refiners: dict = {}
         self._lock = threading.Lock()
         self.out_dir = Path(tempfile.mkdtemp(prefix="promptseg_demo_"))
 
@@ -117,9 +118,20 @@ class DemoSession:
             self._filters[key] = (chosen, build_filter(chosen, self.backbone, **settings))
         return self._filters[key]
 
-    def run(self, path: str | None, labels_text: str, method: str, filter_name: str, progress=None) -> DemoOutput:
+    def refiner(self, name: str | None):
+        from promptseg.refiners import build_refiner, resolve_refiner
+
+        key = name or MODEL_DEFAULT
+        if key not in self._refiners:
+            chosen, settings = resolve_refiner(self.backbone.method_defaults, name, {})
+            self._refiners[key] = (chosen, build_refiner(chosen, self.backbone, **settings))
+        return self._refiners[key]
+
+    def run(self, path: str | None, labels_text: str, method: str, filter_name: str, progress=None,
+            refine_name: str = MODEL_DEFAULT) -> DemoOutput:
         """Segment the image file at `path` into the labels typed in `labels_text` (commas between labels, "|"
-        between synonyms). Bad input gives a `DemoOutput` whose `status` says what to fix."""
+        between synonyms), then refine with `refine_name`. Bad input gives a `DemoOutput` whose `status` says what
+        to fix."""
         try:
             if not path:
                 raise ValueError("upload an image or pick an example first")
@@ -132,23 +144,24 @@ class DemoSession:
             image = load_image(path)
             with self._lock:
                 return self._segment(image, labels, method, None if filter_name == MODEL_DEFAULT else filter_name,
-                                     Path(path).stem, progress)
+                                     Path(path).stem, progress, None if refine_name == MODEL_DEFAULT else refine_name)
         except (ImageLoadError, ValueError, TypeError, FileNotFoundError, OSError) as err:
             return DemoOutput(status=f"**Error:** {html.escape(str(err))}")
 
-    def _segment(self, image, labels, method_name, filter_name, stem, progress) -> DemoOutput:
+    def _segment(self, image, labels, method_name, filter_name, stem, progress, refine_name=None) -> DemoOutput:
         from promptseg.filters import segment_filtered
 
         tick = progress or (lambda *a, **k: None)
         tick(0.05, desc="loading the model")
         segmenter = self.method(method_name)
         chosen, label_filter = self.label_filter(filter_name)
+        refined_by, refiner = self.refiner(refine_name)
         tick(0.2, desc=f"filtering with {chosen}, then segmenting with {method_name}")
         if hasattr(segmenter, "on_step"):  # methods that optimise per image report each step
             segmenter.on_step = lambda done, total: tick(0.2 + 0.7 * done / total, desc=f"step {done} of {total}")
         start = time.perf_counter()
         try:
-            result = segment_filtered(segmenter, label_filter, image, labels)
+            result = segment_filtered(segmenter, label_filter, image, labels, refiner=refiner)
         finally:
             if hasattr(segmenter, "on_step"):
                 segmenter.on_step = None
@@ -162,12 +175,15 @@ class DemoSession:
         maps = [(_display(heat(s)), name) for s, name in zip(result.scores, result.labels) if name != "background"
                 or "background" in labels]
         decision = result.extra.get("filter", {})
-        lines = [f"**{method_name}** with filter {chosen} in {seconds:.2f} s "
+        lines = [f"**{method_name}** with filter {chosen} and refiner {refined_by} in {seconds:.2f} s "
                  f"({', '.join(f'{k} {v:.2f} s' for k, v in result.timings.items())})"]
         if decision.get("dropped"):
             lines.append("Dropped by the filter: " + "; ".join(f"{k} ({v})" for k, v in decision["dropped"].items()))
         else:
             lines.append("The filter kept every label.")
+        regions = result.extra.get("refine", {}).get("regions", [])
+        if refined_by != "none":
+            lines.append(f"The refiner redrew {len(regions)} region(s)." if regions else "The refiner redrew nothing.")
         lines += [f"Warning: {html.escape(w)}" for w in result.warnings if not w.startswith("filter dropped")]
         tick(1.0)
         return DemoOutput(overlay=shown, heatmaps=maps, legend=legend_html(result.labels), status="\n\n".join(lines),
@@ -244,13 +260,15 @@ def build_app(session: DemoSession):
     from promptseg.filters import list_filters
     from promptseg.methods import list_methods
     from promptseg.methods.base import METHODS
+    from promptseg.refiners import list_refiners
 
     methods = list(list_methods())
     referring = [name for name in methods if hasattr(METHODS.get(name)[0], "refer")]
     filters = [MODEL_DEFAULT] + list(list_filters())
+    refiners = [MODEL_DEFAULT] + list(list_refiners())
 
-    def handle(path, labels_text, method, filter_name, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        out = session.run(path, labels_text, method, filter_name, progress)
+    def handle(path, labels_text, method, filter_name, refine_name, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        out = session.run(path, labels_text, method, filter_name, progress, refine_name)
         return out.overlay, out.heatmaps, out.legend, out.status, out.files or None
 
     with gr.Blocks(title="promptseg") as app:
@@ -266,6 +284,7 @@ def build_app(session: DemoSession):
                     method = gr.Dropdown(methods, value="baseline" if "baseline" in methods else methods[0],
                                          label="Method", elem_id="method")
                     filter_name = gr.Dropdown(filters, value=MODEL_DEFAULT, label="Class filter", elem_id="filter")
+                    refine_name = gr.Dropdown(refiners, value=MODEL_DEFAULT, label="Refiner (edges)", elem_id="refine")
                     button = gr.Button("Segment", variant="primary", elem_id="segment")
                     gr.Examples([[str(p)] for p in example_images(session.out_dir)], inputs=[upload], label="Examples")
                 with gr.Column():
@@ -301,7 +320,7 @@ def build_app(session: DemoSession):
 
         upload.change(show, inputs=upload, outputs=preview)
         r_upload.change(show, inputs=r_upload, outputs=r_preview)
-        button.click(handle, inputs=[upload, labels, method, filter_name],
+        button.click(handle, inputs=[upload, labels, method, filter_name, refine_name],
                      outputs=[result, maps, legend, status, files], concurrency_limit=1)
         r_button.click(refer, inputs=[r_upload, expression, r_method],
                        outputs=[r_result, r_maps, r_legend, r_status, r_files], concurrency_limit=1)

@@ -136,8 +136,9 @@ def save_result(result, image: Image.Image, out_dir: str | Path, stem: str) -> d
         if mask.any():
             masks.append({"label": name, "id": i, "area": int(mask.sum()), "segmentation": encode_rle(mask)})
     record = {"labels": result.labels, "masks": masks, "warnings": result.warnings}
-    if "filter" in result.extra:
-        record["filter"] = result.extra["filter"]
+    for key in ("filter", "refine"):
+        if key in result.extra:
+            record[key] = result.extra[key]
     paths["masks"].write_text(json.dumps(record))
     return paths
 

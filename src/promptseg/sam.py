@@ -25,6 +25,7 @@ from promptseg.parts import load_pretrained
 
 DEFAULT_SAM = "facebook/sam-vit-base"
 BUNDLED_SAM = {"shapes-sam": Path(__file__).parent / "zoo" / "shapes-sam"}
+_LOADED: dict = {}
 
 
 @dataclass
@@ -152,3 +153,12 @@ def load_sam(
         "--out FOLDER` and pass FOLDER",
     )
     return SamPredictor(name=key, model=model, processor=processor, device=device, dtype=dtype)
+
+
+def load_sam_cached(name: str, device=None, dtype=None) -> SamPredictor:
+    """`load_sam(name, device=device, dtype=dtype)`, loaded once per (name, device, dtype) per process, so every
+    method and refiner that uses the same SAM shares one copy (it is frozen)."""
+    key = (str(name), str(device), str(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = load_sam(name, device=device, dtype=dtype)
+    return _LOADED[key]

@@ -18,19 +18,26 @@ class Label:
     """A class to segment.
 
     Attributes:
-        name (`str`): the display name (the first synonym).
-        synonyms (`tuple[str, ...]`): every phrase that names the class, `name` first.
+        name (`str`): the display name: the first synonym, except in a dataset list where every word of a class
+            already names an earlier one (`parse_labels(..., shared_synonyms=True)`: "pot (2)").
+        synonyms (`tuple[str, ...]`): every phrase that names the class, `name` first; the phrases prompts use.
     """
 
     name: str
     synonyms: tuple[str, ...]
 
 
-def parse_labels(labels: Sequence[str]) -> list[Label]:
+def parse_labels(labels: Sequence[str], shared_synonyms: bool = False) -> list[Label]:
     """Labels from strings; commas inside one string separate synonyms of that label ("person, people").
 
+    `shared_synonyms=True` is for a dataset's own class list, where lines share words (ADE20K-847 has "screen" in
+    five lines, "dog" in two): each class keeps the first of its synonyms that no earlier class took as its name,
+    and a synonym that is another class's name, or an earlier class's synonym, is left out; a class whose every
+    word names an earlier class ("pot" after "pot, flowerpot") keeps its first word as its one synonym and is named
+    "pot (2)". The classes keep their number and order.
+
     Raises:
-        ValueError: no labels, an empty label or synonym, or a name or synonym used twice.
+        ValueError: no labels, an empty label or synonym, or (unless `shared_synonyms`) a name or synonym used twice.
         TypeError: a bare string was passed instead of a list of labels.
     """
     if isinstance(labels, str):
@@ -45,6 +52,8 @@ def parse_labels(labels: Sequence[str]) -> list[Label]:
         parsed.append(Label(name=synonyms[0], synonyms=synonyms))
     if not parsed:
         raise ValueError("no labels given; pass at least one class name, e.g. ['cat', 'dog']")
+    if shared_synonyms:
+        return _without_shared(parsed)
     seen: dict[str, str] = {}
     for label in parsed:
         for synonym in label.synonyms:
@@ -55,6 +64,30 @@ def parse_labels(labels: Sequence[str]) -> list[Label]:
                 )
             seen[key] = label.name
     return parsed
+
+
+def _without_shared(parsed: list[Label]) -> list[Label]:
+    """`parse_labels(..., shared_synonyms=True)`'s rule: first unique names, then synonyms nobody else owns."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for label in parsed:
+        name = next((s for s in label.synonyms if s.lower() not in taken), None)
+        if name is None:  # every word already names a class (ADE20K-847: "pot, flowerpot" and "pot")
+            count = 2
+            while f"{label.synonyms[0]} ({count})".lower() in taken:
+                count += 1
+            name = f"{label.synonyms[0]} ({count})"
+        names.append(name)
+        taken.add(name.lower())
+    out, used = [], set(taken)
+    for label, name in zip(parsed, names):
+        if name not in label.synonyms:  # a numbered name: the prompt still says the word
+            out.append(Label(name=name, synonyms=(label.synonyms[0],)))
+            continue
+        rest = [s for s in label.synonyms if s != name and s.lower() not in used]
+        used.update(s.lower() for s in rest)
+        out.append(Label(name=name, synonyms=(name, *rest)))
+    return out
 
 
 @dataclass
@@ -120,24 +153,41 @@ def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joine
     return PromptTokens(prompt=prompt, labels=list(labels), positions=positions, length=length)
 
 
-def split_to_fit(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> list[list[Label]]:
-    """Split `labels`, in order, into groups whose prompts each fit the text encoder (one group when all fit).
+def fit_synonyms(tokenizer, label: Label, template: str = "{}", joiner: str = " and ") -> Label:
+    """`label` itself when its prompt alone fits the text encoder, else the label with as many of its synonyms, in
+    order, as fit (a class line of 27 background words does not fit 77 tokens).
 
     Raises:
-        ValueError: one label alone does not fit (the message names it).
+        ValueError: not even the label's name alone fits (the message names it).
+    """
+    for count in range(len(label.synonyms), 0, -1):
+        candidate = label if count == len(label.synonyms) else Label(label.name, label.synonyms[:count])
+        try:
+            build_prompt(tokenizer, [candidate], template, joiner)
+            return candidate
+        except ValueError:
+            if count == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def split_to_fit(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> list[list[Label]]:
+    """Split `labels`, in order, into groups whose prompts each fit the text encoder (one group when all fit). A
+    label whose synonyms alone do not fit one prompt keeps the first synonyms that do (`fit_synonyms`).
+
+    Raises:
+        ValueError: a label's name alone does not fit (the message names it).
     """
     groups: list[list[Label]] = []
     current: list[Label] = []
     for label in labels:
+        label = fit_synonyms(tokenizer, label, template, joiner)
         try:
             build_prompt(tokenizer, current + [label], template, joiner)
             current.append(label)
         except ValueError:
-            if not current:
-                raise
             groups.append(current)
             current = [label]
-            build_prompt(tokenizer, current, template, joiner)  # raises if this label alone does not fit
     groups.append(current)
     return groups
 
@@ -173,3 +223,20 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
             raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
         out.append(list(range(first, first + len(pieces))))
     return out
+
+
+STUFF_WORDS = (
+    "sky", "grass", "lawn", "sand", "beach", "water", "sea", "ocean", "river", "lake", "snow", "ice", "road", "street",
+    "pavement", "sidewalk", "ground", "earth", "dirt", "gravel", "mud", "field", "floor", "ceiling", "wall", "fog",
+    "mountain", "hill", "rock", "stone", "forest", "bush", "vegetation", "leaves", "platform", "railroad", "runway",
+    "carpet", "rug", "background",
+)
+"""Stuff words of the field's class lists (COCO-Stuff, ADE20K, Pascal Context): amorphous regions, not countable
+objects. A label is matched by its whole name or its last word ("blue sky"), so "potted plant" stays a thing."""
+
+
+def is_stuff(name: str, stuff=STUFF_WORDS) -> bool:
+    """Whether label `name` is stuff (a region, not an object): "background", or its name or last word in `stuff`
+    (lower-case words)."""
+    words = name.lower().split()
+    return name.lower() == "background" or name.lower() in stuff or (bool(words) and words[-1] in stuff)

@@ -21,7 +21,7 @@ from promptseg import __version__
 from promptseg.backbone import DEFAULT_MODEL
 from promptseg.data import get_refer_dataset
 from promptseg.eval.refer_metrics import ReferScores
-from promptseg.eval.runner import _atomic_write, _check_run_file, _Shard
+from promptseg.runs import Shard, atomic_write, check_run_file
 
 
 @dataclass
@@ -58,13 +58,13 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
         raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
     out = Path(run.out)
     records = out / "samples"
-    shard = _Shard()
+    shard = Shard()
     settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     signature = {"task": "refer", "dataset": run.dataset, "split": run.split, "method": run.method,
                  "model": run.model, "settings": settings}
     if shard.is_main:
         records.mkdir(parents=True, exist_ok=True)
-        _check_run_file(out, signature)
+        check_run_file(out, signature)
     shard.barrier()
 
     mine = shard.indices(n)
@@ -95,7 +95,7 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
             iou = one.add(result.mask, sample.mask)
             record = {"id": sample.id, "expression": sample.expression, "seconds": elapsed, "iou": iou,
                       "scores": one.as_array().tolist(), "warnings": result.warnings}
-            _atomic_write(path, json.dumps(record))
+            atomic_write(path, json.dumps(record))
             if i < run.save_vis:
                 from promptseg.eval.vis import save_refer_comparison
 
@@ -125,8 +125,8 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
         "processes": shard.world,
         "promptseg_version": __version__,
     }
-    _atomic_write(out / "report.json", json.dumps(report, indent=1))
-    _atomic_write(out / "report.md", markdown_refer_report(report))
+    atomic_write(out / "report.json", json.dumps(report, indent=1))
+    atomic_write(out / "report.md", markdown_refer_report(report))
     return report
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from promptseg import __version__
 from promptseg.backbone import DEFAULT_MODEL
 from promptseg.data import get_dataset
 from promptseg.eval.metrics import confusion, scores
+from promptseg.runs import Shard, atomic_write, check_run_file
 from promptseg.text import parse_labels
 
 NAME_MODES = ("oracle", "all")
@@ -52,12 +52,10 @@ class EvalRun:
     """Class filter run on the offered names before the method: a registered name, "none", or None for the
     default: none with oracle names (they are the truth already), else the filter the model recommends."""
     filter_settings: dict = field(default_factory=dict)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    refine: str | None = None
+    """Refiner run on the method's label map (`promptseg.refiners`): a registered name, "none", or None for the one
+    the model recommends."""
+    refine_settings: dict = field(default_factory=dict)
 
 
 def _sparse(matrix: np.ndarray) -> list[list[int]]:
@@ -95,58 +93,6 @@ def _class_ids_for(names: list[str], dataset) -> list[int]:
     return sorted({lookup[n.strip().lower()] for n in names})
 
 
-class _Shard:
-    """This process's part of the work; a single process when not launched distributed."""
-
-    def __init__(self):
-        self.state = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch
-            from accelerate import PartialState
-
-            # gloo on machines without CUDA (CPU runs and tests), the launcher's default backend otherwise
-            self.state = PartialState(cpu=not torch.cuda.is_available())
-        self.rank = self.state.process_index if self.state else 0
-        self.world = self.state.num_processes if self.state else 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def indices(self, n: int) -> list[int]:
-        """Contiguous, uneven shards: process r takes images [start_r, end_r); every image exactly once."""
-        base, extra = divmod(n, self.world)
-        start = self.rank * base + min(self.rank, extra)
-        return list(range(start, start + base + (1 if self.rank < extra else 0)))
-
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        if self.state is None:
-            return array
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.from_numpy(array.astype(np.float64)).to(self.state.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.cpu().numpy()
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-
-def _check_run_file(out: Path, signature: dict) -> None:
-    path = out / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != signature:
-            changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
-            raise ValueError(
-                f"{out} holds a run with other {changed}; resume with the same settings or choose a new --out"
-            )
-    else:
-        _atomic_write(path, json.dumps(signature, indent=1, sort_keys=True))
-
-
 def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     """Run (or resume) an evaluation; returns the report on the main process (None on the others).
 
@@ -156,6 +102,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     from promptseg.filters import build_filter, filter_config, resolve_filter, segment_filtered
     from promptseg.methods import build_method
     from promptseg.methods.base import config_for_model
+    from promptseg.refiners import build_refiner, refiner_config, resolve_refiner
 
     dataset = get_dataset(run.dataset, run.root, run.class_names_file, **({"split": run.split} if run.split else {}))
     config = config_for_model(run.method, run.model, **run.settings)
@@ -164,11 +111,11 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     if n < 1:
         raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
     num_classes = len(dataset.class_names)
-    labels = parse_labels(dataset.class_names)  # one Label per class; `Label.name` is what results report
+    labels = parse_labels(dataset.class_names, shared_synonyms=True)  # one Label per class; `Label.name` is what results report
     shape = (num_classes, num_classes + 1)
     out = Path(run.out)
     per_image = out / "images"
-    shard = _Shard()
+    shard = Shard()
     settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # tuples -> lists, as reread
     if run.filter is None and run.names == "oracle":
         filter_name, filter_overrides = "none", dict(run.filter_settings)
@@ -176,6 +123,9 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         filter_name, filter_overrides = resolve_filter(model_settings(run.model), run.filter, run.filter_settings)
     filter_cfg = filter_config(filter_name, **filter_overrides)
     filter_settings = json.loads(json.dumps(dataclasses.asdict(filter_cfg), default=str))
+    refine_name, refine_overrides = resolve_refiner(model_settings(run.model), run.refine, run.refine_settings)
+    refine_cfg = refiner_config(refine_name, **refine_overrides)
+    refine_settings = json.loads(json.dumps(dataclasses.asdict(refine_cfg), default=str))
     signature = {
         "dataset": run.dataset,
         "split": run.split,
@@ -186,17 +136,18 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "filter": filter_name,
         "filter_settings": filter_settings,
         "class_names": dataset.class_names,
+        **({} if refine_name == "none" else {"refine": refine_name, "refine_settings": refine_settings}),
     }
     if shard.is_main:
         per_image.mkdir(parents=True, exist_ok=True)
-        _check_run_file(out, signature)
+        check_run_file(out, signature)
     shard.barrier()
 
     mine = shard.indices(n)
     total = np.zeros(shape, np.int64)
     seconds = 0.0
     filter_counts = np.zeros(5)  # true positives, kept, present, sum of per-image precision, of per-image recall
-    segmenter = label_filter = None
+    segmenter = label_filter = refiner = None
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -216,6 +167,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                     backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
                 segmenter = build_method(run.method, backbone, config)
                 label_filter = build_filter(filter_name, backbone, filter_cfg)
+                refiner = None if refine_name == "none" else build_refiner(refine_name, backbone, refine_cfg)
             if candidates is not None:
                 class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
             elif run.names == "oracle":
@@ -225,7 +177,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
             start = time.perf_counter()
             kept = []
             if class_ids:
-                result = segment_filtered(segmenter, label_filter, sample.image, [labels[c] for c in class_ids])
+                result = segment_filtered(segmenter, label_filter, sample.image, [labels[c] for c in class_ids],
+                                          refiner=refiner)
                 ids = {labels[c].name: c for c in class_ids}
                 kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
                 bg = dataset.background if dataset.background is not None else dataset.ignore_index
@@ -239,7 +192,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                 "id": sample.id, "seconds": elapsed, "classes": class_ids, "kept": kept,
                 "present": dataset.present_classes(sample.label), "confusion": _sparse(matrix),
             }
-            _atomic_write(record_path, json.dumps(record))
+            atomic_write(record_path, json.dumps(record))
             if i < run.save_vis:
                 from promptseg.eval.vis import save_comparison
 
@@ -277,13 +230,15 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "settings": settings,
         "filter": filter_name,
         "filter_settings": filter_settings,
+        "refine": refine_name,
+        "refine_settings": refine_settings,
         **_filter_scores(filter_counts, count),
         "processes": shard.world,
         "promptseg_version": __version__,
         **_seen_unseen(run.method, config, names, result.iou),
     }
-    _atomic_write(out / "report.json", json.dumps(report, indent=1))
-    _atomic_write(out / "report.md", markdown_report(report))
+    atomic_write(out / "report.json", json.dumps(report, indent=1))
+    atomic_write(out / "report.md", markdown_report(report))
     return report
 
 
@@ -347,6 +302,7 @@ def markdown_report(report: dict) -> str:
           if "miou_seen" in report else []),
         f"- settings: `{json.dumps(report['settings'], sort_keys=True)}`",
         f"- filter settings: `{json.dumps(report['filter_settings'], sort_keys=True)}`",
+        f"- refiner: `{report.get('refine', 'none')}`, settings `{json.dumps(report.get('refine_settings', {}), sort_keys=True)}`",
         "",
         "| class | IoU | Acc |",
         "| --- | --- | --- |",

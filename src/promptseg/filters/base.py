@@ -134,8 +134,9 @@ def decide(labels: list[Label], scores: np.ndarray, threshold: float, min_keep: 
     )
 
 
-def segment_filtered(method, label_filter, image, labels, prompt: str | None = None):
-    """Filter `labels` for `image`, then segment it into the kept ones.
+def segment_filtered(method, label_filter, image, labels, prompt: str | None = None, refiner=None):
+    """Filter `labels` for `image`, segment it into the kept ones, then refine the label map with `refiner` (a
+    `promptseg.refiners` instance; None: no refinement).
 
     The result's `extra["filter"]` holds the decision (kept, dropped with reasons, scores) and its warnings join
     the result's. A filter caption, if any, becomes the method's prompt unless `prompt` is given or the method
@@ -158,6 +159,10 @@ def segment_filtered(method, label_filter, image, labels, prompt: str | None = N
         result.warnings.append(f"filter dropped {sorted(decision.dropped)}: see extra['filter']['dropped']")
     result.extra["filter"] = decision.as_dict()
     result.timings["filter"] = decision.seconds
+    if decision.kept and refiner is not None:
+        from promptseg.refiners import apply_refiner
+
+        result = apply_refiner(refiner, pil, result)
     return result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from promptseg.capture import select_layers
-from promptseg.filters.base import Timer, decide, register_filter
+from promptseg.filters.base import FilterDecision, Timer, decide, register_filter
 from promptseg.methods.base import prepare_pixels, resolve_weights
 from promptseg.methods.baseline import attention_pass, noised_latents
 from promptseg.methods.fastseg import predicted_noise
@@ -58,6 +58,11 @@ class DiffusionFilterConfig:
     """Keep at least this many labels (the best-scoring) when fewer pass; 0 allows an empty result."""
     seed: int = 0
     """Seed of the noise."""
+    max_labels: int | None = 32
+    """Offered more labels than this, the filter keeps them all and says so instead of scoring them: the
+    denoising criterion costs (labels + 1) x len(timesteps) UNet items, about 2,500 for ADE20K-847's names
+    (hours a image on a CPU, minutes on a GPU). 32 covers VOC; None: always score. It is the default filter of
+    every model that recommends none, so a large vocabulary must stay usable; for one, use `clip` or raise this."""
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
@@ -68,6 +73,8 @@ class DiffusionFilterConfig:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if self.min_keep < 0:
             raise ValueError(f"min_keep must be >= 0, got {self.min_keep}")
+        if self.max_labels is not None and self.max_labels < 1:
+            raise ValueError(f"max_labels must be >= 1 or None, got {self.max_labels}")
 
 
 @register_filter("diffusion", DiffusionFilterConfig)
@@ -114,7 +121,7 @@ class DiffusionFilter:
         first = [Label(label.name, label.synonyms[:1]) for label in labels]
         out = []
         for group in split_to_fit(self.backbone.tokenizer, first, c.template, c.joiner):
-            join = lambda ls: c.template.format(c.joiner.join(x.name for x in ls))  # noqa: E731
+            join = lambda ls: c.template.format(c.joiner.join(x.synonyms[0] for x in ls))  # noqa: E731
             others = [join([x for x in group if x is not label]) for label in group]
             out.extend(self._error_change(latents, join(group), others, sign=1.0))
         return np.array(out)
@@ -158,6 +165,12 @@ class DiffusionFilter:
         return self.denoising_scores(latents, labels)
 
     def __call__(self, image, labels):
+        limit = self.config.max_labels
+        if limit is not None and len(labels) > limit:
+            return FilterDecision(kept=list(labels), warnings=[
+                f"the diffusion filter was offered {len(labels)} labels, more than max_labels={limit}: it kept them all "
+                f"unscored (scoring would cost {(len(labels) + 1) * len(self.config.timesteps)} UNet items); use "
+                "--filter clip, or --filter-set max_labels=null to pay for it"])
         with Timer() as timer:
             decision = decide(labels, self.scores(image, labels), self.config.threshold, self.config.min_keep,
                               f"{self.config.criterion} score")

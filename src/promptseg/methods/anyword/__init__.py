@@ -9,7 +9,7 @@ modifiers to their head noun, and the bound maps give candidate regions that pos
 filter (`prompts.py`); (4) each kept region's box goes to SAM (`promptseg.sam`), and the masks' union is the answer.
 Ours, beyond the paper and off by default: candidate regions may be SAM's own object proposals instead of the map's
 connected parts (`proposals="sam"`), and regions may be ranked, and no-target expressions answered empty, by the
-phrase's denoising evidence (`evidence="denoising"`, `evidence.py`); the bundled shapes model recommends both.
+phrase's denoising evidence (`evidence="denoising"`, `promptseg/evidence.py`); the bundled shapes model recommends both.
 
     from promptseg import load_backbone
     from promptseg.methods import build_method

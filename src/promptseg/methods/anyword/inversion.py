@@ -13,17 +13,7 @@ import math
 
 import torch
 
-
-def denoising_target(backbone, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict for `latents` noised with `noise` at `t`."""
-    kind = backbone.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return backbone.scheduler.get_velocity(latents, noise, t)
-    if kind == "sample":
-        return latents
-    raise ValueError(f"unsupported prediction type {kind!r}")
+from promptseg.evidence import denoising_target
 
 
 def invert_tokens(

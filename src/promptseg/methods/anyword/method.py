@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
+from promptseg.evidence import DenoisingEvidence
 from promptseg.methods.anyword.config import AnywordConfig
-from promptseg.methods.anyword.evidence import DenoisingEvidence
 from promptseg.methods.anyword.inversion import invert_tokens
 from promptseg.methods.anyword.prompts import Region, add_support, find_regions, mask_regions, referent_map, select
 from promptseg.methods.base import (
@@ -23,22 +23,10 @@ from promptseg.methods.base import (
 )
 from promptseg.methods.baseline import Baseline, BaselineConfig, attention_pass, noised_latents
 from promptseg.refine import minmax, resize_maps
+from promptseg.sam import load_sam_cached
 from promptseg.text import label_scores, span_positions
 
 _STOPWORDS = {"a", "an", "the", "of", "to", "on", "in", "at", "and", "with", "is", "that", "which", "by", "for"}
-
-_SAMS: dict = {}
-
-
-def _load_sam_cached(name: str, device, dtype):
-    """One SAM per (name, device, dtype) per process: several Anyword instances share it."""
-    from promptseg.sam import load_sam
-
-    key = (name, str(device), str(dtype))
-    if key not in _SAMS:
-        _SAMS[key] = load_sam(name, device=device, dtype=dtype)
-    return _SAMS[key]
-
 
 @register_method("anyword", AnywordConfig)
 class Anyword:
@@ -55,7 +43,17 @@ class Anyword:
         self.reader = Baseline(backbone, BaselineConfig(cross_weights=c.cross_weights, self_weights=c.self_weights,
                                                         places=c.places, refine_iterations=c.refine_iterations))
         self.layers = self.reader.layers  # without refinement the reader records cross-attention only
-        self.sam = _load_sam_cached(c.sam, backbone.device, backbone.dtype) if c.sam else None
+        self.sam = None
+        if c.sam:
+            try:
+                self.sam = load_sam_cached(c.sam, backbone.device, backbone.dtype)
+            except (OSError, FileNotFoundError) as err:
+                raise type(err)(
+                    f"anyword's mask model sam={c.sam!r} cannot be loaded ({err}). Set it to a SAM you have "
+                    "(`--set sam=/path/to/sam-folder`, `--set sam=shapes-sam`, or sam=... in the API), or switch SAM off "
+                    "with `--set sam=null` (then the attention regions are the masks: `sam_prompt` is unused and "
+                    "`proposals` must be 'attention')"
+                ) from err
 
     def prepare(self, image) -> PreparedImage:
         """Encode `image` (PIL or HxWx3 uint8); keeps the RGB image for SAM."""
@@ -102,7 +100,7 @@ class Anyword:
         return minmax((total / len(c.timesteps))[None])[0]
 
     def evidence_for(self, prepared: PreparedImage, grid: tuple[int, int]):
-        """None, or phrase -> its denoising gain on `grid` (`evidence.py`; relative error drop) less the reference
+        """None, or phrase -> its denoising gain on `grid` (`promptseg/evidence.py`; relative error drop) less the reference
         word's, cached per image."""
         c = self.config
         if c.evidence != "denoising":

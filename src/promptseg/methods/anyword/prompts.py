@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from promptseg.language import Referent
+from promptseg.regions import connected_components
 
 
 @dataclass
@@ -50,27 +51,6 @@ class Region:
     def centre(self) -> tuple[float, float]:
         ys, xs = np.nonzero(self.mask)
         return float(xs.mean()), float(ys.mean())
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a 2-D bool array: (labels int32 with 0 = outside, count)."""
-    mask = np.asarray(mask, bool)
-    labels = np.zeros(mask.shape, np.int32)
-    h, w = mask.shape
-    count = 0
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if labels[y0, x0]:
-            continue
-        count += 1
-        labels[y0, x0] = count
-        stack = [(y0, x0)]
-        while stack:
-            y, x = stack.pop()
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = count
-                    stack.append((ny, nx))
-    return labels, count
 
 
 def referent_map(word_maps: list[np.ndarray]) -> np.ndarray:

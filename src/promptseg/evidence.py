@@ -1,17 +1,32 @@
 """Denoising evidence: where conditioning on a phrase helps the frozen UNet predict the image's noise.
 
+A reusable part: Segment Anyword ranks referent regions with it, and the `sam` refiner names regions with it.
+
 The per-pixel drop of the noise-prediction error when the UNet is conditioned on a phrase ("red circle") instead of
 the empty prompt, averaged over fixed (timestep, noise) draws, relative to the empty prompt's mean error. The same
 reconstruction objective that mask-prompt inversion minimises, read per pixel; on the bundled model it separates the
 referred object from the others better than cross-attention alone for multi-word phrases (the "evidence" rows of
-`benchmarks/results/anyword.md`). Ours, not the paper's: off unless `AnywordConfig.evidence` is "denoising".
+`benchmarks/results/anyword.md`), and names a whole object far better than a method's min-max normalised scores
+(`benchmarks/results/refine_val.md`). Ours, not the papers': off unless `AnywordConfig.evidence` is "denoising" or
+the `sam` refiner's `classify` is "denoising". The same idea as a diffusion classifier (the label whose prompt
+denoises best), read per pixel and averaged over a region.
 """
 
 from __future__ import annotations
 
 import torch
 
-from promptseg.methods.anyword.inversion import denoising_target
+
+def denoising_target(backbone, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict for `latents` noised with `noise` at `t`."""
+    kind = backbone.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return backbone.scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction type {kind!r}")
 
 
 class DenoisingEvidence:

@@ -1,0 +1,138 @@
+"""Cost at Stable Diffusion's scale: every method on SD-1.5's architecture (random weights), in UNet forwards.
+
+    python benchmarks/scale.py                 # the recorded table (benchmarks/results/scale.md and .json)
+    python benchmarks/scale.py --quick         # SD-1.5 at 512 px, 5 labels, every method (the issue's bar)
+
+Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
+with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
+77 tokens, no capture) and take their median as the unit, then run the method once on a random image at the row's
+resolution with the row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by
+that unit, VAE encode included, and the process's peak resident memory. The reference row is a process that loads
+the weights, encodes the image and runs one bare forward. Methods run with their defaults, SAM off for anyword
+(`sam=None`: no SAM can be loaded here) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
+is reported apart, with 4 generation steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+QUICK = [("reference", 512, 5, "none")] + [(m, 512, 5, "none") for m in ("baseline", "fastseg", "invseg", "anyword",
+                                                                           "dpseg")]
+FULL = QUICK + [
+    ("baseline", 256, 5, "none"), ("fastseg", 256, 5, "none"), ("baseline", 768, 5, "none"), ("fastseg", 768, 5, "none"),
+    ("baseline", 512, 21, "none"), ("fastseg", 512, 21, "none"), ("baseline", 512, 150, "none"),
+    ("fastseg", 512, 150, "none"), ("baseline", 512, 847, "none"), ("fastseg", 512, 847, "none"),
+    ("baseline", 512, 21, "default"), ("baseline", 512, 150, "default"),
+]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str) -> dict:
+    """Run one row in this process; returns its record."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from promptseg.backbone import backbone_from_parts
+    from promptseg.data.base import bundled_class_names
+    from promptseg.filters import build_filter, resolve_filter, segment_filtered
+    from promptseg.methods import build_method
+    from promptseg.methods.base import prepare_pixels
+    from promptseg.zoo.sd_configs import build_sd
+
+    backbone = backbone_from_parts(f"random-{arch}", build_sd(arch), device="cpu", dtype="fp32")
+    image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8))
+    latents = torch.randn(1, 4, side // 8, side // 8)
+    text = backbone.encode_text("a photograph of a cat")
+    forwards = []
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            backbone.unet(latents, torch.tensor([100]), encoder_hidden_states=text)
+            forwards.append(time.perf_counter() - start)
+    unit = float(np.median(forwards))
+    out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "bare_forward_s": unit}
+    if method == "reference":
+        start = time.perf_counter()
+        prepare_pixels(backbone, image)
+        out.update(seconds=time.perf_counter() - start)
+    else:
+        names = bundled_class_names("ade847")[:n_labels]
+        settings = {"anyword": {"sam": None}, "dpseg": {"weights": "shapes-dpseg", "generation_steps": 4,
+                                                        "cache_dir": tempfile.mkdtemp(prefix="scale_dpseg_")}}
+        segmenter = build_method(method, backbone, **settings.get(method, {}))
+        chosen, overrides = resolve_filter({}, None if label_filter == "default" else label_filter, {})
+        filt = build_filter(chosen, backbone, **overrides)
+        if method == "dpseg":  # draw the visual prompts once, timed apart
+            start = time.perf_counter()
+            segmenter(image, names)
+            out["prompt_generation_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result = segment_filtered(segmenter, filt, image, names)
+        out.update(seconds=time.perf_counter() - start, filter_used=chosen, warnings=result.warnings[:2],
+                   output_shape=list(result.label_map.shape))
+    out["forward_equivalents"] = out["seconds"] / unit
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--arch", default="sd15")
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row as JSON
+    args = parser.parse_args()
+    if args.row:
+        print("ROW " + json.dumps(one_row(*json.loads(args.row), args.arch)))
+        return
+    rows = []
+    for row in QUICK if args.quick else FULL:
+        done = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--row", json.dumps(list(row))],
+                              capture_output=True, text=True)
+        line = [x for x in done.stdout.splitlines() if x.startswith("ROW ")]
+        record = json.loads(line[0][4:]) if line else {"method": row[0], "side": row[1], "labels": row[2],
+                                                       "filter": row[3], "error": done.stderr[-600:]}
+        rows.append(record)
+        print(json.dumps(record), flush=True)
+    reference = next((r for r in rows if r["method"] == "reference" and "error" not in r), None)
+    record = {"arch": args.arch, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
+    stem = "scale_quick" if args.quick else "scale"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
+             f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}` on this 2-core CPU. Unit: the median "
+             "of three bare UNet forwards in the same process. Memory: the process's peak RSS; the bound is 1.5x the "
+             "reference process (weights, image encode, one bare forward).", "",
+             "| method | side | labels | filter | seconds | UNet-forward equiv. | peak RSS (GB) | x reference memory |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['side']} | {r['labels']} | {r['filter']} | failed | - | - | - |")
+            continue
+        ratio = f"{r['peak_rss_gb'] / reference['peak_rss_gb']:.2f}" if reference else "-"
+        used = r.get("filter_used", r["filter"])
+        lines.append(f"| {r['method']} | {r['side']} | {r['labels']} | {used} | {r['seconds']:.1f} | "
+                     f"{r['forward_equivalents']:.1f} | {r['peak_rss_gb']:.1f} | {ratio} |")
+    gen = [r for r in rows if "prompt_generation_s" in r]
+    if gen:
+        lines += ["", f"DPSeg's visual prompts (one-off, cached on disk, 4 generation steps): "
+                  f"{gen[0]['prompt_generation_s']:.0f} s for {gen[0]['labels']} labels."]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Label a folder of images with a vocabulary into a dataset training tools read: resumable and sharded.
+
+    promptseg label photos/ --labels-file classes.txt --model shapes --out dataset
+    accelerate launch -m promptseg.cli label photos/ --labels-file classes.txt --out dataset   # several GPUs
+
+What `DATASET` holds at the end:
+- `annotations.json`: COCO instances format (`promptseg.coco`): one category per vocabulary line (synonyms of a line
+  are one category), `images` with `file_name` relative to the input root (the folder given, or the folders' common
+  parent), width and height, and compressed-RLE annotations with `area`, `bbox`, `iscrowd` and `score`;
+- `semantic/NAME.png`: the label map of each image as `segment` draws it (palette PNG, VOC colours; 16-bit
+  grey when the vocabulary has over 255 classes), value = category id, 0 = background; NAME is the image's path
+  under the root with the suffix replaced;
+- `classes.txt`: line i names the value i of the semantic maps (line 0: background);
+- `skipped.json`: the files that could not be read, with the reason (every other file is still labelled).
+
+Each image's record is written to `DATASET/records/` as soon as it is done, so rerunning the same command after a
+kill labels only the rest; the final files are merged from the records in a fixed order (images sorted by their
+relative path, ids 1.. in that order), so a killed-and-resumed run and a run over several processes write the same
+`annotations.json` as one uninterrupted run. `DATASET/run.json` records the settings; a run with other settings
+into the same folder is refused. Under `accelerate launch` each process labels a contiguous share of the images and
+the main process merges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from promptseg import __version__
+from promptseg.backbone import DEFAULT_MODEL
+from promptseg.runs import Shard, atomic_write, check_run_file
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def collect_images(inputs: list[str | Path]) -> tuple[Path, list[Path]]:
+    """(root, files): image files from `inputs` (files, folders walked recursively, glob patterns), each once,
+    sorted by their path relative to `root`. A file named directly is taken whatever its suffix (an unreadable one
+    is reported later); files found in folders and globs must end in one of `IMAGE_SUFFIXES` (any case).
+
+    Raises:
+        FileNotFoundError: an input that is neither a file, a folder nor a glob matching something.
+        ValueError: no image found.
+    """
+    found: list[Path] = []
+    folders: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            folders.append(path)
+            found += [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            matches = [Path(p) for p in glob.glob(str(item), recursive=True)]
+            if not matches:
+                raise FileNotFoundError(f"{item}: no such file or folder, and no file matches it as a pattern")
+            found += [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = sorted({p.resolve() for p in found})
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}")
+    if len(folders) == 1 and len(inputs) == 1:
+        root = folders[0].resolve()
+    else:
+        root = Path(os.path.commonpath([str(p.parent) for p in files]))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return root, files
+
+
+def semantic_names(relative: list[str]) -> list[str]:
+    """`semantic/` file names for images at `relative` paths: the path with its suffix replaced by .png, or with
+    .png appended where two images would share a name (a.jpg and a.png)."""
+    plain = [str(Path(r).with_suffix(".png").as_posix()) for r in relative]
+    counts = Counter(plain)
+    return [p if counts[p] == 1 else f"{r}.png" for p, r in zip(plain, relative)]
+
+
+def _record_path(out: Path, relative: str) -> Path:
+    return out / "records" / (hashlib.sha1(relative.encode()).hexdigest()[:20] + ".json")
+
+
+def write_semantic(path: Path, values: np.ndarray, num_categories: int) -> None:
+    """A palette PNG of category ids (VOC colours), or a 16-bit grey PNG when there are over 255 categories."""
+    from promptseg.io import label_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.png")
+    if num_categories <= 255:
+        label_png(values).save(tmp)
+    else:
+        Image.fromarray(values.astype(np.uint16)).save(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class LabelRun:
+    """What to label and how. `vocabulary`: class lines (commas separate synonyms); the method, filter and refiner
+    settings are those of `segment` (None: what the model recommends)."""
+
+    inputs: list
+    vocabulary: list
+    out: str = "dataset"
+    method: str = "baseline"
+    model: str = DEFAULT_MODEL
+    settings: dict = field(default_factory=dict)
+    prompt: str | None = None
+    filter: str | None = None
+    filter_settings: dict = field(default_factory=dict)
+    refine: str | None = None
+    refine_settings: dict = field(default_factory=dict)
+    min_area: int = 16
+    """Thing regions (and stuff unions) smaller than this many pixels get no annotation (they stay in the
+    semantic map)."""
+    device: str | None = None
+    dtype: str | None = None
+    allow_pickle: bool = False
+
+
+def _setup(run: LabelRun):
+    """Check everything before a model loads: (configs, categories, signature)."""
+    from promptseg.backbone import model_settings
+    from promptseg.coco import category_table
+    from promptseg.filters import filter_config, resolve_filter
+    from promptseg.methods.base import config_for_model
+    from promptseg.refiners import refiner_config, resolve_refiner
+    from promptseg.text import parse_labels
+
+    if int(run.min_area) < 0:
+        raise ValueError(f"min_area must be >= 0 pixels, got {run.min_area}")
+    labels = parse_labels(run.vocabulary)
+    config = config_for_model(run.method, run.model, **run.settings)
+    recommended = model_settings(run.model)
+    filter_name, filter_overrides = resolve_filter(recommended, run.filter, run.filter_settings)
+    filter_cfg = filter_config(filter_name, **filter_overrides)
+    refine_name, refine_overrides = resolve_refiner(recommended, run.refine, run.refine_settings)
+    refine_cfg = refiner_config(refine_name, **refine_overrides)
+    as_json = lambda cfg: json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # noqa: E731
+    signature = {
+        "method": run.method, "model": run.model, "settings": as_json(config), "prompt": run.prompt,
+        "filter": filter_name, "filter_settings": as_json(filter_cfg),
+        "refine": refine_name, "refine_settings": as_json(refine_cfg),
+        "vocabulary": [", ".join(label.synonyms) for label in labels], "min_area": int(run.min_area),
+    }
+    return (config, (filter_name, filter_cfg), (refine_name, refine_cfg)), labels, category_table(labels), signature
+
+
+def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | None:
+    """Label (or finish labelling) `run.inputs` into `run.out`; returns the summary on the main process (None on
+    the others): images labelled, skipped, annotations per category, seconds per image, and the files written.
+
+    `backbone`, if given, is used instead of loading `run.model` (it must be that model).
+
+    Raises:
+        ValueError: bad labels or settings, no images, or `run.out` holding a run with other settings.
+        FileNotFoundError: an input that does not exist.
+    """
+    from promptseg.coco import assemble, image_annotations, semantic_map
+    from promptseg.filters import build_filter, segment_filtered
+    from promptseg.io import ImageLoadError, load_image
+    from promptseg.methods import build_method
+    from promptseg.refiners import build_refiner
+
+    (config, (filter_name, filter_cfg), (refine_name, refine_cfg)), labels, categories, signature = _setup(run)
+    root, files = collect_images(run.inputs)
+    relative = [p.relative_to(root).as_posix() for p in files]
+    semantic = semantic_names(relative)
+    out = Path(run.out)
+    shard = Shard()
+    if shard.is_main:
+        (out / "records").mkdir(parents=True, exist_ok=True)
+        check_run_file(out, signature)
+    shard.barrier()
+
+    mine = [i for i in shard.indices(len(files)) if not _record_path(out, relative[i]).exists()]
+    segmenter = label_filter = refiner = None
+    bar = None
+    if progress and shard.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="image", desc="labelling", dynamic_ncols=True)
+    for i in mine:
+        start = time.perf_counter()
+        record = {"file_name": relative[i]}
+        try:
+            image = load_image(files[i])
+        except ImageLoadError as err:
+            record["error"] = str(err).replace(str(files[i]), relative[i])
+        else:
+            if segmenter is None:
+                if backbone is None:
+                    from promptseg.backbone import load_backbone
+
+                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype,
+                                             allow_pickle=run.allow_pickle)
+                segmenter = build_method(run.method, backbone, config)
+                label_filter = build_filter(filter_name, backbone, filter_cfg)
+                refiner = None if refine_name == "none" else build_refiner(refine_name, backbone, refine_cfg)
+                start = time.perf_counter()  # the model's loading is not the first image's cost
+            result = segment_filtered(segmenter, label_filter, image, labels, prompt=run.prompt, refiner=refiner)
+            write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
+            record.update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
+                          annotations=image_annotations(result, categories, int(run.min_area)),
+                          warnings=result.warnings)
+        record["seconds"] = time.perf_counter() - start
+        atomic_write(_record_path(out, relative[i]), json.dumps(record))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    shard.barrier()
+    if not shard.is_main:
+        return None
+    return _merge(out, root, relative, categories, signature, assemble)
+
+
+def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], signature: dict, assemble) -> dict:
+    """Write annotations.json, classes.txt and skipped.json from the records of `relative`; the summary."""
+    images, annotations, skipped = [], [], []
+    seconds = 0.0
+    for name in relative:
+        record = json.loads(_record_path(out, name).read_text())
+        seconds += record["seconds"]
+        if "error" in record:
+            skipped.append({"file_name": name, "reason": record["error"]})
+            continue
+        images.append({"file_name": name, "width": record["width"], "height": record["height"],
+                       "semantic_file": record["semantic_file"]})
+        annotations.append(record["annotations"])
+    info = {"description": f"labelled by promptseg {__version__} ({signature['method']} on {signature['model']})",
+            "root": str(root), "promptseg": signature}
+    dataset = assemble(images, annotations, categories, info)
+    atomic_write(out / "annotations.json", json.dumps(dataset))
+    atomic_write(out / "classes.txt", "\n".join(["background"] + [c["name"] for c in categories]) + "\n")
+    atomic_write(out / "skipped.json", json.dumps(skipped, indent=1))
+    per_category = Counter(a["category_id"] for a in dataset["annotations"])
+    return {
+        "images": len(images),
+        "skipped": skipped,
+        "annotations": len(dataset["annotations"]),
+        "per_category": {c["name"]: per_category.get(c["id"], 0) for c in categories},
+        "seconds_per_image": seconds / max(len(relative), 1),
+        "out": str(out),
+    }
