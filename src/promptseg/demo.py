@@ -109,23 +109,23 @@ class DemoSession:
             self._methods[name] = build_method(name, self.backbone)
         return self._methods[name]
 
+    def _stage(self, cache: dict, resolve, build, name: str | None):
+        """(chosen name, instance) of a filter or refiner, built once per name ("model default": the model's)."""
+        key = name or MODEL_DEFAULT
+        if key not in cache:
+            chosen, settings = resolve(self.backbone.method_defaults, name, {})
+            cache[key] = (chosen, build(chosen, self.backbone, **settings))
+        return cache[key]
+
     def label_filter(self, name: str | None):
         from promptseg.filters import build_filter, resolve_filter
 
-        key = name or MODEL_DEFAULT
-        if key not in self._filters:
-            chosen, settings = resolve_filter(self.backbone.method_defaults, name, {})
-            self._filters[key] = (chosen, build_filter(chosen, self.backbone, **settings))
-        return self._filters[key]
+        return self._stage(self._filters, resolve_filter, build_filter, name)
 
     def refiner(self, name: str | None):
         from promptseg.refiners import build_refiner, resolve_refiner
 
-        key = name or MODEL_DEFAULT
-        if key not in self._refiners:
-            chosen, settings = resolve_refiner(self.backbone.method_defaults, name, {})
-            self._refiners[key] = (chosen, build_refiner(chosen, self.backbone, **settings))
-        return self._refiners[key]
+        return self._stage(self._refiners, resolve_refiner, build_refiner, name)
 
     def run(self, path: str | None, labels_text: str, method: str, filter_name: str, progress=None,
             refine_name: str = MODEL_DEFAULT) -> DemoOutput:

@@ -55,6 +55,21 @@ class Registry:
         self._load_builtins()
         return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in sorted(self._entries.items())}
 
+    def resolve(self, model_settings: dict, name: str | None, overrides: dict, default: str, choice_key: str,
+                settings_key: str) -> tuple[str, dict]:
+        """(name, settings): `name`, or else what the model recommends under `choice_key`, or else `default`; the
+        settings are the model's for it (under `settings_key`), changed by `overrides`."""
+        chosen = name or model_settings.get(choice_key) or default
+        return chosen, {**(model_settings.get(settings_key) or {}).get(chosen, {}), **overrides}
+
+    def build(self, name: str, backbone=None, config=None, **overrides):
+        """An instance of `name` on `backbone`, with `config` or the defaults changed by `overrides`."""
+        if config is None:
+            config = self.config(name, **overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        return self.get(name)[0](backbone, config)
+
     def config(self, name: str, **overrides):
         """The settings dataclass of `name` with its defaults, changed by `overrides`.
 

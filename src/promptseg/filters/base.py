@@ -13,7 +13,6 @@ stretched as much as a present one and takes pixels. Filters register by name wi
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -91,18 +90,13 @@ def resolve_filter(model_settings: dict, name: str | None, overrides: dict) -> t
     A model folder recommends in `promptseg_settings.json`: `"filter": "clip"` and
     `"filters": {"clip": {"model": "shapes-clip", "threshold": 0.32}, "diffusion": {...}}`.
     """
-    chosen = name or model_settings.get("filter") or DEFAULT_FILTER
-    return chosen, {**(model_settings.get("filters") or {}).get(chosen, {}), **overrides}
+    return FILTERS.resolve(model_settings, name, overrides, DEFAULT_FILTER, "filter", "filters")
 
 
 def build_filter(name: str, backbone=None, config=None, **overrides):
     """An instance of filter `name` (on `backbone` where it needs the diffusion model), with `config` or the
     defaults changed by `overrides`."""
-    if config is None:
-        config = filter_config(name, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
-    return FILTERS.get(name)[0](backbone, config)
+    return FILTERS.build(name, backbone, config, **overrides)
 
 
 def decide(labels: list[Label], scores: np.ndarray, threshold: float, min_keep: int, what: str) -> FilterDecision:

@@ -77,18 +77,13 @@ def resolve_refiner(model_settings: dict, name: str | None, overrides: dict) -> 
     A model folder recommends in `promptseg_settings.json`: `"refine": "sam"` and
     `"refiners": {"sam": {"sam": "shapes-sam", "mode": "prompts"}, "pamr": {...}}`.
     """
-    chosen = name or model_settings.get("refine") or DEFAULT_REFINER
-    return chosen, {**(model_settings.get("refiners") or {}).get(chosen, {}), **overrides}
+    return REFINERS.resolve(model_settings, name, overrides, DEFAULT_REFINER, "refine", "refiners")
 
 
 def build_refiner(name: str, backbone=None, config=None, **overrides):
     """An instance of refiner `name` (with `backbone` for its device and dtype), with `config` or the defaults
     changed by `overrides`."""
-    if config is None:
-        config = refiner_config(name, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
-    return REFINERS.get(name)[0](backbone, config)
+    return REFINERS.build(name, backbone, config, **overrides)
 
 
 def apply_refiner(refiner, image, result):
