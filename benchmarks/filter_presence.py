@@ -1,9 +1,10 @@
-"""Class filters on the shapes world: presence AUROC, the threshold chosen on val, precision/recall on test, cost.
+"""Class filters on a procedural world: presence AUROC, the threshold chosen on val, precision/recall on test, cost.
 
-    python benchmarks/filter_presence.py --n-val 200 --n-test 300
+    python benchmarks/filter_presence.py --n-val 200 --n-test 300                  # shapes -> filters.md
+    python benchmarks/filter_presence.py --world scenes --only "clip: scenes-clip"  # scenes -> scenes_filters.md
 
-For every candidate filter setting, each image of the val and test splits is offered all seven class names and
-every name gets the filter's presence score. Per candidate:
+For every candidate filter setting, each image of the val and test splits is offered every class name of the
+world (scenes: with its synonyms, scored by the best of them) and every name gets the filter's presence score. Per candidate:
 - AUROC of the score for "class present", per class and pooled over all (image, class) pairs (0.5 = chance);
 - the threshold, chosen on **val**: the highest one that keeps at least `--target-recall` of the present classes
   (a class dropped here cannot be segmented later, so recall comes first);
@@ -25,7 +26,8 @@ import torch
 from PIL import Image
 
 from promptseg import load_backbone, parse_labels
-from promptseg.data.shapes_world import CLASS_NAMES, render_sample
+from promptseg.data import scenes_world, shapes_world
+from promptseg.data.base import bundled_class_names
 from promptseg.eval.metrics import auroc
 from promptseg.filters import build_filter
 from promptseg.filters.base import decide
@@ -49,12 +51,20 @@ CANDIDATES = {
     "diffusion: attention share, 16x16": ("diffusion", {
         "criterion": "attention", "timesteps": [300], "template": "a {}", "cross_weights": {1.0: 1.0}}),
 }
+SCENES_CANDIDATES = {
+    "clip: scenes-clip": ("clip", {"model": "scenes-clip", "templates": ["a photo of a {}"]}),
+    "clip: scenes-clip, 3 templates": ("clip", {"model": "scenes-clip",
+                                                "templates": ["a photo of a {}", "an image of a {}", "a {}"]}),
+    "diffusion: leave-one-out, whole image, t 300/500/700": (
+        "diffusion", {**CANDIDATES["diffusion: leave-one-out, whole image, t 300/500/700"][1], "template": "{}"}),
+}
+WORLDS = {"shapes": (shapes_world, CANDIDATES, "filters"), "scenes": (scenes_world, SCENES_CANDIDATES, "scenes_filters")}
 
 
-def split_truth(split: str, n: int) -> tuple[list[Image.Image], np.ndarray]:
-    images, truth = [], np.zeros((n, len(CLASS_NAMES)), bool)
+def split_truth(world, split: str, n: int) -> tuple[list[Image.Image], np.ndarray]:
+    images, truth = [], np.zeros((n, len(world.CLASS_NAMES)), bool)
     for i in range(n):
-        sample = render_sample(split, i)
+        sample = world.render_sample(split, i)
         images.append(Image.fromarray(sample.image))
         truth[i, np.unique(sample.class_map)] = True
     return images, truth
@@ -94,17 +104,20 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=300)
     parser.add_argument("--target-recall", type=float, default=0.98)
     parser.add_argument("--only", default=None, help="candidate names separated by ';' (default: all)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    backbone = load_backbone("shapes", device="cpu")
-    labels = parse_labels(list(CLASS_NAMES))
-    data = {split: split_truth(split, n) for split, n in (("val", args.n_val), ("test", args.n_test))}
+    world, candidates, stem = WORLDS[args.world]
+    classes = list(world.CLASS_NAMES)
+    backbone = load_backbone(args.world, device="cpu")
+    labels = parse_labels(bundled_class_names(args.world))
+    data = {split: split_truth(world, split, n) for split, n in (("val", args.n_val), ("test", args.n_test))}
     forward = bare_forward_seconds(backbone)
-    record = {"n_val": args.n_val, "n_test": args.n_test, "target_recall": args.target_recall,
-              "bare_forward_ms": 1000 * forward, "classes": list(CLASS_NAMES), "candidates": {}}
-    names = args.only.split(";") if args.only else list(CANDIDATES)
+    record = {"world": args.world, "n_val": args.n_val, "n_test": args.n_test, "target_recall": args.target_recall,
+              "bare_forward_ms": 1000 * forward, "classes": classes, "candidates": {}}
+    names = args.only.split(";") if args.only else list(candidates)
     for name in names:
-        kind, settings = CANDIDATES[name]
+        kind, settings = candidates[name]
         label_filter = build_filter(kind, backbone, **settings)
         entry = {"filter": kind, "settings": settings}
         for split, (images, truth) in data.items():
@@ -113,7 +126,7 @@ def main() -> None:
             seconds = (time.perf_counter() - start) / len(images)
             entry[split] = {
                 "auroc_pooled": auroc(scores.ravel(), truth.ravel()),
-                "auroc": {c: auroc(scores[:, k], truth[:, k]) for k, c in enumerate(CLASS_NAMES)},
+                "auroc": {c: auroc(scores[:, k], truth[:, k]) for k, c in enumerate(classes)},
                 "ms_per_image": 1000 * seconds,
                 "unet_forward_equivalents": seconds / forward,
                 "scores": scores,
@@ -132,15 +145,15 @@ def main() -> None:
         print(name, json.dumps({s: {k: v for k, v in entry[s].items() if k != "auroc"} for s in data}), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "filters.json").write_text(json.dumps(record, indent=1))
-    (out / "filters.md").write_text(summary(record))
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (out / f"{stem}.md").write_text(summary(record))
     print(summary(record))
 
 
 def summary(record: dict) -> str:
     classes = record["classes"]
     lines = [
-        "# Class filters on the shapes world",
+        f"# Class filters on the {record.get('world', 'shapes')} world",
         "",
         f"Every image offered all {len(classes)} class names. Thresholds chosen on {record['n_val']} val images for "
         f"pooled recall >= {record['target_recall']}; precision and recall on {record['n_test']} test images through "

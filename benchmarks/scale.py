@@ -7,9 +7,10 @@ Each row runs in its own process (so its peak memory is its own): build SD-1.5's
 with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
 77 tokens, no capture) and take their median as the unit, then run the method once on a random image at the row's
 resolution with the row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by
-that unit, VAE encode included, and the process's peak resident memory. The reference row is a process that loads
+that unit, VAE encode included (the median of 3 runs, 1 for the optimising invseg and anyword), and the process's
+peak resident memory. The reference row is a process that loads
 the weights, encodes the image and runs one bare forward. Methods run with their defaults, SAM off for anyword
-(`sam=None`: no SAM can be loaded here) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
+(`sam=None`: no SAM can be loaded here; timed on one referring expression, its task) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
 is reported apart, with 4 generation steps).
 """
 
@@ -29,7 +30,8 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
 QUICK = [("reference", 512, 5, "none")] + [(m, 512, 5, "none") for m in ("baseline", "fastseg", "invseg", "anyword",
-                                                                           "dpseg")]
+                                                                           "dpseg")] + [
+    ("fastseg", 512, 5, "none", {"flip": False}), ("invseg", 512, 5, "none", {"view_pool": 4})]
 FULL = QUICK + [
     ("baseline", 256, 5, "none"), ("fastseg", 256, 5, "none"), ("baseline", 768, 5, "none"), ("fastseg", 768, 5, "none"),
     ("baseline", 512, 21, "none"), ("fastseg", 512, 21, "none"), ("baseline", 512, 150, "none"),
@@ -38,11 +40,15 @@ FULL = QUICK + [
 ]
 
 
+REFERRING = "the red car left of the big tree"
+"""anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
-def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str) -> dict:
+def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str, extra: dict | None = None) -> dict:
     """Run one row in this process; returns its record."""
     import numpy as np
     import torch
@@ -66,26 +72,38 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str)
             backbone.unet(latents, torch.tensor([100]), encoder_hidden_states=text)
             forwards.append(time.perf_counter() - start)
     unit = float(np.median(forwards))
-    out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "bare_forward_s": unit}
+    out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "bare_forward_s": unit,
+           "settings": extra or {}}
+    repeats = 1 if method in ("invseg", "anyword") else 3  # the median of 3 runs where a run is short
     if method == "reference":
-        start = time.perf_counter()
-        prepare_pixels(backbone, image)
-        out.update(seconds=time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            prepare_pixels(backbone, image)
+            times.append(time.perf_counter() - start)
+        out.update(seconds=float(np.median(times)), runs=len(times))
     else:
         names = bundled_class_names("ade847")[:n_labels]
         settings = {"anyword": {"sam": None}, "dpseg": {"weights": "shapes-dpseg", "generation_steps": 4,
                                                         "cache_dir": tempfile.mkdtemp(prefix="scale_dpseg_")}}
-        segmenter = build_method(method, backbone, **settings.get(method, {}))
+        segmenter = build_method(method, backbone, **{**settings.get(method, {}), **(extra or {})})
         chosen, overrides = resolve_filter({}, None if label_filter == "default" else label_filter, {})
         filt = build_filter(chosen, backbone, **overrides)
         if method == "dpseg":  # draw the visual prompts once, timed apart
             start = time.perf_counter()
             segmenter(image, names)
             out["prompt_generation_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result = segment_filtered(segmenter, filt, image, names)
-        out.update(seconds=time.perf_counter() - start, filter_used=chosen, warnings=result.warnings[:2],
-                   output_shape=list(result.label_map.shape))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            if method == "anyword":  # its task: one referring expression (a semantic call refers once per label)
+                result = segmenter.refer(segmenter.prepare(image), REFERRING)
+                result.label_map = result.mask
+            else:
+                result = segment_filtered(segmenter, filt, image, names)
+            times.append(time.perf_counter() - start)
+        out.update(seconds=float(np.median(times)), runs=len(times), filter_used=chosen,
+                   warnings=result.warnings[:2], output_shape=list(result.label_map.shape))
     out["forward_equivalents"] = out["seconds"] / unit
     out["peak_rss_gb"] = peak_rss_gb()
     return out
@@ -95,23 +113,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arch", default="sd15")
+    parser.add_argument("--fresh", action="store_true", help="ignore the rows journal of an earlier run")
+    parser.add_argument("--recorded", action="store_true", help="write the table from the journal's rows only")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row as JSON
     args = parser.parse_args()
     if args.row:
-        print("ROW " + json.dumps(one_row(*json.loads(args.row), args.arch)))
+        row = json.loads(args.row)
+        print("ROW " + json.dumps(one_row(*row[:4], args.arch, *row[4:])))
         return
+    stem = "scale_quick" if args.quick else "scale"
+    journal = RESULTS / f"{stem}_rows.jsonl"  # one line a finished row: a stopped run resumes where it was
+    done_rows = {}
+    if journal.exists() and not args.fresh:
+        for line in journal.read_text().splitlines():
+            r = json.loads(line)
+            done_rows[json.dumps(r["row"])] = r
     rows = []
     for row in QUICK if args.quick else FULL:
-        done = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--row", json.dumps(list(row))],
-                              capture_output=True, text=True)
-        line = [x for x in done.stdout.splitlines() if x.startswith("ROW ")]
-        record = json.loads(line[0][4:]) if line else {"method": row[0], "side": row[1], "labels": row[2],
-                                                       "filter": row[3], "error": done.stderr[-600:]}
-        rows.append(record)
-        print(json.dumps(record), flush=True)
+        key = json.dumps(list(row))
+        if key not in done_rows and args.recorded:
+            continue
+        if key not in done_rows:
+            done = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--row", key], capture_output=True,
+                                  text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("ROW ")]
+            result = json.loads(line[0][4:]) if line else {"method": row[0], "side": row[1], "labels": row[2],
+                                                           "filter": row[3], "error": done.stderr[-600:]}
+            done_rows[key] = {**result, "row": list(row)}
+            with open(journal, "a") as f:
+                f.write(json.dumps(done_rows[key]) + "\n")
+        rows.append(done_rows[key])
+        print(json.dumps(done_rows[key]), flush=True)
     reference = next((r for r in rows if r["method"] == "reference" and "error" not in r), None)
     record = {"arch": args.arch, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
-    stem = "scale_quick" if args.quick else "scale"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}` on this 2-core CPU. Unit: the median "
@@ -125,8 +159,9 @@ def main() -> None:
             continue
         ratio = f"{r['peak_rss_gb'] / reference['peak_rss_gb']:.2f}" if reference else "-"
         used = r.get("filter_used", r["filter"])
-        lines.append(f"| {r['method']} | {r['side']} | {r['labels']} | {used} | {r['seconds']:.1f} | "
-                     f"{r['forward_equivalents']:.1f} | {r['peak_rss_gb']:.1f} | {ratio} |")
+        named = r["method"] + "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())
+        lines.append(f"| {named} | {r['side']} | {r['labels']} | {used} | {r['seconds']:.1f} | "
+                     f"{r['forward_equivalents']:.2f} | {r['peak_rss_gb']:.1f} | {ratio} |")
     gen = [r for r in rows if "prompt_generation_s" in r]
     if gen:
         lines += ["", f"DPSeg's visual prompts (one-off, cached on disk, 4 generation steps): "

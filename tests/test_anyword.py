@@ -169,3 +169,17 @@ def test_evidence_template_writes_phrase_and_reference(tiny, image):
     prepared = anyword.prepare(image)
     anyword.refer(prepared, "a red cat")
     assert set(prepared.extra["evidence"].cache) == {"a red cat", "a object"}
+
+
+def test_inversion_micro_batches_accumulate_the_same_gradient(tiny):
+    from promptseg.methods.anyword.inversion import invert_tokens
+    from promptseg.methods.base import prepare_pixels
+
+    image = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
+    latents = prepare_pixels(tiny, image).latents
+    runs = [invert_tokens(tiny, latents, "a red cat", [2, 3], steps=3, lr=0.05, batch=3, timesteps=(50, 500), seed=0,
+                          micro_batch=m) for m in (None, 1, 2)]
+    for text, log in runs[1:]:
+        assert torch.allclose(text, runs[0][0], atol=1e-5)
+        assert np.allclose(log["loss"], runs[0][1]["loss"], rtol=1e-5)
+    assert not torch.allclose(runs[0][0], tiny.encode_text("a red cat"), atol=1e-4)  # the embeddings moved

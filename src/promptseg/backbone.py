@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-BUNDLED = {"shapes": Path(__file__).parent / "zoo" / "shapes"}
+BUNDLED = {"shapes": Path(__file__).parent / "zoo" / "shapes", "scenes": Path(__file__).parent / "zoo" / "scenes"}
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 SETTINGS_FILE = "promptseg_settings.json"

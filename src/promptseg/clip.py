@@ -23,7 +23,8 @@ from PIL import Image
 from promptseg.parts import load_pretrained
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-BUNDLED_CLIP = {"shapes-clip": Path(__file__).parent / "zoo" / "shapes-clip"}
+BUNDLED_CLIP = {"shapes-clip": Path(__file__).parent / "zoo" / "shapes-clip",
+                "scenes-clip": Path(__file__).parent / "zoo" / "scenes-clip"}
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from promptseg.capture.selfattn import SelfAttention
+
 
 def minmax(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Min-max normalise each map of (B, K, h, w) over its pixels to [0, 1] (a flat map becomes 0)."""
@@ -39,10 +41,13 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resize_self_attention(attn: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
     """Resize a (B, N, N) self-attention map on `grid` to `target` in both query and key pixels.
 
-    Rows are re-normalised to sum to one, so the result is again row-stochastic.
+    Rows are re-normalised to sum to one, so the result is again row-stochastic. A lazy `SelfAttention` is
+    returned as it is on its own grid and formed (`dense()`) to be resized.
     """
     if tuple(grid) == tuple(target):
         return attn
+    if isinstance(attn, SelfAttention):
+        attn = attn.dense()
     b = attn.shape[0]
     h, w = grid
     big_h, big_w = target
@@ -52,12 +57,30 @@ def resize_self_attention(attn: torch.Tensor, grid: tuple[int, int], target: tup
     return out / out.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def refine(self_attn: torch.Tensor, cross: torch.Tensor, iterations: int = 1) -> torch.Tensor:
-    """Propagate cross-attention (B, N, K) along self-attention (B, N, N): A_self^iterations · A_cross."""
+def refine(self_attn, cross: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+    """Propagate cross-attention (B, N, K) along self-attention (B, N, N) or a `SelfAttention` operator:
+    A_self^iterations · A_cross (an operator is applied lazily once, formed for several iterations)."""
+    if isinstance(self_attn, SelfAttention):
+        if iterations == 1:
+            return self_attn.matmul(cross)
+        self_attn = self_attn.dense()
     out = cross
     for _ in range(iterations):
         out = torch.bmm(self_attn.to(out.dtype), out)
     return out
+
+
+def mix_self_attention(attns: dict, weights: dict[tuple[int, int], float], target: tuple[int, int]):
+    """Self-attention of several grids resized to `target` and mixed with `weights`; one grid already on the
+    target is returned as it is (a lazy operator stays lazy)."""
+    if len(weights) == 1 and tuple(next(iter(weights))) == tuple(target):
+        return attns[next(iter(weights))]
+    total = sum(weights.values())
+    return sum(_as_dense(resize_self_attention(attns[g], g, target)) * (w / total) for g, w in weights.items())
+
+
+def _as_dense(attn) -> torch.Tensor:
+    return attn.dense() if isinstance(attn, SelfAttention) else attn
 
 
 def weighted_sum(

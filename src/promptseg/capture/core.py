@@ -4,6 +4,10 @@ Recording layers get a `RecordingProcessor`, which runs diffusers' own `AttnProc
 is diffusers', never a hand copy) and reads the probabilities it computes through `Attention.get_attention_scores`.
 Every other layer keeps the processor it had (the fast SDPA path). On exit, even after an exception, the
 original processors are put back. A UNet under capture refuses a second capture.
+
+Self-attention on a large grid (`AttentionStore.wants_lazy`) is not recorded as probabilities: the layer runs
+diffusers' SDPA processor (`AttnProcessor2_0`) and its query and key are read from forward hooks on the layer's
+own `to_q` / `to_k` (head-split, `norm_q` / `norm_k` applied as the processor applies them).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from promptseg.capture.layers import AttentionLayer
 from promptseg.capture.store import AttentionStore
@@ -38,10 +42,17 @@ class RecordingProcessor:
         self.kind = kind
         self.on_recorded = on_recorded
         self._stock = AttnProcessor()
+        self._fast = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         stock_scores = attn.get_attention_scores
         store, kind = self.store, self.kind
+        seq_len = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
+        if store.wants_lazy(kind, seq_len) and attention_mask is None:
+            out = self._lazy_call(attn, hidden_states, encoder_hidden_states, temb)
+            if self.on_recorded is not None:
+                self.on_recorded()
+            return out
 
         def scores_and_record(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None):
             probs = stock_scores(query, key, mask)  # (B * heads, N, K)
@@ -58,6 +69,24 @@ class RecordingProcessor:
             del attn.get_attention_scores
         if self.on_recorded is not None:
             self.on_recorded()
+        return out
+
+    def _lazy_call(self, attn, hidden_states, encoder_hidden_states, temb):
+        """Run the SDPA processor and keep this call's head-split query and key in the store."""
+        seen = {}
+        hooks = [attn.to_q.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o)),
+                 attn.to_k.register_forward_hook(lambda m, i, o: seen.__setitem__("k", o))]
+        try:
+            out = self._fast(attn, hidden_states, encoder_hidden_states, None, temb)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        q, k = (seen[n].unflatten(-1, (attn.heads, -1)).transpose(1, 2) for n in ("q", "k"))  # (B, heads, N, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        self.store.add_self_qk(q.flatten(0, 1).contiguous(), k.flatten(0, 1).contiguous(), attn.heads, attn.scale)
         return out
 
 

@@ -4,6 +4,10 @@ Nothing here stores one map per head or per layer: every recorded call adds its 
 keyed by (kind, grid), so a 64x64 self-attention layer costs one (B, 4096, 4096) sum, not one per head and layer.
 Cross-attention layers can also keep their queries, so that cross-attention against *any* text can be computed
 later with the layer's own key projection and softmax (OVAM's observation; FastSeg's dual prompt).
+
+Self-attention on a large grid (at least `lazy_self_tokens` pixels, e.g. SD's 64x64) is kept as each call's query
+and key instead (`promptseg.capture.selfattn`): `self_attention(grid)` multiplies by it without forming the matrix,
+`mean("self", grid)` forms it on demand. Nothing is lazy when the graph is kept (prompt inversion).
 """
 
 from __future__ import annotations
@@ -11,6 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from promptseg.capture.selfattn import QKRecord, SelfAttention
+
+LAZY_SELF_TOKENS = 2048
+"""Default `AttentionStore.lazy_self_tokens`: SD's 64x64 self-attention (4096 pixels) is lazy, 32x32 is not."""
 
 
 @dataclass
@@ -29,6 +38,8 @@ class AttentionStore:
         keep_queries (`bool`, defaults to `False`): also keep the queries of recorded cross-attention layers.
         keep_graph (`bool`, defaults to `False`): keep the autograd graph through the sums (for prompt inversion);
             otherwise maps are detached as they are added.
+        lazy_self_tokens (`int`, defaults to 2048): self-attention with at least this many query pixels is kept as
+            query and key, not as probabilities (never with `keep_graph`); `None`: never.
     """
 
     latent_hw: tuple[int, int]
@@ -37,6 +48,27 @@ class AttentionStore:
     sums: dict[tuple[str, tuple[int, int]], torch.Tensor] = field(default_factory=dict)
     counts: dict[tuple[str, tuple[int, int]], int] = field(default_factory=dict)
     queries: list[_QueryRecord] = field(default_factory=list)
+    lazy_self_tokens: int | None = field(default_factory=lambda: LAZY_SELF_TOKENS)
+    lazy: dict[tuple[int, int], list[QKRecord]] = field(default_factory=dict)
+
+    def wants_lazy(self, kind: str, seq_len: int) -> bool:
+        """Whether a call of `kind` with `seq_len` query pixels is kept as query and key."""
+        return (kind == "self" and not self.keep_graph and self.lazy_self_tokens is not None
+                and seq_len >= self.lazy_self_tokens)
+
+    def add_self_qk(self, query: torch.Tensor, key: torch.Tensor, heads: int, scale: float) -> None:
+        """Keep one self-attention call as its head-split query and key (B * heads, N, d)."""
+        grid = self.grid_for(query.shape[1])
+        self.lazy.setdefault(grid, []).append(QKRecord(query.detach(), key.detach(), heads, float(scale)))
+
+    def self_attention(self, grid: tuple[int, int]) -> SelfAttention:
+        """The mean self-attention at `grid` as an operator (`SelfAttention.matmul`, `.dense()`)."""
+        grid = tuple(grid)
+        key = ("self", grid)
+        if key not in self.sums and grid not in self.lazy:
+            raise KeyError(f"no self-attention recorded at grid {grid}; recorded: {self.grids('self')}")
+        return SelfAttention(dense_sum=self.sums.get(key), dense_count=self.counts.get(key, 0),
+                             records=list(self.lazy.get(grid, [])))
 
     def grid_for(self, seq_len: int) -> tuple[int, int]:
         """The (h, w) grid whose size is `seq_len` (a halving level of the latent)."""
@@ -70,11 +102,14 @@ class AttentionStore:
 
     def grids(self, kind: str) -> list[tuple[int, int]]:
         """The grids recorded for `kind`, finest first."""
-        return sorted((g for k, g in self.sums if k == kind), key=lambda g: -g[0] * g[1])
+        found = {g for k, g in self.sums if k == kind} | (set(self.lazy) if kind == "self" else set())
+        return sorted(found, key=lambda g: -g[0] * g[1])
 
     def mean(self, kind: str, grid: tuple[int, int]) -> torch.Tensor:
         """The mean map over heads, layers and calls: (B, N, N) for "self", (B, N, tokens) for "cross"."""
         key = (kind, tuple(grid))
+        if kind == "self" and tuple(grid) in self.lazy:
+            return self.self_attention(grid).dense()
         if key not in self.sums:
             raise KeyError(f"no {kind}-attention recorded at grid {grid}; recorded: {self.grids(kind)}")
         return self.sums[key] / self.counts[key]
@@ -109,3 +144,4 @@ class AttentionStore:
         self.sums.clear()
         self.counts.clear()
         self.queries.clear()
+        self.lazy.clear()

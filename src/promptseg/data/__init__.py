@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from promptseg.data.base import IGNORE_INDEX, Sample, SegDataset, read_class_names
 
-DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "shapes", "ade150", "ade847", "context459",
-            "coco_stuff")
+DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "shapes", "scenes", "ade150", "ade847",
+            "context459", "coco_stuff")
 
 
 def get_dataset(name: str, root: str | None = None, class_names_file: str | None = None, **kwargs) -> SegDataset:
-    """The dataset `name` (one of `DATASETS`) read from `root` (not needed for "shapes").
+    """The dataset `name` (one of `DATASETS`) read from `root` (not needed for the rendered "shapes" and "scenes").
 
     Raises:
         ValueError: an unknown name, or no `root` for a dataset on disk.
@@ -20,6 +20,10 @@ def get_dataset(name: str, root: str | None = None, class_names_file: str | None
         from promptseg.data.shapes import ShapesDataset
 
         return ShapesDataset(class_names_file=class_names_file, **kwargs)
+    if name == "scenes":
+        from promptseg.data.shapes import ScenesDataset
+
+        return ScenesDataset(class_names_file=class_names_file, **kwargs)
     if root is None:
         raise ValueError(f"dataset {name!r} needs --root, the folder that holds it")
     if name in ("ade150", "ade847", "context459", "coco_stuff"):

@@ -33,10 +33,15 @@ class Sample:
 
 
 def read_class_names(path: str | Path) -> list[str]:
-    """Class names from a file: one class a line, commas separating synonyms; blank lines and `#` comments skipped."""
+    """Class names from a file: one class a line, commas separating synonyms; blank lines and `#` comments skipped.
+
+    A name that is no file but a bundled list (``data/classnames/NAME.txt``, e.g. "scenes_rare") reads that list."""
     path = Path(path)
+    if not path.is_file() and (CLASSNAMES_DIR / f"{path}.txt").is_file() and len(path.parts) == 1:
+        path = CLASSNAMES_DIR / f"{path}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"class-name file {path} does not exist")
+        bundled = sorted(p.stem for p in CLASSNAMES_DIR.glob("*.txt"))
+        raise FileNotFoundError(f"class-name file {path} does not exist (bundled lists: {', '.join(bundled)})")
     names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
     names = [n for n in names if n]
     if not names:

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from promptseg.capture import AttentionStore, capture
+from promptseg.capture import AttentionStore, capture, run_until_captured
+from promptseg.capture.selfattn import merge_all
 from promptseg.methods.base import (
     PreparedImage,
     ReferResult,
@@ -30,9 +31,9 @@ from promptseg.methods.base import (
 from promptseg.refine import (
     maps_to_tokens,
     minmax,
+    mix_self_attention,
     refine,
     resize_maps,
-    resize_self_attention,
     tokens_to_maps,
     weighted_sum,
 )
@@ -84,12 +85,19 @@ def noised_latents(backbone, latents: torch.Tensor, timestep: int, seed: int) ->
     return backbone.scheduler.add_noise(latents, noise, t), noise
 
 
-def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False):
-    """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers`; returns the store."""
-    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries)
+def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False,
+                   lazy_self: bool = True):
+    """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the last
+    of them (nothing after it is read); returns the store.
+
+    `lazy_self`: keep large-grid self-attention as query and key (`promptseg.capture.selfattn`), the cheaper choice
+    when it is multiplied once (one refinement); False records the probabilities during the pass, cheaper when the
+    matrix itself is needed (powers, resizing)."""
+    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries,
+                           **({} if lazy_self else {"lazy_self_tokens": None}))
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
-    with torch.no_grad(), capture(backbone.unet, layers, store):
-        backbone.unet(latents, t, encoder_hidden_states=text.to(backbone.dtype))
+    with torch.no_grad(), capture(backbone.unet, layers, store, stop_after_last=True):
+        run_until_captured(backbone.unet, latents, t, encoder_hidden_states=text.to(backbone.dtype))
     return store
 
 
@@ -116,7 +124,8 @@ class Baseline:
             with torch.no_grad():
                 text = self.backbone.encode_text(prompt or "")
             prepared.extra["store"] = attention_pass(
-                self.backbone, noisy, self.config.timestep, text, self.layers, keep_queries=True
+                self.backbone, noisy, self.config.timestep, text, self.layers, keep_queries=True,
+                lazy_self=self.config.refine_iterations == 1,
             )
         elif prompt is not None:
             raise ValueError("a prompt for prepare() needs conditioning='prompt'; with 'labels' the labels are the prompt")
@@ -138,7 +147,7 @@ class Baseline:
                 tokens = build_prompt(self.backbone.tokenizer, group, self.config.template, self.config.joiner)
                 parts.append(self.read_attention(prepared, tokens, self.backbone.encode_text(tokens.prompt)))
             label_cross = {g: torch.cat([p[0][g] for p in parts], dim=-1) for g in self.cross_grids}  # (1, N, K)
-            self_attn = {g: torch.stack([p[1][g] for p in parts]).mean(0) for g in self.self_grids}  # (1, N, N)
+            self_attn = {g: merge_all([p[1][g] for p in parts]) for g in self.self_grids}  # mean over the passes
             scores = self.scores(self_attn, label_cross)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores[0], labels, prepared.size, self.config.background_threshold, timings)
@@ -147,22 +156,23 @@ class Baseline:
         """Per-grid label cross-attention (1, N, K) and self-attention (1, N, N) for `text` (1, T, D), the encoded
         (or optimised) embeddings of the prompt described by `tokens`."""
         if self.config.conditioning == "labels":
-            store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers)
+            store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers,
+                                   lazy_self=self.config.refine_iterations == 1)
             cross = {g: store.mean("cross", g) for g in self.cross_grids}
         else:
             store = prepared.extra["store"]
             cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
         label_cross = {g: label_scores(c, tokens.positions) for g, c in cross.items()}
-        return label_cross, {g: store.mean("self", g) for g in self.self_grids}
+        return label_cross, {g: store.self_attention(g) for g in self.self_grids}
 
     def scores(self, self_attn: dict, label_cross: dict) -> torch.Tensor:
-        """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention."""
+        """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention
+        ((B, N, N) tensors or `SelfAttention` operators)."""
         maps = {g: tokens_to_maps(c, g) for g, c in label_cross.items()}
         mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
         if not self.self_grids:
             return minmax(mixed)
-        total = sum(self.self_grids.values())
-        propagate = sum(resize_self_attention(self_attn[g], g, self.target) * (w / total) for g, w in self.self_grids.items())
+        propagate = mix_self_attention(self_attn, self.self_grids, self.target)
         refined = refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations)
         return minmax(tokens_to_maps(refined, self.target))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from promptseg.capture import AttentionStore, capture
+from promptseg.capture import AttentionStore, capture, run_until_captured
 from promptseg.methods.base import (
     PreparedImage,
     SegmentationResult,
@@ -51,6 +51,10 @@ class FastSegConfig:
     """HARD: power of each self-attention matrix (propagation steps)."""
     flip: bool = True
     """Test-time flipping: average with the horizontally flipped image's maps."""
+    flip_from: str = "pixels"
+    """Where the flipped view's latents come from: "pixels" (VAE-encode the flipped image, FA-Seg) or "latents"
+    (flip the image's latents: one VAE encode less, about 1.7 UNet forwards at SD-1.5's 512 px on a CPU; the VAE
+    is not exactly flip-equivariant, so the masks move slightly: `benchmarks/results/fastseg_flip.md`)."""
     places: tuple[str, ...] = ("down", "mid", "up")
     """UNet parts whose attention layers are read."""
     class_template: str = "{}"
@@ -66,6 +70,8 @@ class FastSegConfig:
     def __post_init__(self):
         if self.tau < 1:
             raise ValueError(f"tau must be >= 1, got {self.tau}")
+        if self.flip_from not in ("pixels", "latents"):
+            raise ValueError(f"flip_from must be 'pixels' or 'latents', got {self.flip_from!r}")
 
 
 def predicted_noise(backbone, output: torch.Tensor, sample: torch.Tensor, timestep: int) -> torch.Tensor:
@@ -106,12 +112,15 @@ class FastSeg:
         self.cross_grids, self.hard_grids, self.target, self.layers = plan.cross, plan.self, plan.target, plan.layers
 
     def prepare(self, image) -> PreparedImage:
-        """VAE-encode the image (and its horizontal flip, as one batch)."""
+        """VAE-encode the image; with `flip`, add its horizontal flip (encoded, or its latents flipped)."""
         start = time.perf_counter()
         prepared = prepare_pixels(self.backbone, image)
         if self.config.flip:
-            with torch.no_grad():
-                flipped = self.backbone.encode_image(prepared.pixels.flip(-1))
+            if self.config.flip_from == "latents":
+                flipped = prepared.latents.flip(-1)
+            else:
+                with torch.no_grad():
+                    flipped = self.backbone.encode_image(prepared.pixels.flip(-1))
             prepared.latents = torch.cat([prepared.latents, flipped])
         prepared.timings["prepare"] = time.perf_counter() - start
         return prepared
@@ -129,10 +138,13 @@ class FastSeg:
         with torch.no_grad():
             text = backbone.text_encoder(ids)[0].expand(prepared.latents.shape[0], -1, -1)
             noisy = ddim_invert_step(backbone, prepared.latents, self.config.timestep, text)
-            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=True)
+            # HARD raises self-attention to a power (tau): the matrix is needed, so it is recorded during the pass,
+            # where the layer computes it anyway, not kept lazily and formed again
+            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=True,
+                                   **({} if self.config.tau == 1 else {"lazy_self_tokens": None}))
             t = torch.full((noisy.shape[0],), self.config.timestep, device=noisy.device)
-            with capture(backbone.unet, self.layers, store):
-                backbone.unet(noisy, t, encoder_hidden_states=text)
+            with capture(backbone.unet, self.layers, store, stop_after_last=True):
+                run_until_captured(backbone.unet, noisy, t, encoder_hidden_states=text)
         return store
 
     def view_scores(self, store: AttentionStore, labels) -> torch.Tensor:
@@ -148,7 +160,7 @@ class FastSeg:
                     per_grid[g].append(label_scores(store.cross_attention_for(class_text, g), tokens.positions))
             maps = {g: tokens_to_maps(torch.cat(parts, dim=-1), g) for g, parts in per_grid.items()}
             cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (V, K, H, W)
-            self_attn = {g: store.mean("self", g) for g in self.hard_grids}
+            self_attn = {g: store.self_attention(g) for g in self.hard_grids}
             scores = hierarchical_refine(self_attn, cross.flatten(2).transpose(1, 2), self.hard_grids, self.target, c.tau)
         if c.flip:
             scores = torch.cat([scores[:1], scores[1:].flip(-1)])

@@ -21,6 +21,10 @@ class AnywordConfig:
     """Adam learning rate of the concept words' input token embeddings."""
     batch: int = 2
     """Noise draws (timestep, noise) per inversion step, one UNet batch."""
+    micro_batch: int | None = 1
+    """Noise draws per UNet pass of the inversion, their gradients accumulated over `batch` (the same gradient):
+    1 keeps the activation memory of one draw (half of a batch of 2: issue 22's memory bound); None: all `batch`
+    draws in one pass (faster on a GPU with memory to spare)."""
     train_timesteps: tuple[int, int] = (50, 500)
     """Range of the timesteps drawn for the denoising loss."""
     timesteps: tuple[int, ...] = (100, 300, 500)
@@ -99,6 +103,8 @@ class AnywordConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
         if not self.timesteps:
             raise ValueError("timesteps must name at least one timestep for the read-out, e.g. (100, 300, 500)")
         if self.condition not in ("expression", "words"):

@@ -27,8 +27,13 @@ def invert_tokens(
     timesteps: tuple[int, int],
     seed: int,
     on_step=None,
+    micro_batch: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Optimise the input token embeddings at `positions` of `prompt` so the UNet denoises `latents` (1, C, h, w).
+
+    Each step draws `batch` (timestep, noise) pairs; they go through the UNet `micro_batch` at a time (all at once
+    when None) and their gradients are accumulated: the same gradient as one batch (float noise), with the
+    activation memory of `micro_batch` draws.
 
     Returns:
         (`torch.Tensor`, `dict`): the text-encoder output (1, T, D) with the learnt embeddings, and a log with
@@ -51,19 +56,25 @@ def invert_tokens(
         t = torch.randint(timesteps[0], timesteps[1] + 1, (batch,), generator=generator).to(latents.device)
         noise = torch.randn(clean.shape, generator=generator).to(latents.device, latents.dtype)
         noisy = backbone.scheduler.add_noise(clean, noise, t)
-        text = backbone.encode_text([prompt] * batch, token_embeds=(positions, rows))
-        prediction = backbone.unet(noisy, t, encoder_hidden_states=text.to(backbone.dtype)).sample
-        loss = torch.nn.functional.mse_loss(prediction.float(), denoising_target(backbone, clean, noise, t).float())
-        if not math.isfinite(float(loss.detach())):
+        optimiser.zero_grad(set_to_none=True)
+        total, chunk = 0.0, micro_batch or batch
+        for lo in range(0, batch, chunk):
+            part = slice(lo, min(batch, lo + chunk))
+            n = part.stop - part.start
+            text = backbone.encode_text([prompt] * n, token_embeds=(positions, rows))
+            prediction = backbone.unet(noisy[part], t[part], encoder_hidden_states=text.to(backbone.dtype)).sample
+            target = denoising_target(backbone, clean[part], noise[part], t[part]).float()
+            loss = torch.nn.functional.mse_loss(prediction.float(), target) * (n / batch)
+            loss.backward()
+            total += float(loss.detach())
+        if not math.isfinite(total):
             log["warnings"].append(f"non-finite denoising loss at step {len(log['loss'])}; kept the last embeddings")
             with torch.no_grad():
                 rows.copy_(last)
             break
         last = rows.detach().clone()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
         optimiser.step()
-        log["loss"].append(float(loss.detach()))
+        log["loss"].append(total)
         log["change"].append(float((rows.detach() - start).norm() / start.norm().clamp_min(1e-12)))
         if on_step is not None:
             on_step(len(log["loss"]), steps)

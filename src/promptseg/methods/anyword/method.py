@@ -94,9 +94,10 @@ class Anyword:
         total = 0
         for t in c.timesteps:
             noisy, _ = noised_latents(self.backbone, prepared.latents, t, c.seed)
-            store = attention_pass(self.backbone, noisy, t, text, self.layers)
+            store = attention_pass(self.backbone, noisy, t, text, self.layers,
+                                   lazy_self=self.config.refine_iterations == 1)
             label_cross = {g: label_scores(store.mean("cross", g), [[p] for p in positions]) for g in self.reader.cross_grids}
-            total = total + self.reader.scores({g: store.mean("self", g) for g in self.reader.self_grids}, label_cross)[0]
+            total = total + self.reader.scores({g: store.self_attention(g) for g in self.reader.self_grids}, label_cross)[0]
         return minmax((total / len(c.timesteps))[None])[0]
 
     def evidence_for(self, prepared: PreparedImage, grid: tuple[int, int]):
@@ -212,7 +213,7 @@ class Anyword:
         positions = span_positions(self.backbone.tokenizer, prompt, spans)
         flat = sorted({p for span in positions for p in span})
         text, log = invert_tokens(self.backbone, prepared.latents, prompt, flat, c.steps, c.lr, c.batch,
-                                  c.train_timesteps, c.seed, self.on_step)
+                                  c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():
             maps = self.word_maps(prepared, text, positions)
         grid = self._grid(prepared.size)

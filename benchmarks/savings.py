@@ -1,0 +1,73 @@
+"""Cost savings that change a method's output, measured on shapes before any is offered (issue 22, part 5).
+
+    python benchmarks/savings.py      # val 150 and test 300 images -> results/savings.md/.json
+
+Two savings cut a VAE encode (about 1.7 UNet forwards at SD-1.5's 512 px on a CPU) but are not exact, so each is a
+setting measured here against the method's own output: FastSeg's flipped view from the image's flipped latents
+(`flip_from="latents"`) instead of encoding the flipped image; InvSeg's augmented views drawn once from a pool of 4
+whose latents are cached (`view_pool=4`) instead of 2 fresh views (2 VAE encodes) at each of its 15 steps. Rows are
+`promptseg eval --dataset shapes --model shapes --names all` (vocabulary setting, the model's default filter, no
+refiner). Exact savings (lazy self-attention, stopping the UNet after the last recorded layer, accumulated
+micro-batches) need no such check: tests assert they give the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from promptseg import load_backbone
+from promptseg.eval.runner import EvalRun, evaluate
+
+RESULTS = Path(__file__).parent / "results"
+ROWS = [
+    ("fastseg", "flip, flipped image encoded (FA-Seg; default)", {"flip": True, "flip_from": "pixels"}),
+    ("fastseg", "flip, latents flipped", {"flip": True, "flip_from": "latents"}),
+    ("fastseg", "no flip", {"flip": False}),
+    ("invseg", "2 fresh views a step (the paper; default)", {"view_pool": 0}),
+    ("invseg", "views from a pool of 4, encoded once", {"view_pool": 4}),
+]
+SHAPES = ("circle", "square", "triangle")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="fastseg,invseg")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    backbone = load_backbone("shapes", device="cpu")
+    work = Path(tempfile.mkdtemp(prefix="savings_"))
+    out = RESULTS / "savings.json"
+    record = json.loads(out.read_text()) if out.exists() else {}
+    for split, n in (("val", 150), ("test", 300)):
+        for method, name, settings in ROWS:
+            if method not in methods or f"{split} | {method} | {name}" in record:
+                continue
+            report = evaluate(EvalRun(dataset="shapes", split=split, method=method, model="shapes", limit=n,
+                                      names="all", device="cpu", settings=settings, refine="none",
+                                      out=str(work / f"{split}_{method}_{len(record)}")), backbone=backbone)
+            iou = report["per_class_iou"]
+            record[f"{split} | {method} | {name}"] = {
+                "split": split, "n": n, "method": method, "row": name, "settings": settings, "miou": report["miou"],
+                "shape_miou": sum(iou[k] for k in SHAPES) / 3, "seconds_per_image": report["seconds_per_image"]}
+            print(split, method, name, report["miou"], flush=True)
+            out.write_text(json.dumps(record, indent=1))
+            write_table(record)
+
+
+def write_table(record: dict) -> None:
+    """results/savings.md from the rows measured so far (a stopped run keeps its rows and resumes)."""
+    lines = ["# Savings that change the output, on shapes (vocabulary setting, the model's default filter, no refiner)",
+             "", "Made by `python benchmarks/savings.py` (2 CPU cores, shared with a training run: s/image is noisy; "
+             "the saving at SD's scale is in `scale.md`).", "",
+             "| split | method | setting | mIoU | shape mIoU | s/image |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(record.values(), key=lambda r: (r["split"] != "val", r["method"])):
+        lines.append(f"| {row['split']} ({row['n']}) | {row['method']} | {row['row']} | {100 * row['miou']:.1f} | "
+                     f"{100 * row['shape_miou']:.1f} | {row['seconds_per_image']:.3f} |")
+    (RESULTS / "savings.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Do class words' cross-attention maps point at their pixels on the scenes model? Per-class token AUROC.
+
+    python benchmarks/scenes_token_auroc.py --n 100 --model scenes
+
+For each val image the UNet is conditioned on the image's complete caption at one timestep. Each class named in
+it (things and stuff; multi-token names such as "hot air balloon" read as the mean of their tokens' maps) is
+scored by the AUROC of separating that class's pixels from the rest with the word's map (mean over heads and
+layers of a grid, upsampled; "all" averages the grids). 0.5 is chance. The issue's bar is the median over classes
+of each class's mean AUROC. Also written: where the attention goes (start token, class words, other words, end
+and padding tokens), which says whether a sink token takes the caption. Output: benchmarks/results/<out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from promptseg import load_backbone
+from promptseg.capture import attention_grids, select_layers
+from promptseg.data.scenes_world import CLASS_NAMES, plural, render_sample
+from promptseg.eval.metrics import auroc
+from promptseg.methods.base import prepare_pixels
+from promptseg.methods.baseline import attention_pass, noised_latents
+from promptseg.refine import resize_maps, tokens_to_maps
+from promptseg.text import span_positions
+
+
+def class_spans(caption: str, present: list[str]) -> dict[str, tuple[int, int]]:
+    """Character span of the first mention of each present class (its name or plural) in the caption."""
+    spans = {}
+    for name in present:
+        for word in (plural(name), name, "mountains" if name == "mountain" else name):
+            match = re.search(rf"\b{re.escape(word)}\b", caption)
+            if match:
+                spans[name] = match.span()
+                break
+    return spans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--model", default="scenes")
+    parser.add_argument("--timestep", type=int, default=300)
+    parser.add_argument("--out", default="scenes_token_auroc")
+    args = parser.parse_args()
+    backbone = load_backbone(args.model, device="cpu")
+    grids = attention_grids(backbone.unet, backbone.latent_size, "cross")
+    layers = select_layers(backbone.unet, backbone.latent_size, cross_grids=grids)
+    per_class = defaultdict(list)  # (grid or "all", class) -> AUROCs
+    mass = defaultdict(list)  # token kind -> share of attention
+    for index in range(args.n):
+        sample = render_sample("val", index)
+        caption = sample.caption
+        present = [CLASS_NAMES[c] for c in np.unique(sample.class_map)]
+        spans = class_spans(caption, present)
+        positions = dict(zip(spans, span_positions(backbone.tokenizer, caption, list(spans.values()))))
+        n_tokens = len(backbone.tokenizer(caption).input_ids)
+        prepared = prepare_pixels(backbone, sample.image)
+        noisy, _ = noised_latents(backbone, prepared.latents, args.timestep, seed=index)
+        with torch.no_grad():
+            store = attention_pass(backbone, noisy, args.timestep, backbone.encode_text(caption), layers)
+        size = sample.class_map.shape
+        combined = 0
+        for grid in grids:
+            cross = store.mean("cross", grid)  # (1, HW, T)
+            share = cross[0].mean(0)
+            words = sorted(p for ps in positions.values() for p in ps)
+            mass["start token"].append(float(share[0]))
+            mass["class-word tokens"].append(float(share[words].sum()))
+            mass["other caption tokens"].append(float(share[1:n_tokens - 1].sum() - share[words].sum()))
+            mass["end + padding tokens"].append(float(share[n_tokens - 1:].sum()))
+            maps = resize_maps(tokens_to_maps(cross, grid), size)[0]
+            combined = combined + maps / len(grids)
+            for name, ps in positions.items():
+                truth = sample.class_map == CLASS_NAMES.index(name)
+                per_class[(f"{grid[0]}x{grid[1]}", name)].append(auroc(maps[ps].mean(0).numpy().ravel(), truth.ravel()))
+        for name, ps in positions.items():
+            truth = sample.class_map == CLASS_NAMES.index(name)
+            per_class[("all", name)].append(auroc(combined[ps].mean(0).numpy().ravel(), truth.ravel()))
+    grid_names = [f"{g[0]}x{g[1]}" for g in grids] + ["all"]
+    lines = [f"# Per-class token AUROC of cross-attention, model `{args.model}`, {args.n} val images, "
+             f"t={args.timestep}", "", "| class | tokens | " + " | ".join(grid_names) + " | n |",
+             "| --- | --- | " + " | ".join("---" for _ in grid_names) + " | --- |"]
+    for name in CLASS_NAMES:
+        if ("all", name) not in per_class:
+            continue
+        n_pieces = len(backbone.tokenizer.tokenize(name))
+        cells = [f"{np.nanmean(per_class[(g, name)]):.3f}" for g in grid_names]
+        lines.append(f"| {name} | {n_pieces} | " + " | ".join(cells) + f" | {len(per_class[('all', name)])} |")
+    medians = {g: float(np.median([np.nanmean(v) for (gg, _), v in per_class.items() if gg == g])) for g in grid_names}
+    lines += ["", "Median over classes of the per-class mean AUROC: "
+              + ", ".join(f"{g} {m:.3f}" for g, m in medians.items()), "",
+              "| where cross-attention goes (mean over pixels, heads, layers, grids, images) | share |", "| --- | --- |"]
+    lines += [f"| {kind} | {np.mean(v):.3f} |" for kind, v in mass.items()]
+    text = "\n".join(lines) + "\n"
+    out = Path(__file__).parent / "results" / f"{args.out}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Train the bundled "scenes" latent diffusion model on the scenes world (seeded, resumable, CPU-friendly).
+
+    python -m promptseg.zoo.train_scenes --work runs/scenes --out src/promptseg/zoo/scenes \
+        --text-encoder src/promptseg/zoo/scenes-clip
+
+Stable Diffusion's recipe at a small size: a VAE with SD's downsampling factor of 8 (128x128 RGB -> 16x16x4
+latents), then a `UNet2DConditionModel` with cross-attention at three resolutions (16x16, 8x8, 4x4 and the mid
+block) conditioned on the token states of a **frozen** CLIP text tower (`scenes-clip`'s, trained contrastively
+beforehand and never updated here), with CLIP's real 49,408-token tokenizer and SD's 77-token prompts. Captions
+are the world's varied ones (synonyms, colours, sizes, things left out); 10% are empty (classifier-free guidance).
+
+Two phases, checkpointed to ``WORK/state.pt`` every ``--save-every`` steps so a killed run resumes where it stopped
+(same seed, same data, same optimiser state); the model is exported (diffusers layout, weights stored in fp16) every ``--export-every`` UNet steps, so localisation can be measured while it trains
+(`benchmarks/scenes_token_auroc.py`). The rendered training set is cached in WORK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from promptseg.data.scenes_world import SIZE, make_caption, render_sample
+from promptseg.zoo.train_shapes import _lr, _report, _to_tensor
+
+TEXT_LENGTH = 77
+
+
+def build_vae_unet(seed: int = 0):
+    """Fresh (untrained) VAE, UNet and schedulers of the scenes model."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 64, 128, 128), latent_channels=4,
+        layers_per_block=1, norm_num_groups=16, sample_size=SIZE, mid_block_add_attention=False,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 192),
+        down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=128, attention_head_dim=4,  # diffusers' name for the number of heads
+        norm_num_groups=32,
+    )
+    betas = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return vae, unet, DDPMScheduler(**betas), DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False,
+                                                             steps_offset=1)
+
+
+def load_text_encoder(folder: str | Path):
+    """The frozen text tower and tokenizer of a trained scenes-clip folder."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no trained scenes-clip (config.json missing): train it first with "
+                                "python -m promptseg.zoo.train_scenes_clip")
+    text_encoder = CLIPTextModel.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
+    return text_encoder, CLIPTokenizer.from_pretrained(folder)
+
+
+def training_set(work: Path, n: int):
+    """(images uint8 (n, H, W, 3), samples without their maps), rendered once and cached in WORK."""
+    cache = work / f"train_{n}.pkl"
+    if cache.exists():
+        with open(cache, "rb") as f:
+            return pickle.load(f)
+    t0 = time.time()
+    samples = [render_sample("train", i) for i in range(n)]
+    images = np.stack([s.image for s in samples])
+    for s in samples:
+        s.image = s.class_map = s.instance_map = s.part_map = None
+    with open(work / "train.tmp", "wb") as f:
+        pickle.dump((images, samples), f)
+    os.replace(work / "train.tmp", cache)
+    print(f"rendered {n} training images in {time.time() - t0:.0f}s", flush=True)
+    return images, samples
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    vae, unet, noise_scheduler, sample_scheduler = build_vae_unet(args.seed)
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
+    state = {"phase": "vae", "step": 0, "scaling": None, "log": []}
+    rng = np.random.default_rng(args.seed)
+    ckpt = work / "state.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(saved["vae"])
+        unet.load_state_dict(saved["unet"])
+        vae_opt.load_state_dict(saved["vae_opt"])
+        opt.load_state_dict(saved["opt"])
+        torch.set_rng_state(saved["torch_rng"])
+        rng.bit_generator.state = saved["np_rng"]
+        state = saved["state"]
+        print(f"resumed from {ckpt}: phase {state['phase']} step {state['step']}", flush=True)
+
+    def save() -> None:
+        blob = {"vae": vae.state_dict(), "unet": unet.state_dict(), "vae_opt": vae_opt.state_dict(),
+                "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(), "np_rng": rng.bit_generator.state,
+                "state": state}
+        torch.save(blob, work / "state.tmp")
+        os.replace(work / "state.tmp", ckpt)
+
+    images, samples = training_set(work, args.n_train)
+    if state["phase"] == "vae":
+        vae.train()
+        t0, running = time.time(), None
+        while state["step"] < args.vae_steps:
+            for group in vae_opt.param_groups:
+                group["lr"] = _lr(state["step"], args.vae_lr, 100, args.vae_steps)
+            x = _to_tensor(images[rng.integers(0, len(images), args.vae_batch)])
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            loss = F.mse_loss(recon, x) + args.kl_weight * posterior.kl().mean()
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            state["step"] += 1
+            t0 = _report(state, "vae", args.vae_steps, running, t0)
+            if state["step"] % args.save_every == 0:
+                save()
+        state.update(phase="unet", step=0)
+        save()
+        if args.vae_only:
+            return
+
+    text_encoder, tokenizer = load_text_encoder(args.text_encoder)
+    vae.eval().requires_grad_(False)
+    t0 = time.time()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(_to_tensor(images[i: i + 128])).latent_dist.mean
+                             for i in range(0, len(images), 128)])
+    if state["scaling"] is None:
+        state["scaling"] = float(1.0 / latents.std())
+    latents = latents * state["scaling"]
+    print(f"encoded latents {tuple(latents.shape)} in {time.time() - t0:.1f}s, scaling {state['scaling']:.4f}",
+          flush=True)
+
+    unet.train()
+    t0, running = time.time(), None
+    while state["step"] < args.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr(state["step"], args.lr, 200, args.steps)
+        idx = rng.integers(0, len(images), args.batch)
+        captions = ["" if rng.random() < args.uncond_prob else make_caption(samples[i], rng) for i in idx]
+        ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            context = text_encoder(ids).last_hidden_state
+        x0 = latents[torch.from_numpy(idx)]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),))
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, context).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        state["step"] += 1
+        t0 = _report(state, "unet", args.steps, running, t0)
+        if state["step"] % args.save_every == 0 or state["step"] == args.steps:
+            save()
+        if state["step"] % args.export_every == 0 or state["step"] == args.steps:
+            export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state)
+
+
+def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict) -> None:
+    """Write the model in the diffusers folder layout (weights stored in fp16), with its training log."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=state["scaling"])
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).half(), text_encoder=copy.deepcopy(text_encoder).half(), tokenizer=tokenizer,
+        unet=copy.deepcopy(unet).half(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / "training_log.json").write_text(json.dumps({"unet_steps": state["step"], "log": state["log"]}, indent=1))
+    print(f"exported to {out} at unet step {state['step']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/scenes", help="checkpoint folder (resumes from WORK/state.pt)")
+    parser.add_argument("--out", default="src/promptseg/zoo/scenes", help="export folder (diffusers layout)")
+    parser.add_argument("--text-encoder", default="src/promptseg/zoo/scenes-clip",
+                        help="the trained scenes-clip folder whose text tower conditions the UNet (frozen)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-only", action="store_true", help="stop after the VAE phase")
+    parser.add_argument("--kl-weight", type=float, default=1e-6)
+    parser.add_argument("--steps", type=int, default=10000, help="UNet steps")
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--uncond-prob", type=float, default=0.1, help="empty-caption rate (classifier-free guidance)")
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--export-every", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The scenes training scripts on a few steps: scenes-clip's texts and export, and the diffusion model trained on
+its frozen text tower (SD's recipe), resuming after a kill to the weights of an uninterrupted run."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from promptseg.clip import load_clip
+from promptseg.data.scenes_world import render_sample
+from promptseg.zoo import train_scenes, train_scenes_clip
+
+CLIP_ARGS = ["--n-train", "12", "--batch", "6", "--steps", "2", "--save-every", "2", "--threads", "1"]
+ARGS = ["--n-train", "12", "--batch", "4", "--vae-batch", "2", "--vae-steps", "2", "--steps", "4",
+        "--save-every", "2", "--export-every", "4", "--threads", "1"]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes_clip")
+    train_scenes_clip.main(["--work", str(root / "work"), "--out", str(root / "out"), *CLIP_ARGS])
+    return root / "out"
+
+
+def test_clip_texts_are_true_of_their_scene_and_claims_are_checked():
+    rng = np.random.default_rng(0)
+    samples = [render_sample("train", i) for i in range(20)]
+    for s in samples:
+        for _ in range(20):
+            text, claims = train_scenes_clip.describe(s, rng)
+            assert train_scenes_clip.is_true_of(claims, s), text
+    car_scene = next(s for s in samples if any(o.cls == "car" for o in s.visible))
+    colour = next(o.colour for o in car_scene.visible if o.cls == "car")
+    other = next(c for c in ("red", "blue", "yellow", "white", "black", "green")
+                 if not any(o.cls == "car" and o.colour == c for o in car_scene.visible))
+    assert train_scenes_clip.is_true_of(([("car", colour)], []), car_scene)
+    assert not train_scenes_clip.is_true_of(([("car", other)], []), car_scene)
+    assert not train_scenes_clip.is_true_of(([], ["snow" if "snow" not in car_scene.stuff else "water"]), car_scene)
+
+
+def test_clip_export_loads_with_clips_real_tokenizer(clip_folder):
+    clip = load_clip(str(clip_folder), device="cpu")
+    tokens = clip.processor.tokenizer("a photo of a sailboat").input_ids
+    assert len(tokens) == 8 and clip.processor.tokenizer.vocab_size == 49408  # "sail" "boat": two tokens
+    assert clip.text_embeds(["a photo of a traffic cone"]).shape == (1, 128)
+
+
+def test_unet_resumes_after_a_kill_and_keeps_the_text_tower_frozen(tmp_path, monkeypatch, clip_folder):
+    common = [*ARGS, "--text-encoder", str(clip_folder)]
+    train_scenes.main(["--work", str(tmp_path / "a"), "--out", str(tmp_path / "a_out"), *common])
+    real_report = train_scenes._report
+
+    def kill_at_unet_step_3(state, phase, total, running, t0):
+        if phase == "unet" and state["step"] == 3:
+            raise Killed()
+        return real_report(state, phase, total, running, t0)
+
+    monkeypatch.setattr(train_scenes, "_report", kill_at_unet_step_3)
+    with pytest.raises(Killed):
+        train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
+    monkeypatch.setattr(train_scenes, "_report", real_report)
+    train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
+    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
+        a = load_file(tmp_path / "a_out" / f"{part}.safetensors")
+        b = load_file(tmp_path / "b_out" / f"{part}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    tower = load_file(tmp_path / "a_out" / "text_encoder" / "model.safetensors")
+    clip = load_file(clip_folder / "model.safetensors")
+    assert all(torch.equal(tower[k], clip[k]) for k in tower)  # SD's recipe: the CLIP text tower, untouched
+
+
+def test_unet_phase_without_a_trained_clip_says_what_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_scenes_clip"):
+        train_scenes.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *ARGS,
+                           "--text-encoder", str(tmp_path / "missing")])
