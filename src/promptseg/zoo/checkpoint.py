@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,27 @@ def export(out: Path, model, processor, state: dict, scores: dict | None = None)
     if scores is not None:
         (out / "eval.json").write_text(json.dumps(scores, indent=1))
     print(f"exported to {out} at step {state['step']}" + (f"; test {scores}" if scores is not None else ""), flush=True)
+
+
+def optimiser_step(model, opt, loss) -> float:
+    """Backward, clip the gradient norm at 1 and step; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def step_done(work: Path, model, opt, rng: np.random.Generator, state: dict, args, running: float, t0: float) -> float:
+    """Count a finished step: print and log the running loss every 50 steps, checkpoint every `args.save_every`
+    and at the last step; returns the new reference time."""
+    state["step"] += 1
+    if state["step"] % 50 == 0:
+        rate = (time.time() - t0) / 50
+        print(f"step {state['step']}/{args.steps} loss {running:.4f} {rate:.2f}s/step "
+              f"eta {rate * (args.steps - state['step']) / 60:.0f}min", flush=True)
+        state["log"].append({"step": state["step"], "loss": round(running, 5)})
+        t0 = time.time()
+    if state["step"] % args.save_every == 0 or state["step"] == args.steps:
+        save(work, model, opt, rng, state)
+    return t0

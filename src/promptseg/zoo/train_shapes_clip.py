@@ -154,23 +154,11 @@ def train(args: argparse.Namespace) -> None:
         tokens = tokenizer(list(texts), padding="max_length", max_length=TEXT_LENGTH, return_tensors="pt")
         out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                     pixel_values=_pixels(images[idx], rng.random(len(idx)) < 0.5))
-        loss = multi_positive_loss(out.logits_per_image, truth)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        value = checkpoint.optimiser_step(model, opt, multi_positive_loss(out.logits_per_image, truth))
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            rate = (time.time() - t0) / 50
-            print(f"step {state['step']}/{args.steps} loss {running:.4f} {rate:.2f}s/step "
-                  f"eta {rate * (args.steps - state['step']) / 60:.0f}min", flush=True)
-            state["log"].append({"step": state["step"], "loss": round(running, 5)})
-            t0 = time.time()
-        if state["step"] % args.save_every == 0 or state["step"] == args.steps:
-            checkpoint.save(work, model, opt, rng, state)
+        running = value if running is None else 0.98 * running + 0.02 * value
+        t0 = checkpoint.step_done(work, model, opt, rng, state, args, running, t0)
     checkpoint.export(Path(args.out), model, make_processor(tokenizer), state)
 
 

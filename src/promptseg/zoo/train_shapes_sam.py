@@ -185,21 +185,9 @@ def train(args: argparse.Namespace) -> None:
         masks = [items[j][1] for j in pick]
         boxes, points = prompts(masks, rng)
         logits = predict(model, pixels(images[[items[j][0] for j in pick]]), boxes, points)
-        loss = mask_loss(logits, torch.from_numpy(np.stack(masks)).float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            rate = (time.time() - t0) / 50
-            print(f"step {state['step']}/{args.steps} loss {running:.4f} {rate:.2f}s/step "
-                  f"eta {rate * (args.steps - state['step']) / 60:.0f}min", flush=True)
-            state["log"].append({"step": state["step"], "loss": round(running, 5)})
-            t0 = time.time()
-        if state["step"] % args.save_every == 0 or state["step"] == args.steps:
-            checkpoint.save(work, model, opt, rng, state)
+        value = checkpoint.optimiser_step(model, opt, mask_loss(logits, torch.from_numpy(np.stack(masks)).float()))
+        running = value if running is None else 0.98 * running + 0.02 * value
+        t0 = checkpoint.step_done(work, model, opt, rng, state, args, running, t0)
     scores = evaluate_prompts(model, n_images=args.n_eval) if args.n_eval else None
     checkpoint.export(Path(args.out), model, make_processor(), state, scores)
 
