@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--vae-only", action="store_true", help="stop after the VAE phase")
     parser.add_argument("--kl-weight", type=float, default=1e-6)
