@@ -141,3 +141,11 @@ def test_a_bundled_list_is_read_by_name_and_a_missing_file_lists_them():
         read_class_names("no_such_list")
     dataset = get_dataset("scenes", n=1, class_names_file="scenes_rare")
     assert dataset.class_names[CLASS_NAMES.index("car")] == "automobile"
+
+
+def test_a_missing_bundled_model_says_how_to_train_it(monkeypatch, tmp_path):
+    from promptseg import backbone
+
+    monkeypatch.setitem(backbone.BUNDLED, "scenes", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="train_scenes"):
+        backbone.load_backbone("scenes", device="cpu")

@@ -324,7 +324,8 @@ def load_backbone(
     if key in BUNDLED:
         folder = BUNDLED[key]
         if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg")
+            raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
+                                    f"train it: python -m promptseg.zoo.train_{key.replace('-', '_')}")
         parts = _load_folder_or_hub(str(folder), True, dtype)
     else:
         path = Path(key).expanduser()
