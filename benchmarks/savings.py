@@ -2,8 +2,8 @@
 
     python benchmarks/savings.py      # val 150 and test 300 images -> results/savings.md/.json
 
-Two savings cut a VAE encode (about 1.7 UNet forwards at SD-1.5's 512 px on a CPU) but are not exact, so each is a
-setting measured here against the method's own output: FastSeg's flipped view from the image's flipped latents
+Two savings cut a VAE encode (1.36 UNet forwards at SD-1.5's 512 px on this CPU, `scale_quick.md`) but are not
+exact, so each is a setting measured here against the method's own output: FastSeg's flipped view from the image's flipped latents
 (`flip_from="latents"`) instead of encoding the flipped image; InvSeg's augmented views drawn once from a pool of 4
 whose latents are cached (`view_pool=4`) instead of 2 fresh views (2 VAE encodes) at each of its 15 steps. Rows are
 `promptseg eval --dataset shapes --model shapes --names all` (vocabulary setting, the model's default filter, no

@@ -5,12 +5,12 @@
 
 Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
 with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
-77 tokens, no capture) and take their median as the unit, then run the method once on a random image at the row's
+77 tokens, no capture) and take their median as the unit, then run the method on a random image at the row's
 resolution with the row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by
 that unit, VAE encode included (the median of 3 runs, 1 for the optimising invseg and anyword), and the process's
-peak resident memory. The reference row is a process that loads
-the weights, encodes the image and runs one bare forward. Methods run with their defaults, SAM off for anyword
-(`sam=None`: no SAM can be loaded here; timed on one referring expression, its task) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
+peak resident memory. The reference row is a process that loads the weights, encodes the image and runs one bare
+forward. Methods run with their defaults, SAM off for anyword (`sam=None`: no SAM can be loaded here; timed on one
+referring expression, its task) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
 is reported apart, with 4 generation steps).
 """
 

@@ -34,7 +34,7 @@ def class_spans(caption: str, present: list[str]) -> dict[str, tuple[int, int]]:
     """Character span of the first mention of each present class (its name or plural) in the caption."""
     spans = {}
     for name in present:
-        for word in (plural(name), name, "mountains" if name == "mountain" else name):
+        for word in (plural(name), name):
             match = re.search(rf"\b{re.escape(word)}\b", caption)
             if match:
                 spans[name] = match.span()

@@ -8,7 +8,7 @@ from promptseg.capture.layers import (
     list_attention_layers,
     select_layers,
 )
-from promptseg.capture.store import AttentionStore
+from promptseg.capture.store import AttentionStore, lazy_tokens_for
 
 __all__ = [
     "AttentionLayer",
@@ -18,6 +18,7 @@ __all__ = [
     "attention_grids",
     "capture",
     "grid_at_level",
+    "lazy_tokens_for",
     "list_attention_layers",
     "run_until_captured",
     "select_layers",

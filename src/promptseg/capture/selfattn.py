@@ -80,7 +80,8 @@ class SelfAttention:
             for record in self.records:
                 n = record.query.shape[1]
                 if total is None:
-                    total = torch.zeros(record.query.shape[0] // record.heads, n, record.key.shape[1])
+                    total = torch.zeros(record.query.shape[0] // record.heads, n, record.key.shape[1],
+                                        device=record.query.device)
                 for start in range(0, n, CHUNK_ROWS):
                     rows = slice(start, min(n, start + CHUNK_ROWS))
                     total[:, rows] += record.probs(rows)

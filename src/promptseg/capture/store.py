@@ -22,6 +22,13 @@ LAZY_SELF_TOKENS = 2048
 """Default `AttentionStore.lazy_self_tokens`: SD's 64x64 self-attention (4096 pixels) is lazy, 32x32 is not."""
 
 
+def lazy_tokens_for(products: int) -> int | None:
+    """`lazy_self_tokens` for a reader that multiplies the self-attention `products` times: lazy for one product
+    (the matrix is never formed); recorded during the pass for more, where the layer computes it anyway (kept lazy,
+    it would be computed again to be formed)."""
+    return LAZY_SELF_TOKENS if products == 1 else None
+
+
 @dataclass
 class _QueryRecord:
     attn: torch.nn.Module  # the diffusers `Attention` module (owns to_k, heads, scale, norms)

@@ -9,6 +9,8 @@ thing classes, synonyms on each line (`promptseg.data.scenes_world`). 128x128 im
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from PIL import Image
 
 from promptseg.data.base import Sample, SegDataset, bundled_class_names, read_class_names
@@ -25,6 +27,8 @@ class RenderedDataset(SegDataset):
     """
 
     name = ""
+    world = ""
+    """The world's module (`CLASS_NAMES`, `render_sample(split, index, size)`), imported when first used."""
     default_size = 64
 
     def __init__(self, split: str = "test", n: int = 300, size: int | None = None,
@@ -33,16 +37,10 @@ class RenderedDataset(SegDataset):
             raise ValueError(f"n must be >= 1, got {n}")
         self.split, self.n, self.size = split, n, size or self.default_size
         self.class_names = read_class_names(class_names_file) if class_names_file else bundled_class_names(self.name)
-        if len(self.class_names) != len(self.world_classes()):
-            raise ValueError(f"{class_names_file} lists {len(self.class_names)} classes; {self.name} has "
-                             f"{len(self.world_classes())}")
+        classes = import_module(self.world).CLASS_NAMES
+        if len(self.class_names) != len(classes):
+            raise ValueError(f"{class_names_file} lists {len(self.class_names)} classes; {self.name} has {len(classes)}")
         self.background = None
-
-    def world_classes(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    def render(self, index: int):
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.n
@@ -50,39 +48,17 @@ class RenderedDataset(SegDataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.n:
             raise IndexError(index)
-        sample = self.render(index)
+        sample = import_module(self.world).render_sample(self.split, index, self.size)
         return Sample(image=Image.fromarray(sample.image), label=sample.class_map, id=f"{self.split}_{index:05d}")
 
 
 class ShapesDataset(RenderedDataset):
     """The shapes world (`promptseg.data.shapes_world`)."""
 
-    name = "shapes"
-    default_size = 64
-
-    def world_classes(self) -> tuple[str, ...]:
-        from promptseg.data.shapes_world import CLASS_NAMES
-
-        return CLASS_NAMES
-
-    def render(self, index: int):
-        from promptseg.data.shapes_world import render_sample
-
-        return render_sample(self.split, index, self.size)
+    name, world, default_size = "shapes", "promptseg.data.shapes_world", 64
 
 
 class ScenesDataset(RenderedDataset):
     """The scenes world (`promptseg.data.scenes_world`)."""
 
-    name = "scenes"
-    default_size = 128
-
-    def world_classes(self) -> tuple[str, ...]:
-        from promptseg.data.scenes_world import CLASS_NAMES
-
-        return CLASS_NAMES
-
-    def render(self, index: int):
-        from promptseg.data.scenes_world import render_sample
-
-        return render_sample(self.split, index, self.size)
+    name, world, default_size = "scenes", "promptseg.data.scenes_world", 128

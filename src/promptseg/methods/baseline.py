@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from promptseg.capture import AttentionStore, capture, run_until_captured
+from promptseg.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
 from promptseg.capture.selfattn import merge_all
 from promptseg.methods.base import (
     PreparedImage,
@@ -86,15 +86,14 @@ def noised_latents(backbone, latents: torch.Tensor, timestep: int, seed: int) ->
 
 
 def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False,
-                   lazy_self: bool = True):
+                   self_products: int = 1):
     """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the last
     of them (nothing after it is read); returns the store.
 
-    `lazy_self`: keep large-grid self-attention as query and key (`promptseg.capture.selfattn`), the cheaper choice
-    when it is multiplied once (one refinement); False records the probabilities during the pass, cheaper when the
-    matrix itself is needed (powers, resizing)."""
+    `self_products`: how many times the reader multiplies the self-attention (refinement iterations); it decides
+    whether large grids are kept lazily (`promptseg.capture.lazy_tokens_for`)."""
     store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries,
-                           **({} if lazy_self else {"lazy_self_tokens": None}))
+                           lazy_self_tokens=lazy_tokens_for(self_products))
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
     with torch.no_grad(), capture(backbone.unet, layers, store, stop_after_last=True):
         run_until_captured(backbone.unet, latents, t, encoder_hidden_states=text.to(backbone.dtype))
@@ -125,7 +124,7 @@ class Baseline:
                 text = self.backbone.encode_text(prompt or "")
             prepared.extra["store"] = attention_pass(
                 self.backbone, noisy, self.config.timestep, text, self.layers, keep_queries=True,
-                lazy_self=self.config.refine_iterations == 1,
+                self_products=self.config.refine_iterations,
             )
         elif prompt is not None:
             raise ValueError("a prompt for prepare() needs conditioning='prompt'; with 'labels' the labels are the prompt")
@@ -157,7 +156,7 @@ class Baseline:
         (or optimised) embeddings of the prompt described by `tokens`."""
         if self.config.conditioning == "labels":
             store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers,
-                                   lazy_self=self.config.refine_iterations == 1)
+                                   self_products=self.config.refine_iterations)
             cross = {g: store.mean("cross", g) for g in self.cross_grids}
         else:
             store = prepared.extra["store"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from promptseg.capture import AttentionStore, capture, run_until_captured
+from promptseg.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
 from promptseg.methods.base import (
     PreparedImage,
     SegmentationResult,
@@ -53,8 +53,8 @@ class FastSegConfig:
     """Test-time flipping: average with the horizontally flipped image's maps."""
     flip_from: str = "pixels"
     """Where the flipped view's latents come from: "pixels" (VAE-encode the flipped image, FA-Seg) or "latents"
-    (flip the image's latents: one VAE encode less, about 1.7 UNet forwards at SD-1.5's 512 px on a CPU; the VAE
-    is not exactly flip-equivariant, so the masks move slightly: `benchmarks/results/fastseg_flip.md`)."""
+    (flip the image's latents: one VAE encode less, 1.36 UNet forwards at SD-1.5's 512 px on this CPU; the VAE is
+    not exactly flip-equivariant: on shapes val it scores like no flip at all, `benchmarks/results/savings.md`)."""
     places: tuple[str, ...] = ("down", "mid", "up")
     """UNet parts whose attention layers are read."""
     class_template: str = "{}"
@@ -138,10 +138,9 @@ class FastSeg:
         with torch.no_grad():
             text = backbone.text_encoder(ids)[0].expand(prepared.latents.shape[0], -1, -1)
             noisy = ddim_invert_step(backbone, prepared.latents, self.config.timestep, text)
-            # HARD raises self-attention to a power (tau): the matrix is needed, so it is recorded during the pass,
-            # where the layer computes it anyway, not kept lazily and formed again
+            # HARD multiplies by each grid's self-attention tau times
             store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=True,
-                                   **({} if self.config.tau == 1 else {"lazy_self_tokens": None}))
+                                   lazy_self_tokens=lazy_tokens_for(self.config.tau))
             t = torch.full((noisy.shape[0],), self.config.timestep, device=noisy.device)
             with capture(backbone.unet, self.layers, store, stop_after_last=True):
                 run_until_captured(backbone.unet, noisy, t, encoder_hidden_states=text)

@@ -17,7 +17,6 @@ Two phases, checkpointed to ``WORK/state.pt`` every ``--save-every`` steps so a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import time
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from promptseg.data.scenes_world import SIZE, make_caption, render_sample
-from promptseg.zoo.train_shapes import _lr, _report, _to_tensor
+from promptseg.zoo.train_shapes import _lr, _report, encode_latents, export, resume_state, save_state, train_vae
 
 TEXT_LENGTH = 77
 
@@ -91,62 +90,21 @@ def train(args: argparse.Namespace) -> None:
     vae, unet, noise_scheduler, sample_scheduler = build_vae_unet(args.seed)
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    state = {"phase": "vae", "step": 0, "scaling": None, "log": []}
     rng = np.random.default_rng(args.seed)
     ckpt = work / "state.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(saved["vae"])
-        unet.load_state_dict(saved["unet"])
-        vae_opt.load_state_dict(saved["vae_opt"])
-        opt.load_state_dict(saved["opt"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["np_rng"]
-        state = saved["state"]
-        print(f"resumed from {ckpt}: phase {state['phase']} step {state['step']}", flush=True)
+    parts = {"vae": vae, "unet": unet, "vae_opt": vae_opt, "opt": opt}
+    state = resume_state(ckpt, parts, rng)
 
     def save() -> None:
-        blob = {"vae": vae.state_dict(), "unet": unet.state_dict(), "vae_opt": vae_opt.state_dict(),
-                "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(), "np_rng": rng.bit_generator.state,
-                "state": state}
-        torch.save(blob, work / "state.tmp")
-        os.replace(work / "state.tmp", ckpt)
+        save_state(ckpt, parts, rng, state)
 
     images, samples = training_set(work, args.n_train)
     if state["phase"] == "vae":
-        vae.train()
-        t0, running = time.time(), None
-        while state["step"] < args.vae_steps:
-            for group in vae_opt.param_groups:
-                group["lr"] = _lr(state["step"], args.vae_lr, 100, args.vae_steps)
-            x = _to_tensor(images[rng.integers(0, len(images), args.vae_batch)])
-            posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample()).sample
-            loss = F.mse_loss(recon, x) + args.kl_weight * posterior.kl().mean()
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            state["step"] += 1
-            t0 = _report(state, "vae", args.vae_steps, running, t0)
-            if state["step"] % args.save_every == 0:
-                save()
-        state.update(phase="unet", step=0)
-        save()
+        train_vae(vae, vae_opt, images, rng, state, args, args.vae_batch, save)
         if args.vae_only:
             return
-
     text_encoder, tokenizer = load_text_encoder(args.text_encoder)
-    vae.eval().requires_grad_(False)
-    t0 = time.time()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(_to_tensor(images[i: i + 128])).latent_dist.mean
-                             for i in range(0, len(images), 128)])
-    if state["scaling"] is None:
-        state["scaling"] = float(1.0 / latents.std())
-    latents = latents * state["scaling"]
-    print(f"encoded latents {tuple(latents.shape)} in {time.time() - t0:.1f}s, scaling {state['scaling']:.4f}",
-          flush=True)
+    latents = encode_latents(vae, images, state, 128)
 
     unet.train()
     t0, running = time.time(), None
@@ -174,24 +132,7 @@ def train(args: argparse.Namespace) -> None:
         if state["step"] % args.save_every == 0 or state["step"] == args.steps:
             save()
         if state["step"] % args.export_every == 0 or state["step"] == args.steps:
-            export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state)
-
-
-def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict) -> None:
-    """Write the model in the diffusers folder layout (weights stored in fp16), with its training log."""
-    import copy
-
-    from diffusers import StableDiffusionPipeline
-
-    vae.register_to_config(scaling_factor=state["scaling"])
-    pipe = StableDiffusionPipeline(
-        vae=copy.deepcopy(vae).half(), text_encoder=copy.deepcopy(text_encoder).half(), tokenizer=tokenizer,
-        unet=copy.deepcopy(unet).half(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-    (out / "training_log.json").write_text(json.dumps({"unet_steps": state["step"], "log": state["log"]}, indent=1))
-    print(f"exported to {out} at unet step {state['step']}", flush=True)
+            export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state, dtype=torch.float16)
 
 
 def main(argv: list[str] | None = None) -> None:

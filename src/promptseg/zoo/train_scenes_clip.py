@@ -27,7 +27,7 @@ import torch
 from promptseg.data.scenes_world import SIZE, STUFF, caption_parts, pick_word, render_sample
 from promptseg.zoo import checkpoint
 from promptseg.zoo.tokenizer import build_clip_tokenizer
-from promptseg.zoo.train_shapes_clip import MEAN, STD, make_processor, multi_positive_loss
+from promptseg.zoo.train_shapes_clip import _pixels, make_processor, multi_positive_loss
 
 TEXT_LENGTH = 77
 TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}")
@@ -87,12 +87,6 @@ def is_true_of(claims, sample) -> bool:
         return False
     return all(any(o.cls == cls and (colour is None or o.colour == colour) for o in sample.visible)
                for cls, colour in things)
-
-
-def _pixels(images: np.ndarray, flip: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = torch.where(torch.from_numpy(flip)[:, None, None, None], x.flip(-1), x)
-    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
 
 def train(args: argparse.Namespace) -> None:

@@ -119,6 +119,68 @@ def _lr(step: int, base: float, warmup: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def resume_state(ckpt: Path, parts: dict, rng: np.random.Generator) -> dict:
+    """Load `ckpt` into `parts` (name -> module or optimiser) and the random states if it exists; returns the
+    progress dict (a fresh VAE-phase one otherwise)."""
+    if not ckpt.exists():
+        return {"phase": "vae", "step": 0, "scaling": None, "log": []}
+    saved = torch.load(ckpt, weights_only=False)
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
+    torch.set_rng_state(saved["torch_rng"])
+    rng.bit_generator.state = saved["np_rng"]
+    state = saved["state"]
+    print(f"resumed from {ckpt}: phase {state['phase']} step {state['step']}", flush=True)
+    return state
+
+
+def save_state(ckpt: Path, parts: dict, rng: np.random.Generator, state: dict) -> None:
+    """Write `parts`' state dicts, the random states and the progress to `ckpt` atomically."""
+    blob = {name: part.state_dict() for name, part in parts.items()}
+    blob.update(torch_rng=torch.get_rng_state(), np_rng=rng.bit_generator.state, state=state)
+    torch.save(blob, ckpt.with_suffix(".tmp"))
+    os.replace(ckpt.with_suffix(".tmp"), ckpt)
+
+
+def train_vae(vae, vae_opt, images: np.ndarray, rng: np.random.Generator, state: dict, args, batch: int,
+              save) -> None:
+    """The VAE phase (MSE + `args.kl_weight` KL, cosine lr with 100 warm-up steps), checkpointed by `save()`
+    every `args.save_every` steps and at its end, which moves `state` to the UNet phase."""
+    vae.train()
+    t0, running = time.time(), None
+    while state["step"] < args.vae_steps:
+        for group in vae_opt.param_groups:
+            group["lr"] = _lr(state["step"], args.vae_lr, 100, args.vae_steps)
+        x = _to_tensor(images[rng.integers(0, len(images), batch)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, x) + args.kl_weight * posterior.kl().mean()
+        vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        state["step"] += 1
+        t0 = _report(state, "vae", args.vae_steps, running, t0)
+        if state["step"] % args.save_every == 0:
+            save()
+    state.update(phase="unet", step=0)
+    save()
+
+
+def encode_latents(vae, images: np.ndarray, state: dict, chunk: int) -> torch.Tensor:
+    """The frozen VAE's latent means of `images`, scaled to unit std (the scale is fixed in `state` once)."""
+    vae.eval().requires_grad_(False)
+    t0 = time.time()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(_to_tensor(images[i: i + chunk])).latent_dist.mean
+                             for i in range(0, len(images), chunk)])
+    if state["scaling"] is None:
+        state["scaling"] = float(1.0 / latents.std())
+    print(f"encoded latents {tuple(latents.shape)} in {time.time() - t0:.1f}s, scaling {state['scaling']:.4f}",
+          flush=True)
+    return latents * state["scaling"]
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -127,69 +189,20 @@ def train(args: argparse.Namespace) -> None:
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    state = {"phase": "vae", "step": 0, "scaling": None, "log": []}
     rng = np.random.default_rng(args.seed)
     ckpt = work / "state.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(saved["vae"])
-        unet.load_state_dict(saved["unet"])
-        text_encoder.load_state_dict(saved["text_encoder"])
-        vae_opt.load_state_dict(saved["vae_opt"])
-        opt.load_state_dict(saved["opt"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["np_rng"]
-        state = saved["state"]
-        print(f"resumed from {ckpt}: phase {state['phase']} step {state['step']}", flush=True)
+    parts = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "vae_opt": vae_opt, "opt": opt}
+    state = resume_state(ckpt, parts, rng)
 
     def save() -> None:
-        blob = {
-            "vae": vae.state_dict(),
-            "unet": unet.state_dict(),
-            "text_encoder": text_encoder.state_dict(),
-            "vae_opt": vae_opt.state_dict(),
-            "opt": opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "np_rng": rng.bit_generator.state,
-            "state": state,
-        }
-        torch.save(blob, work / "state.tmp")
-        os.replace(work / "state.tmp", ckpt)
+        save_state(ckpt, parts, rng, state)
 
     t0 = time.time()
     images, scenes = _render_train_set(args.n_train)
     print(f"rendered {len(images)} training images in {time.time() - t0:.1f}s", flush=True)
-
     if state["phase"] == "vae":
-        vae.train()
-        t0, running = time.time(), None
-        while state["step"] < args.vae_steps:
-            step = state["step"]
-            for group in vae_opt.param_groups:
-                group["lr"] = _lr(step, args.vae_lr, 100, args.vae_steps)
-            x = _to_tensor(images[rng.integers(0, len(images), args.batch)])
-            posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample()).sample
-            loss = F.mse_loss(recon, x) + args.kl_weight * posterior.kl().mean()
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            state["step"] += 1
-            t0 = _report(state, "vae", args.vae_steps, running, t0)
-            if state["step"] % args.save_every == 0:
-                save()
-        state.update(phase="unet", step=0)
-        save()
-
-    vae.eval().requires_grad_(False)
-    t0 = time.time()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)])
-    if state["scaling"] is None:
-        state["scaling"] = float(1.0 / latents.std())
-    latents = latents * state["scaling"]
-    print(f"encoded latents {tuple(latents.shape)} in {time.time() - t0:.1f}s, scaling {state['scaling']:.4f}", flush=True)
+        train_vae(vae, vae_opt, images, rng, state, args, args.batch, save)
+    latents = encode_latents(vae, images, state, 256)
 
     unet.train()
     text_encoder.train()
@@ -219,16 +232,20 @@ def train(args: argparse.Namespace) -> None:
             export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state)
 
 
-def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict) -> None:
-    """Write the model in the diffusers folder layout, with its training log."""
+def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict, dtype=None) -> None:
+    """Write the model in the diffusers folder layout, with its training log; with `dtype` (e.g. fp16) the weights
+    are stored in it (copies: the training models keep theirs)."""
+    import copy
+
     from diffusers import StableDiffusionPipeline
 
     vae.register_to_config(scaling_factor=state["scaling"])
+    stored = [m if dtype is None else copy.deepcopy(m).to(dtype) for m in (vae, text_encoder, unet)]
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=stored[0],
+        text_encoder=stored[1],
         tokenizer=tokenizer,
-        unet=unet,
+        unet=stored[2],
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,

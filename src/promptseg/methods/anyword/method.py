@@ -95,7 +95,7 @@ class Anyword:
         for t in c.timesteps:
             noisy, _ = noised_latents(self.backbone, prepared.latents, t, c.seed)
             store = attention_pass(self.backbone, noisy, t, text, self.layers,
-                                   lazy_self=self.config.refine_iterations == 1)
+                                   self_products=self.config.refine_iterations)
             label_cross = {g: label_scores(store.mean("cross", g), [[p] for p in positions]) for g in self.reader.cross_grids}
             total = total + self.reader.scores({g: store.self_attention(g) for g in self.reader.self_grids}, label_cross)[0]
         return minmax((total / len(c.timesteps))[None])[0]
