@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                 # the recorded table (benchmarks/results/scale.md and .json)
     python benchmarks/scale.py --quick         # SD-1.5 at 512 px, 5 labels, every method (the issue's bar)
+    python benchmarks/scale.py --quick --only fastseg   # run one method's missing rows, keep the journal's others
 
 Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
 with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
@@ -31,7 +32,9 @@ RESULTS = HERE / "results"
 
 QUICK = [("reference", 512, 5, "none")] + [(m, 512, 5, "none") for m in ("baseline", "fastseg", "invseg", "anyword",
                                                                            "dpseg")] + [
-    ("fastseg", 512, 5, "none", {"flip": False}), ("invseg", 512, 5, "none", {"view_pool": 4})]
+    ("fastseg", 512, 5, "none", {"flip": False}), ("fastseg", 512, 5, "none", {"invert": True}),
+    ("fastseg", 512, 5, "none", {"flip_from": "latents"}),
+    ("invseg", 512, 5, "none", {"view_pool": 4}), ("invseg", 512, 5, "none", {"views_from": "latents"})]
 FULL = QUICK + [
     ("baseline", 256, 5, "none"), ("fastseg", 256, 5, "none"), ("baseline", 768, 5, "none"), ("fastseg", 768, 5, "none"),
     ("baseline", 512, 21, "none"), ("fastseg", 512, 21, "none"), ("baseline", 512, 150, "none"),
@@ -115,6 +118,7 @@ def main() -> None:
     parser.add_argument("--arch", default="sd15")
     parser.add_argument("--fresh", action="store_true", help="ignore the rows journal of an earlier run")
     parser.add_argument("--recorded", action="store_true", help="write the table from the journal's rows only")
+    parser.add_argument("--only", default=None, help="comma-separated methods: run only their missing rows")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row as JSON
     args = parser.parse_args()
     if args.row:
@@ -131,7 +135,7 @@ def main() -> None:
     rows = []
     for row in QUICK if args.quick else FULL:
         key = json.dumps(list(row))
-        if key not in done_rows and args.recorded:
+        if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue
         if key not in done_rows:
             done = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--row", key], capture_output=True,

@@ -7,7 +7,8 @@ it (things and stuff; multi-token names such as "hot air balloon" read as the me
 scored by the AUROC of separating that class's pixels from the rest with the word's map (mean over heads and
 layers of a grid, upsampled; "all" averages the grids). 0.5 is chance. The issue's bar is the median over classes
 of each class's mean AUROC. Also written: where the attention goes (start token, class words, other words, end
-and padding tokens), which says whether a sink token takes the caption. Output: benchmarks/results/<out>.md.
+and padding tokens), which says whether a sink token takes the caption, and whether each layer of the text tower
+keeps its tokens' identity (`token_identity`). Output: benchmarks/results/<out>.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,40 @@ def class_spans(caption: str, present: list[str]) -> dict[str, tuple[int, int]]:
                 spans[name] = match.span()
                 break
     return spans
+
+
+def token_identity(text_encoder, tokenizer, captions: list[str]) -> list[dict]:
+    """Does each layer's token state still say which word it is? Per hidden layer of the text tower (0 = token +
+    position embedding, last = after the final layer norm): the mean cosine of one token's states across captions,
+    the mean cosine between different tokens of one caption, and how often a state is nearest (cosine) to its own
+    token's mean state. A tower whose later states are nearest their caption, not their word, leaves a UNet no way
+    to read a word's place from its token."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    with torch.no_grad():
+        out = text_encoder(ids.input_ids, output_hidden_states=True)
+    lengths = ids.attention_mask.sum(1).tolist()
+    rows = []
+    for li, h in enumerate([*out.hidden_states, out.last_hidden_state]):
+        h = torch.nn.functional.normalize(h.float(), dim=-1)
+        states = defaultdict(list)
+        within = []
+        for i, n in enumerate(lengths):
+            words = h[i, 1:n - 1]  # no start or end token
+            for j, t in enumerate(ids.input_ids[i, 1:n - 1].tolist()):
+                states[t].append(words[j])
+            if len(words) > 1:
+                sim = words @ words.T
+                within.append(float((sim.sum() - sim.diagonal().sum()) / (len(words) * (len(words) - 1))))
+        kept = {t: torch.stack(v) for t, v in states.items() if len(v) >= 3}
+        across = [float(((v @ v.T).sum() - len(v)) / (len(v) * (len(v) - 1))) for v in kept.values()]
+        tokens = list(kept)
+        centres = torch.nn.functional.normalize(torch.stack([kept[t].mean(0) for t in tokens]), dim=-1)
+        hits = [int(tokens[int((v @ centres.T).argmax())] == t) for t in tokens for v in kept[t]]
+        name = "final (after layer norm)" if li == len(out.hidden_states) else str(li)
+        rows.append({"layer": name, "same_token_across_captions": float(np.mean(across)),
+                     "tokens_within_a_caption": float(np.mean(within)), "nearest_own_token": float(np.mean(hits))})
+    return rows
 
 
 def main() -> None:
@@ -98,6 +133,12 @@ def main() -> None:
               + ", ".join(f"{g} {m:.3f}" for g, m in medians.items()), "",
               "| where cross-attention goes (mean over pixels, heads, layers, grids, images) | share |", "| --- | --- |"]
     lines += [f"| {kind} | {np.mean(v):.3f} |" for kind, v in mass.items()]
+    captions = [render_sample("val", i).caption for i in range(max(args.n, 60))]
+    lines += ["", f"Token identity in the text tower ({len(captions)} val captions; cosine similarities of token states):",
+              "", "| layer | one token across captions | different tokens of one caption | state nearest its own "
+              "token's mean |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['layer']} | {r['same_token_across_captions']:.3f} | {r['tokens_within_a_caption']:.3f} | "
+              f"{r['nearest_own_token']:.3f} |" for r in token_identity(backbone.text_encoder, backbone.tokenizer, captions)]
     text = "\n".join(lines) + "\n"
     out = Path(__file__).parent / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Benchmark every method on the bundled shapes model and test split; record the results in benchmarks/results/.
 
     python benchmarks/shapes_benchmark.py --n 300                 # all methods, 300 test images
-    python benchmarks/shapes_benchmark.py --methods baseline --n 50
+    python benchmarks/shapes_benchmark.py --methods fastseg       # rerun one method, keep the others' rows
 
 What it measures, all in one process on this machine:
 - mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset) in
@@ -18,7 +18,7 @@ What it measures, all in one process on this machine:
 
 Every row runs without a refiner (`refine="none"`): the refiners' rows are `benchmarks/refine_benchmark.py`'s.
 The methods' settings are the ones the model folder recommends (`promptseg_settings.json`, chosen on the *val*
-split by `benchmarks/shapes_sweep.py`, never on the test images); `evaluate` and `build_method` apply them.
+split by `benchmarks/settings_sweep.py`, never on the test images); `evaluate` and `build_method` apply them.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model, device="cpu")
+    previous = json.loads((out / "shapes.json").read_text()) if (out / "shapes.json").exists() else {}
     record = {
         "model": args.model,
         "n_images": args.n,
@@ -148,6 +149,13 @@ def main() -> None:
         "timing": unet_timings(backbone),
         "methods": {},
     }
+    if previous.get("model") == args.model and previous.get("n_images") == args.n:
+        # a rerun of some methods keeps the other methods' rows (each row keeps its own timing)
+        ran = set(args.methods.split(","))
+        record["methods"] = {k: v for k, v in previous["methods"].items() if k.split(" ")[0] not in ran}
+        for key in ("invseg_early_stop",):
+            if key in previous and "invseg" not in ran:
+                record[key] = previous[key]
     recommended = resolve_filter(backbone.method_defaults, None, {})[0]
     for name in args.methods.split(","):
         runs = [("all", recommended)]
@@ -206,8 +214,10 @@ def summary(record: dict) -> str:
     ]
     pct = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
     rows = [(f"reference: {k.replace('_', ' ')}", v, None, None) for k, v in record["references"].items()]
-    vocabulary = {k: v for k, v in record["methods"].items() if "vocabulary" in k}
-    oracle = {k: v for k, v in record["methods"].items() if "vocabulary" not in k}
+    order = {"baseline": 0, "fastseg": 1, "invseg": 2}
+    methods = sorted(record["methods"].items(), key=lambda kv: order.get(kv[0].split(" ")[0], 3))  # stable within
+    vocabulary = {k: v for k, v in methods if "vocabulary" in k}
+    oracle = {k: v for k, v in methods if "vocabulary" not in k}
     rows += [(k, v, v["seconds_per_image"], v["unet_forward_equivalents"]) for k, v in {**vocabulary, **oracle}.items()]
     for name, rep, secs, equiv in rows:
         ious = rep["per_class_iou"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from promptseg import build_method
-from promptseg.augment import crop_resize, random_crop_box, uncrop
+from promptseg.augment import crop_resize, crop_resize_scaled, random_crop_box, uncrop
 from promptseg.losses import LOG_EPS, class_distances, cluster_loss, entropy_loss, soft_anchors, symmetric_kl
 
 TINY_LOSS = {"loss_cross_weights": {1.0: 1.0}, "loss_self_weights": {1.0: 1.0}}
@@ -100,6 +100,29 @@ def test_uncrop_inverts_a_known_crop():
     zoom = crop_resize(image[None], box, (8, 8))[0]
     values, inside = uncrop(zoom, box, (h, w), (8, 8))
     assert torch.allclose(values[:, 2:6, 4:8], image[:, 2:6, 4:8], atol=0.3)
+
+
+def test_crop_of_a_coarser_grid_samples_the_box():
+    # a grid over a 40x40 image whose values are the image x coordinate of each cell centre
+    xs = (torch.arange(8, dtype=torch.float32) + 0.5) * 5
+    grid = xs.expand(8, 8)[None, None].repeat(1, 2, 1, 1)
+    out = crop_resize_scaled(grid, (0, 10, 40, 20), (40, 40))  # the box spans x in [10, 30)
+    expected = 10 + (torch.arange(8, dtype=torch.float32) + 0.5) * 20 / 8
+    assert out.shape == grid.shape and torch.allclose(out[0, 0, 3], expected, atol=1e-5)
+    assert torch.allclose(crop_resize_scaled(grid, (0, 0, 40, 40), (40, 40)), grid, atol=1e-5)  # whole image: identity
+
+
+def test_views_from_latents_encode_only_once(tiny, image, monkeypatch):
+    encoded = []
+    real = tiny.encode_image
+    monkeypatch.setattr(tiny, "encode_image", lambda pixels: encoded.append(len(pixels)) or real(pixels))
+    result = build_method("invseg", tiny, steps=3, views_from="latents", **TINY_LOSS)(image, ["cat", "dog"])
+    assert encoded == [1] and len(result.extra["loss"]) == 3  # the image's own encode; no view is encoded
+    encoded.clear()
+    build_method("invseg", tiny, steps=3, **TINY_LOSS)(image, ["cat", "dog"])
+    assert encoded == [1, 2, 2, 2]  # the paper's: two fresh views encoded every step
+    with pytest.raises(ValueError, match="views_from"):
+        build_method("invseg", tiny, views_from="pixel")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""The SAM loader and the shapes-sam training script: prompts to masks, errors, resume."""
+"""The SAM loader and the shapes-sam and scenes-sam training scripts: prompts to masks, errors, resume."""
+
+import json
 
 import numpy as np
 import pytest
@@ -108,3 +110,28 @@ def test_proposals_find_each_shape_once():
     assert none.shape == (0, 64, 64)
     with pytest.raises(ValueError, match="points_per_side"):
         sam.propose(Image.fromarray(sample.image), points_per_side=0)
+
+
+def test_scenes_sam_cuts_instances_parts_and_stuff_and_trains_at_128px(tmp_path):
+    from promptseg.data.scenes_world import render_sample as render_scene
+    from promptseg.zoo import train_scenes_sam
+
+    images, items = train_scenes_sam.masks("train", 2)
+    assert images.shape == (2, 128, 128, 3)
+    sample = render_scene("train", 0)
+    mine = [m for i, m in items if i == 0]
+    instances = [m for m in mine if np.unique(sample.instance_map[m]).size == 1 and sample.instance_map[m][0] > 0
+                 and m.sum() == (sample.instance_map == sample.instance_map[m][0]).sum()]
+    stuff = [m for m in mine if (sample.instance_map[m] == 0).all()]
+    parts = [m for m in mine if not any(m is x for x in instances + stuff)]
+    assert instances and stuff and parts
+    assert all(np.unique(sample.class_map[m]).size == 1 for m in stuff)
+    assert all(np.unique(sample.instance_map[m]).size == 1 for m in parts)  # a part lies inside one instance
+    test_images, test_items = train_scenes_sam.instances("test", 2)
+    assert all(sample_mask.sum() >= train_scenes_sam.MIN_PIXELS for _, sample_mask in test_items)
+    train_scenes_sam.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--n-train", "2",
+                           "--batch", "2", "--steps", "2", "--threads", "1", "--n-eval", "2"])
+    sam = load_sam(str(tmp_path / "o"), device="cpu")
+    masks, _ = sam.predict(Image.fromarray(test_images[0]), boxes=[[10, 10, 60, 60]])
+    assert masks.shape == (1, 128, 128)
+    assert {"box_miou", "point_miou"} <= set(json.loads((tmp_path / "o" / "eval.json").read_text()))

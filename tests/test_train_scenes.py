@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from promptseg.backbone import load_backbone
 from promptseg.clip import load_clip
 from promptseg.data.scenes_world import render_sample
 from promptseg.zoo import train_scenes, train_scenes_clip
@@ -42,6 +43,23 @@ def test_clip_texts_are_true_of_their_scene_and_claims_are_checked():
     assert not train_scenes_clip.is_true_of(([], ["snow" if "snow" not in car_scene.stuff else "water"]), car_scene)
 
 
+def test_token_identity_loss_is_low_only_where_states_name_their_tokens():
+    torch.manual_seed(0)
+    embedding = torch.randn(50, 16)
+    ids = torch.tensor([[0, 5, 7, 9, 1, 1], [0, 9, 12, 1, 1, 1]])  # 0 start, 1 end and padding
+    mask = (torch.arange(6) < torch.tensor([[5], [4]])).long()
+    special = torch.tensor([0, 1])
+    own = embedding[ids]  # every state is its own token's embedding
+    swapped = embedding[ids.roll(1, dims=1)]
+    low = train_scenes_clip.token_identity_loss(own, ids, mask, embedding, special)
+    high = train_scenes_clip.token_identity_loss(swapped, ids, mask, embedding, special)
+    assert low < 0.05 < 1.0 < high
+    # start, end and padding states are never scored: changing them changes nothing
+    noisy = own.clone()
+    noisy[:, 0] = noisy[:, -1] = torch.randn(2, 16)
+    assert torch.isclose(train_scenes_clip.token_identity_loss(noisy, ids, mask, embedding, special), low)
+
+
 def test_clip_export_loads_with_clips_real_tokenizer(clip_folder):
     clip = load_clip(str(clip_folder), device="cpu")
     tokens = clip.processor.tokenizer("a photo of a sailboat").input_ids
@@ -64,13 +82,21 @@ def test_unet_resumes_after_a_kill_and_keeps_the_text_tower_frozen(tmp_path, mon
         train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
     monkeypatch.setattr(train_scenes, "_report", real_report)
     train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
-    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
+    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"):
         a = load_file(tmp_path / "a_out" / f"{part}.safetensors")
         b = load_file(tmp_path / "b_out" / f"{part}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), part
-    tower = load_file(tmp_path / "a_out" / "text_encoder" / "model.safetensors")
+    # the export stores no text tower: it names the CLIP, and the backbone loads that CLIP's tower, untouched
+    assert not (tmp_path / "a_out" / "text_encoder").exists()
+    backbone = load_backbone(str(tmp_path / "a_out"), device="cpu")
     clip = load_file(clip_folder / "model.safetensors")
-    assert all(torch.equal(tower[k], clip[k]) for k in tower)  # SD's recipe: the CLIP text tower, untouched
+    tower = {k.removeprefix("text_model."): v for k, v in backbone.text_encoder.state_dict().items()}
+    clip = {k.removeprefix("text_model."): v for k, v in clip.items() if not k.startswith("vision_model.")}
+    shared = [k for k in tower if k in clip]
+    assert len(shared) >= len(tower) - 1  # all but a position-ids buffer, where one is kept
+    assert all(torch.equal(tower[k], clip[k].float()) for k in shared)
+    assert backbone.tokenizer("a sailboat").input_ids == load_clip(str(clip_folder), device="cpu").processor.tokenizer(
+        "a sailboat").input_ids
 
 
 def test_unet_phase_without_a_trained_clip_says_what_to_train(tmp_path):

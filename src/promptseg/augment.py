@@ -42,6 +42,21 @@ def crop_resize(pixels: torch.Tensor, box: tuple[int, int, int, int], size: tupl
     return F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(pixels.dtype)
 
 
+def crop_resize_scaled(tensor: torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int]) -> torch.Tensor:
+    """Crop (B, C, h, w) `tensor`, a grid over an image of `image_hw` pixels (latents, say), to the pixel `box` and
+    resample it (bilinear) back to (B, C, h, w): the box need not fall on the tensor's cells."""
+    top, left, h, w = box
+    height, width = image_hw
+    gh, gw = tensor.shape[-2:]
+    ys = top + (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh  # output cell centres in image pixels
+    xs = left + (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw
+    grid_v, grid_u = torch.meshgrid(ys / height * 2 - 1, xs / width * 2 - 1, indexing="ij")
+    sample_at = torch.stack([grid_u, grid_v], dim=-1)[None].expand(len(tensor), -1, -1, -1)
+    out = F.grid_sample(tensor.float(), sample_at.to(tensor.device), mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.to(tensor.dtype)
+
+
 def uncrop(maps: torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int], grid: tuple[int, int]):
     """Map a view's (K, h, w) maps back onto a `grid` over the whole image: (values (K, gh, gw), coverage (gh, gw)).
 

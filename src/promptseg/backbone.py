@@ -181,16 +181,29 @@ def _hub_error(name: str, err: Exception) -> OSError:
     )
 
 
-def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype) -> dict:
+def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype, text_from: str | None = None) -> dict:
+    """The components of a diffusers folder or hub id. A local folder without `text_encoder/` whose settings name
+    a CLIP model (`text_from`: `"text_encoder": "scenes-clip"` in `promptseg_settings.json`) takes that CLIP's text
+    tower and tokenizer: SD's recipe conditions on a CLIP text tower, and the bundle stores it once."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     kwargs = {"local_files_only": local_only}
+    text = {"pretrained_model_name_or_path": source, "subfolder": "text_encoder"}
+    words = {"pretrained_model_name_or_path": source, "subfolder": "tokenizer"}
+    if text_from is not None and not (Path(source) / "text_encoder").is_dir():
+        from promptseg.clip import BUNDLED_CLIP
+
+        clip = Path(BUNDLED_CLIP.get(text_from, Path(text_from).expanduser()))
+        if not (clip / "config.json").is_file():
+            raise FileNotFoundError(f"{source} takes its text encoder from the CLIP model {text_from!r}, which is not "
+                                    f"at {clip}; reinstall promptseg or pass that CLIP folder")
+        text = words = {"pretrained_model_name_or_path": str(clip)}
     return {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
-        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kwargs),
-        "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs),
+        "text_encoder": CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs),
+        "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),
         "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
     }
 
@@ -326,14 +339,14 @@ def load_backbone(
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
                                     f"train it: python -m promptseg.zoo.train_{key.replace('-', '_')}")
-        parts = _load_folder_or_hub(str(folder), True, dtype)
+        parts = _load_folder_or_hub(str(folder), True, dtype, model_settings(key).get("text_encoder"))
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
             if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
                 raise FileNotFoundError(f"{path} is not a diffusers folder (no model_index.json or unet/ inside)")
-            parts = _load_folder_or_hub(str(path), True, dtype)
+            parts = _load_folder_or_hub(str(path), True, dtype, model_settings(key).get("text_encoder"))
         elif path.is_file():
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
                 raise ValueError(

@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=("semantic", "refer"), default="semantic",
                     help="semantic segmentation (mIoU) or referring segmentation (cIoU, gIoU, N-acc)")
     ev.add_argument("--dataset", required=True, help="semantic: voc21, voc20, context60, context59, coco_object, "
-                    "ade150, ade847, context459, coco_stuff, shapes; refer: shapes_ref, refcoco, refcoco+, refcocog, grefcoco")
-    ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for shapes)")
+                    "ade150, ade847, context459, coco_stuff, shapes, scenes; refer: shapes_ref, scenes_ref, refcoco, "
+                    "refcoco+, refcocog, grefcoco")
+    ev.add_argument("--root", default=None, help="folder holding the dataset (not needed for the procedural worlds: "
+                    "shapes, scenes, shapes_ref, scenes_ref)")
     ev.add_argument("--split", default=None, help="dataset split (default: val; shapes: test)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     ev.add_argument("--names", default="oracle", help="class names offered per image: oracle, all, or a JSON file")

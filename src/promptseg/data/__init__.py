@@ -46,13 +46,14 @@ def get_dataset(name: str, root: str | None = None, class_names_file: str | None
 
 
 
-REFER_DATASETS = ("shapes_ref", "refcoco", "refcoco+", "refcocog", "grefcoco")
+REFER_DATASETS = ("shapes_ref", "scenes_ref", "refcoco", "refcoco+", "refcocog", "grefcoco")
 
 
 def get_refer_dataset(name: str, root: str | None = None, split: str | None = None, limit: int | None = None):
     """The referring dataset `name` (one of `REFER_DATASETS`): samples with `image`, `expression`, `mask`, `id`.
 
-    shapes_ref needs no `root` (split "test" by default; `limit` expressions are generated, 300 when None).
+    shapes_ref and scenes_ref need no `root` (split "test" by default; `limit` expressions are generated, 300 when
+    None).
 
     Raises:
         ValueError: an unknown name, or no `root` for a dataset on disk.
@@ -63,6 +64,10 @@ def get_refer_dataset(name: str, root: str | None = None, split: str | None = No
         from promptseg.data.shapes_ref import ShapesRefDataset
 
         return ShapesRefDataset(split or "test", n=limit or 300)
+    if name == "scenes_ref":
+        from promptseg.data.scenes_ref import ScenesRefDataset
+
+        return ScenesRefDataset(split or "test", n=limit or 300)
     if root is None:
         raise ValueError(f"dataset {name!r} needs --root, the folder holding {name}/ and the COCO train2014 images")
     from promptseg.data.refcoco import RefCOCODataset

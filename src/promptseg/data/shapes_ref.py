@@ -26,15 +26,59 @@ class RefSample:
         expression (`str`): the referring expression.
         mask (`np.ndarray`): HxW bool, the union of the referred instances (all False for a no-target expression).
         id (`str`): a unique id ("test_00003_2": image 3, its expression 2).
+        kind (`str`, *optional*): what the expression does (scenes_ref: "attribute", "relation", "part", ...);
+            evaluation reports each kind apart.
     """
 
     image: Image.Image
     expression: str
     mask: np.ndarray
     id: str
+    kind: str | None = None
 
 
-class ShapesRefDataset:
+class RenderedRefDataset:
+    """The first `n` referring expressions of a split of a procedural world, taken image by image (indices 0, 1,
+    ... of the split). A world's dataset says how many expressions an image has (`_kinds`) and builds one
+    (`_sample`)."""
+
+    name = ""
+    default_size = 64
+
+    def __init__(self, split: str = "test", n: int = 300, size: int | None = None):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.split, self.size = split, size or self.default_size
+        self.index: list[tuple[int, int, str | None]] = []
+        image = 0
+        while len(self.index) < n:
+            self.index += [(image, j, kind) for j, kind in enumerate(self._kinds(image))]
+            image += 1
+        del self.index[n:]
+
+    def _kinds(self, image: int) -> list[str | None]:
+        """The kind of each expression of image `image` (None where the world has no kinds)."""
+        raise NotImplementedError
+
+    def _sample(self, image: int, j: int) -> RefSample:
+        raise NotImplementedError
+
+    @property
+    def kinds(self) -> list[str | None]:
+        """Each expression's kind, in order."""
+        return [kind for _, _, kind in self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> RefSample:
+        if not 0 <= k < len(self.index):
+            raise IndexError(k)
+        image, j, _ = self.index[k]
+        return self._sample(image, j)
+
+
+class ShapesRefDataset(RenderedRefDataset):
     """The first `n` referring expressions of a split of the shapes world ("test" by default).
 
     Args:
@@ -45,25 +89,10 @@ class ShapesRefDataset:
 
     name = "shapes_ref"
 
-    def __init__(self, split: str = "test", n: int = 300, size: int = 64):
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        self.split, self.size = split, size
-        self.index: list[tuple[int, int]] = []
-        image = 0
-        while len(self.index) < n:
-            count = len(render_sample(split, image, size).referring)
-            self.index += [(image, j) for j in range(count)]
-            image += 1
-        del self.index[n:]
+    def _kinds(self, image: int) -> list[None]:
+        return [None] * len(render_sample(self.split, image, self.size).referring)
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, k: int) -> RefSample:
-        if not 0 <= k < len(self.index):
-            raise IndexError(k)
-        image, j = self.index[k]
+    def _sample(self, image: int, j: int) -> RefSample:
         sample = render_sample(self.split, image, self.size)
         expression, ids = sample.referring[j]
         return RefSample(

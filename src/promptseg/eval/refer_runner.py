@@ -69,6 +69,8 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
 
     mine = shard.indices(n)
     totals = ReferScores()
+    kinds = [k for k in dict.fromkeys(getattr(dataset, "kinds", [])[:n]) if k is not None]  # scenes_ref's kinds
+    per_kind = {kind: np.zeros_like(totals.as_array()) for kind in kinds}
     seconds = 0.0
     segmenter = None
     bar = None
@@ -93,7 +95,7 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
             elapsed = time.perf_counter() - start
             one = ReferScores()
             iou = one.add(result.mask, sample.mask)
-            record = {"id": sample.id, "expression": sample.expression, "seconds": elapsed, "iou": iou,
+            record = {"id": sample.id, "expression": sample.expression, "kind": sample.kind, "seconds": elapsed, "iou": iou,
                       "scores": one.as_array().tolist(), "warnings": result.warnings}
             atomic_write(path, json.dumps(record))
             if i < run.save_vis:
@@ -103,16 +105,22 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
                 save_refer_comparison(sample.image, sample.mask, result.mask, sample.expression,
                                       out / "vis" / f"{sample.id}.png")
         totals = ReferScores.from_array(totals.as_array() + np.asarray(record["scores"]))
+        if kinds:
+            per_kind[sample.kind] += np.asarray(record["scores"])
         seconds += record["seconds"]
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    summed = shard.sum(np.concatenate([totals.as_array(), [seconds]]))
+    width = len(totals.as_array())
+    summed = shard.sum(np.concatenate([totals.as_array(), *per_kind.values(), [seconds]]))
     shard.barrier()
     if not shard.is_main:
         return None
-    summary = ReferScores.from_array(summed[:-1]).summary()
+    summary = ReferScores.from_array(summed[:width]).summary()
+    if kinds:
+        summary["per_kind"] = {kind: ReferScores.from_array(summed[width * (k + 1): width * (k + 2)]).summary()
+                               for k, kind in enumerate(kinds)}
     report = {
         "task": "refer",
         "dataset": run.dataset,
@@ -143,8 +151,9 @@ def markdown_refer_report(report: dict) -> str:
         f"- {report['n_samples']} expressions, {report['n_no_target']} without a target",
         f"- {report['seconds_per_expression']:.3f} s per expression",
         "",
-        "| cIoU | gIoU | N-acc | T-acc |",
-        "| --- | --- | --- | --- |",
-        f"| {pct(report['ciou'])} | {pct(report['giou'])} | {pct(report['n_acc'])} | {pct(report['t_acc'])} |",
+        "| expressions | n | cIoU | gIoU | N-acc | T-acc |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[f"| {name} | {r['n_samples']} | {pct(r['ciou'])} | {pct(r['giou'])} | {pct(r['n_acc'])} | {pct(r['t_acc'])} |"
+          for name, r in [("all", report), *report.get("per_kind", {}).items()]],
         "",
     ])

@@ -8,7 +8,8 @@ is minimised. The final segmentation is the baseline's read-out with the optimis
 
 Beyond the paper (same maths, less work): the optimisation's forward pass stops after the last layer the loss
 reads (`stop_forward_early`), so neither it nor the backward pass visits the rest of the UNet; with
-`view_pool > 0` the views are drawn once and their VAE latents cached.
+`view_pool > 0` the views are drawn once and their VAE latents cached; with `views_from="latents"` they are
+cropped from the image's latents (no VAE encode a step; measured on shapes, `benchmarks/results/savings.md`).
 
 The paper against this code, checked equation by equation (issue 14; measurements in
 `benchmarks/results/invseg_diagnosis.md`):
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from promptseg.augment import crop_resize, random_crop_box, uncrop
+from promptseg.augment import crop_resize, crop_resize_scaled, random_crop_box, uncrop
 from promptseg.capture import AttentionStore, capture, run_until_captured
 from promptseg.losses import cluster_loss, entropy_loss, symmetric_kl
 from promptseg.methods.base import (
@@ -95,6 +96,11 @@ class InvSegConfig:
     """End the optimisation's UNet forward after the last layer the loss reads (beyond the paper; same result)."""
     view_pool: int = 0
     """0: fresh random views every step (the paper); n > 0: n views drawn once, their VAE latents cached."""
+    views_from: str = "pixels"
+    """"pixels": each view is the crop of the image, resized and VAE-encoded (the paper; 2 VAE encodes a step);
+    "latents": the crop of the image's latents, resampled to the latent size (no VAE encode after the first: at
+    SD-1.5's 512 px one encode costs 1.36 UNet forwards on this CPU). Its effect on shapes:
+    `benchmarks/results/savings.md`."""
     seed: int = 0
     """Seed of views, timesteps and noise."""
 
@@ -104,6 +110,8 @@ class InvSegConfig:
         low, high = self.train_timesteps
         if not 0 <= low <= high:
             raise ValueError(f"train_timesteps must be (low, high) with 0 <= low <= high, got {self.train_timesteps}")
+        if self.views_from not in ("pixels", "latents"):
+            raise ValueError(f"views_from must be 'pixels' or 'latents', got {self.views_from!r}")
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
 
@@ -145,7 +153,11 @@ class InvSeg:
 
     # -- the optimisation ------------------------------------------------------------------------------------
 
-    def _view_latents(self, original: torch.Tensor, boxes) -> torch.Tensor:
+    def _view_latents(self, prepared: PreparedImage, boxes) -> torch.Tensor:
+        original = prepared.extra["original"]
+        if self.config.views_from == "latents":
+            image_hw = tuple(original.shape[-2:])
+            return torch.cat([crop_resize_scaled(prepared.latents, box, image_hw) for box in boxes])
         size = self.backbone.image_size
         views = torch.cat([crop_resize(original, box, size) for box in boxes])
         with torch.no_grad():
@@ -191,14 +203,14 @@ class InvSeg:
         pool = None
         if c.view_pool > 0:
             pool_boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.view_pool)]
-            pool = (pool_boxes, self._view_latents(original, pool_boxes))
+            pool = (pool_boxes, self._view_latents(prepared, pool_boxes))
         log = {"loss": [], "cluster": [], "entropy": [], "grad_norm": [], "change": [], "warnings": []}
         start_norm = float(learn.detach().norm())
         last_finite = learn.detach().clone()
         for _ in range(c.steps):
             if pool is None:
                 boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.num_views)]
-                latents = self._view_latents(original, boxes)
+                latents = self._view_latents(prepared, boxes)
             else:
                 pick = torch.randperm(len(pool[0]), generator=generator)[: c.num_views].tolist()
                 boxes, latents = [pool[0][i] for i in pick], pool[1][pick]

@@ -143,15 +143,21 @@ def save_state(ckpt: Path, parts: dict, rng: np.random.Generator, state: dict) -
 
 
 def train_vae(vae, vae_opt, images: np.ndarray, rng: np.random.Generator, state: dict, args, batch: int,
-              save) -> None:
+              save, crop: int | None = None) -> None:
     """The VAE phase (MSE + `args.kl_weight` KL, cosine lr with 100 warm-up steps), checkpointed by `save()`
-    every `args.save_every` steps and at its end, which moves `state` to the UNet phase."""
+    every `args.save_every` steps and at its end, which moves `state` to the UNet phase. With `crop` it trains on
+    random crop x crop windows (one per image, SD's VAE recipe): the VAE is convolutional, so it encodes whole
+    images afterwards, at a fraction of the cost a step."""
     vae.train()
     t0, running = time.time(), None
     while state["step"] < args.vae_steps:
         for group in vae_opt.param_groups:
             group["lr"] = _lr(state["step"], args.vae_lr, 100, args.vae_steps)
-        x = _to_tensor(images[rng.integers(0, len(images), batch)])
+        x = images[rng.integers(0, len(images), batch)]
+        if crop is not None:
+            corners = rng.integers(0, np.array(x.shape[1:3]) - crop + 1, (len(x), 2))
+            x = np.stack([im[r: r + crop, c: c + crop] for im, (r, c) in zip(x, corners)])
+        x = _to_tensor(x)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(recon, x) + args.kl_weight * posterior.kl().mean()
@@ -167,13 +173,29 @@ def train_vae(vae, vae_opt, images: np.ndarray, rng: np.random.Generator, state:
     save()
 
 
-def encode_latents(vae, images: np.ndarray, state: dict, chunk: int) -> torch.Tensor:
-    """The frozen VAE's latent means of `images`, scaled to unit std (the scale is fixed in `state` once)."""
+def vae_fingerprint(vae) -> float:
+    """A number that changes with any change of the VAE's weights (the latents cache is checked against it)."""
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(vae.parameters())))
+
+
+def encode_latents(vae, images: np.ndarray, state: dict, chunk: int, cache: Path | None = None) -> torch.Tensor:
+    """The frozen VAE's latent means of `images`, scaled to unit std (the scale is fixed in `state` once). With
+    `cache`, the unscaled means are read from that file if it holds this VAE's (`vae_fingerprint`) and written to it
+    otherwise: a resumed run skips the encoding."""
     vae.eval().requires_grad_(False)
     t0 = time.time()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(_to_tensor(images[i: i + chunk])).latent_dist.mean
-                             for i in range(0, len(images), chunk)])
+    fingerprint = vae_fingerprint(vae)
+    saved = torch.load(cache) if cache is not None and cache.exists() else None
+    if saved is not None and saved["vae"] == fingerprint and len(saved["latents"]) == len(images):
+        latents = saved["latents"]
+    else:  # no cache, or one made by another VAE
+        with torch.no_grad():
+            latents = torch.cat([vae.encode(_to_tensor(images[i: i + chunk])).latent_dist.mean
+                                 for i in range(0, len(images), chunk)])
+        if cache is not None:
+            torch.save({"latents": latents, "vae": fingerprint}, cache.with_suffix(".tmp"))
+            os.replace(cache.with_suffix(".tmp"), cache)
     if state["scaling"] is None:
         state["scaling"] = float(1.0 / latents.std())
     print(f"encoded latents {tuple(latents.shape)} in {time.time() - t0:.1f}s, scaling {state['scaling']:.4f}",

@@ -40,16 +40,19 @@ MEAN = (0.485, 0.456, 0.406)  # SamImageProcessor's defaults, so the stock proce
 STD = (0.229, 0.224, 0.225)
 
 
-def build_model(seed: int = 0, width: int = 128, pos_scale: float = 1.0):
-    """A fresh (untrained) `SamModel` of the shapes-sam architecture."""
+def build_model(seed: int = 0, width: int = 128, pos_scale: float = 1.0, image_size: int = IMAGE_SIZE,
+                patch_size: int = 4):
+    """A fresh (untrained) `SamModel` of the shapes-sam architecture (scenes-sam: 128 px in 8x8 patches, the same
+    16x16 embedding grid)."""
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
     torch.manual_seed(seed)
     vision = SamVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=4, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, mlp_dim=384,
+        image_size=image_size, patch_size=patch_size, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, mlp_dim=384,
         output_channels=width, num_pos_feats=width // 2, global_attn_indexes=[1], window_size=0,
     )
-    prompt = SamPromptEncoderConfig(hidden_size=width, image_size=IMAGE_SIZE, patch_size=4, mask_input_channels=16)
+    prompt = SamPromptEncoderConfig(hidden_size=width, image_size=image_size, patch_size=patch_size,
+                                    mask_input_channels=16)
     decoder = SamMaskDecoderConfig(hidden_size=width, num_hidden_layers=2, num_attention_heads=4, mlp_dim=4 * width,
                                    iou_head_hidden_dim=64)
     config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
@@ -65,12 +68,12 @@ def build_model(seed: int = 0, width: int = 128, pos_scale: float = 1.0):
     return model
 
 
-def make_processor():
-    """`SamProcessor` for the model: longest edge and padding 64, SAM's normalisation."""
+def make_processor(image_size: int = IMAGE_SIZE):
+    """`SamProcessor` for the model: longest edge and padding `image_size`, SAM's normalisation."""
     from transformers import SamImageProcessor, SamProcessor
 
-    image_processor = SamImageProcessor(size={"longest_edge": IMAGE_SIZE}, pad_size={"height": IMAGE_SIZE,
-                                        "width": IMAGE_SIZE}, image_mean=list(MEAN), image_std=list(STD))
+    image_processor = SamImageProcessor(size={"longest_edge": image_size}, pad_size={"height": image_size,
+                                        "width": image_size}, image_mean=list(MEAN), image_std=list(STD))
     return SamProcessor(image_processor=image_processor)
 
 
@@ -117,15 +120,15 @@ def prompts(masks: list[np.ndarray], rng: np.random.Generator, kind: str | None 
 
 
 def predict(model, x: torch.Tensor, boxes, points) -> torch.Tensor:
-    """(B, 64, 64) mask logits for one prompt per image."""
+    """(B, H, W) mask logits for one prompt per image, at the images' own size."""
     if boxes is not None:
         out = model(pixel_values=x, input_boxes=boxes, multimask_output=False)
     else:
         labels = torch.ones(points.shape[:3], dtype=torch.long)
         out = model(pixel_values=x, input_points=points, input_labels=labels, multimask_output=False)
     logits = out.pred_masks[:, 0, 0]
-    if logits.shape[-1] != IMAGE_SIZE:
-        logits = F.interpolate(logits[:, None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)[:, 0]
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = F.interpolate(logits[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return logits
 
 
@@ -139,10 +142,11 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_prompts(model, split: str = "test", n_images: int = 200, seed: int = 0) -> dict:
-    """Mean IoU of the thresholded mask for one box and for one point per instance of the first n images."""
+def evaluate_prompts(model, split: str = "test", n_images: int = 200, seed: int = 0, data=None) -> dict:
+    """Mean IoU of the thresholded mask for one box and for one point per instance of the first n images
+    (`data(split, n)` gives the images and masks; this world's `instances` by default)."""
     model.eval()
-    images, items = instances(split, n_images)
+    images, items = (data or instances)(split, n_images)
     out = {}
     for kind in ("box", "point"):
         rng = np.random.default_rng(seed)
@@ -164,16 +168,18 @@ def evaluate_prompts(model, split: str = "test", n_images: int = 200, seed: int 
     return out
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace, world=None) -> None:
+    """The training loop; `world` (scenes-sam) gives the image size, patch size, training masks, test masks."""
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.seed, args.width, args.pos_scale)
+    size, patch, train_data, test_data = world or (IMAGE_SIZE, 4, instances, instances)
+    model = build_model(args.seed, args.width, args.pos_scale, size, patch)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
     state = checkpoint.resume(work, model, opt, rng)
     t0 = time.time()
-    images, items = instances("train", args.n_train)
+    images, items = train_data("train", args.n_train)
     print(f"rendered {args.n_train} training images ({len(items)} instances) in {time.time() - t0:.0f}s", flush=True)
     model.train()
     t0, running = time.time(), None
@@ -188,17 +194,22 @@ def train(args: argparse.Namespace) -> None:
         value = checkpoint.optimiser_step(model, opt, mask_loss(logits, torch.from_numpy(np.stack(masks)).float()))
         running = value if running is None else 0.98 * running + 0.02 * value
         t0 = checkpoint.step_done(work, model, opt, rng, state, args, running, t0)
-    scores = evaluate_prompts(model, n_images=args.n_eval) if args.n_eval else None
-    checkpoint.export(Path(args.out), model, make_processor(), state, scores)
+    scores = evaluate_prompts(model, n_images=args.n_eval, data=test_data) if args.n_eval else None
+    checkpoint.export(Path(args.out), model, make_processor(size), state, scores)
+
+
+def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
+    """The SAM scripts' own arguments (beside `checkpoint.add_arguments`)."""
+    parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
+    parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")
+    parser.add_argument("--pos-scale", type=float, default=1.0, help="random Fourier positional encoding scale")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     checkpoint.add_arguments(parser, work="runs/shapes-sam-w128", out="src/promptseg/zoo/shapes-sam", n_train=10000,
                              batch=32, steps=4000, lr=5e-4)
-    parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
-    parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")
-    parser.add_argument("--pos-scale", type=float, default=1.0, help="random Fourier positional encoding scale")
+    add_sam_arguments(parser)
     train(parser.parse_args(argv))
 
 

@@ -38,6 +38,9 @@ from promptseg.text import parse_labels
 DEFAULTS = {  # per dataset: CLIP, diffusion model, templates, held-out classes, steps, batch
     "shapes": {"clip": "shapes-clip", "model": "shapes", "templates": ["a photo of a {}", "an image of a {}", "a {}"],
                "hold_out": ["sky", "triangle"], "steps": 3000, "batch": 8},
+    # scenes: three things (one multi-token) and one stuff class held out; the world's own class names
+    "scenes": {"clip": "scenes-clip", "model": "scenes", "templates": ["a photo of a {}", "an image of a {}", "a {}"],
+               "hold_out": ["sailboat", "kite", "snowman", "sand"], "steps": 3000, "batch": 8},
     "coco_stuff": {"clip": "openai/clip-vit-base-patch16", "model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                    "templates": ["a photo of a {}.", "a photo of the {}.", "an image of a {}."], "hold_out": [],
                    "steps": 80000, "batch": 4},
@@ -46,13 +49,17 @@ DEFAULTS = {  # per dataset: CLIP, diffusion model, templates, held-out classes,
 
 def training_data(name: str, root: str | None, n_train: int, extra_classes: bool = True):
     """The training split of `name`: shapes (rendered train split, `n_train` images, with its colour words as extra
-    classes unless `extra_classes` is False) or coco_stuff (mmseg layout)."""
+    classes unless `extra_classes` is False), scenes (rendered train split) or coco_stuff (mmseg layout)."""
     if name == "shapes":
         if extra_classes:
             return ShapesWithColours(n_train)
         from promptseg.data.shapes import ShapesDataset
 
         return ShapesDataset(split="train", n=n_train)
+    if name == "scenes":
+        from promptseg.data.shapes import ScenesDataset
+
+        return ScenesDataset(split="train", n=n_train)
     if name == "coco_stuff":
         if root is None:
             raise ValueError("dataset 'coco_stuff' needs --root, the folder holding images/ and annotations/")
