@@ -5,7 +5,8 @@
 For each val image the UNet is conditioned on the image's complete caption at one timestep. Each class named in
 it (things and stuff; multi-token names such as "hot air balloon" read as the mean of their tokens' maps) is
 scored by the AUROC of separating that class's pixels from the rest with the word's map (mean over heads and
-layers of a grid, upsampled; "all" averages the grids). 0.5 is chance. The issue's bar is the median over classes
+layers of a grid, upsampled; "all" averages the grids; "all, words renormalised" divides each pixel's attention
+by its sum over the caption's words first, so a sink that takes mass evenly changes nothing there). 0.5 is chance. The issue's bar is the median over classes
 of each class's mean AUROC. Also written: where the attention goes (start token, class words, other words, end
 and padding tokens), which says whether a sink token takes the caption, and whether each layer of the text tower
 keeps its tokens' identity (`token_identity`). Output: benchmarks/results/<out>.md.
@@ -23,7 +24,7 @@ import torch
 
 from promptseg import load_backbone
 from promptseg.capture import attention_grids, select_layers
-from promptseg.data.scenes_world import CLASS_NAMES, plural, render_sample
+from promptseg.data.scenes_world import CLASS_NAMES, STUFF, plural, render_sample
 from promptseg.eval.metrics import auroc
 from promptseg.methods.base import prepare_pixels
 from promptseg.methods.baseline import attention_pass, noised_latents
@@ -32,13 +33,15 @@ from promptseg.text import span_positions
 
 
 def class_spans(caption: str, present: list[str]) -> dict[str, tuple[int, int]]:
-    """Character span of the first mention of each present class (its name or plural) in the caption."""
+    """Character span of the mention that names each present class (its name or plural): a thing's first mention,
+    a stuff class's last. Captions name stuff in their closing list ("... with sky, water and grass"); an earlier
+    "sky" or "water" is part of a thing's phrase ("three birds in the sky"), a word about the bird's place."""
     spans = {}
     for name in present:
         for word in (plural(name), name):
-            match = re.search(rf"\b{re.escape(word)}\b", caption)
-            if match:
-                spans[name] = match.span()
+            matches = list(re.finditer(rf"\b{re.escape(word)}\b", caption))
+            if matches:
+                spans[name] = (matches[-1] if name in STUFF else matches[0]).span()
                 break
     return spans
 
@@ -101,7 +104,7 @@ def main() -> None:
         with torch.no_grad():
             store = attention_pass(backbone, noisy, args.timestep, backbone.encode_text(caption), layers)
         size = sample.class_map.shape
-        combined = 0
+        combined = words_only = 0
         for grid in grids:
             cross = store.mean("cross", grid)  # (1, HW, T)
             share = cross[0].mean(0)
@@ -112,13 +115,20 @@ def main() -> None:
             mass["end + padding tokens"].append(float(share[n_tokens - 1:].sum()))
             maps = resize_maps(tokens_to_maps(cross, grid), size)[0]
             combined = combined + maps / len(grids)
+            # the same maps with each pixel's attention renormalised over the caption's words (no start, end or
+            # padding token): does the sink only take mass, or does it also bend where a word's mass goes?
+            renormalised = cross.clone()
+            renormalised[..., 1:n_tokens - 1] /= renormalised[..., 1:n_tokens - 1].sum(-1, keepdim=True)
+            words_only = words_only + resize_maps(tokens_to_maps(renormalised, grid), size)[0] / len(grids)
             for name, ps in positions.items():
                 truth = sample.class_map == CLASS_NAMES.index(name)
                 per_class[(f"{grid[0]}x{grid[1]}", name)].append(auroc(maps[ps].mean(0).numpy().ravel(), truth.ravel()))
         for name, ps in positions.items():
             truth = sample.class_map == CLASS_NAMES.index(name)
             per_class[("all", name)].append(auroc(combined[ps].mean(0).numpy().ravel(), truth.ravel()))
-    grid_names = [f"{g[0]}x{g[1]}" for g in grids] + ["all"]
+            per_class[("all, words renormalised", name)].append(auroc(words_only[ps].mean(0).numpy().ravel(),
+                                                                      truth.ravel()))
+    grid_names = [f"{g[0]}x{g[1]}" for g in grids] + ["all", "all, words renormalised"]
     lines = [f"# Per-class token AUROC of cross-attention, model `{args.model}`, {args.n} val images, "
              f"t={args.timestep}", "", "| class | tokens | " + " | ".join(grid_names) + " | n |",
              "| --- | --- | " + " | ".join("---" for _ in grid_names) + " | --- |"]

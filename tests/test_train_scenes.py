@@ -1,6 +1,8 @@
 """The scenes training scripts on a few steps: scenes-clip's texts and export, and the diffusion model trained on
 its frozen text tower (SD's recipe), resuming after a kill to the weights of an uninterrupted run."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,34 @@ def test_unet_phase_without_a_trained_clip_says_what_to_train(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_scenes_clip"):
         train_scenes.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *ARGS,
                            "--text-encoder", str(tmp_path / "missing")])
+
+
+def test_min_snr_weights_lower_only_the_low_noise_steps():
+    _, _, scheduler, _ = train_scenes.build_vae_unet()
+    plain = train_scenes.min_snr_weights(scheduler, None)
+    weights = train_scenes.min_snr_weights(scheduler, 5.0)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    assert torch.equal(plain, torch.ones(1000))
+    assert torch.all(weights[snr <= 5] == 1) and torch.all(weights[snr > 5] < 1)
+    assert weights[0] < weights[50] < weights[100] < 1  # the lower the noise, the lower the weight
+
+
+def test_a_resumed_run_records_a_changed_recipe(tmp_path, clip_folder):
+    common = [*ARGS, "--text-encoder", str(clip_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
+    train_scenes.main([*common, "--steps", "2", "--export-every", "2"])
+    train_scenes.main([*common, "--steps", "4", "--snr-gamma", "5"])
+    log = json.loads((tmp_path / "o" / "training_log.json").read_text())
+    assert log["unet_steps"] == 4
+    assert log["recipe"] == [{"from_step": 0, "steps": 2, "lr": 4e-4, "snr_gamma": None},
+                             {"from_step": 2, "steps": 4, "lr": 4e-4, "snr_gamma": 5.0}]
+
+
+def test_the_text_tower_loads_from_a_whole_clip_without_a_report_of_its_unused_vision_weights(clip_folder, capfd,
+                                                                                              caplog):
+    caplog.set_level("INFO")
+    text_encoder, _ = train_scenes.load_text_encoder(clip_folder)
+    out, err = capfd.readouterr()
+    said = out + err + caplog.text
+    assert "UNEXPECTED" not in said and "vision_model" not in said
+    assert text_encoder.config.hidden_size > 0

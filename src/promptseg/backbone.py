@@ -12,6 +12,7 @@ float32 on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -181,6 +182,20 @@ def _hub_error(name: str, err: Exception) -> OSError:
     )
 
 
+@contextlib.contextmanager
+def quiet_text_tower():
+    """Loading a `CLIPTextModel` from a whole CLIP's folder leaves its vision tower's weights unused by design;
+    transformers reports each of them. Errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype, text_from: str | None = None) -> dict:
     """The components of a diffusers folder or hub id. A local folder without `text_encoder/` whose settings name
     a CLIP model (`text_from`: `"text_encoder": "scenes-clip"` in `promptseg_settings.json`) takes that CLIP's text
@@ -199,10 +214,12 @@ def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype, text_
             raise FileNotFoundError(f"{source} takes its text encoder from the CLIP model {text_from!r}, which is not "
                                     f"at {clip}; reinstall promptseg or pass that CLIP folder")
         text = words = {"pretrained_model_name_or_path": str(clip)}
+    with quiet_text_tower():
+        text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
     return {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
-        "text_encoder": CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs),
+        "text_encoder": text_encoder,
         "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),
         "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
     }

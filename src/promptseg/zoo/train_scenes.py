@@ -60,11 +60,14 @@ def load_text_encoder(folder: str | Path):
     """The frozen text tower and tokenizer of a trained scenes-clip folder."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from promptseg.backbone import quiet_text_tower
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no trained scenes-clip (config.json missing): train it first with "
                                 "python -m promptseg.zoo.train_scenes_clip")
-    text_encoder = CLIPTextModel.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
+    with quiet_text_tower():
+        text_encoder = CLIPTextModel.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
     return text_encoder, CLIPTokenizer.from_pretrained(folder)
 
 
@@ -113,6 +116,11 @@ def train(args: argparse.Namespace) -> None:
     latents = encode_latents(vae, images, state, 128, cache=work / f"latents_{args.n_train}.pt")
 
     unet.train()
+    recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma}
+    history = state.setdefault("recipe", [])
+    if not history or {k: history[-1][k] for k in recipe} != recipe:  # a resumed run may change the recipe: say so
+        history.append({"from_step": state["step"], **recipe})
+    weights = min_snr_weights(noise_scheduler, args.snr_gamma)
     t0, running = time.time(), None
     while state["step"] < args.steps:
         for group in opt.param_groups:
@@ -127,7 +135,7 @@ def train(args: argparse.Namespace) -> None:
         noise = torch.randn_like(x0)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),))
         pred = unet(noise_scheduler.add_noise(x0, noise, t), t, context).sample
-        loss = F.mse_loss(pred, noise)
+        loss = (weights[t] * F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -140,6 +148,18 @@ def train(args: argparse.Namespace) -> None:
         if state["step"] % args.export_every == 0 or state["step"] == args.steps:
             export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state, dtype=torch.float16)
             share_text_tower(Path(args.out), args.text_encoder)
+
+
+def min_snr_weights(noise_scheduler, gamma: float | None) -> torch.Tensor:
+    """Per-timestep loss weights: Min-SNR-gamma (Hang et al., 2023) for epsilon prediction, min(SNR, gamma) / SNR,
+    or all ones with `gamma` None. It lowers the weight of the low-noise steps, whose epsilon loss is large and
+    which the caption barely helps, so that the high-noise steps, where the caption decides what goes where, carry
+    more of the gradient."""
+    alphas = noise_scheduler.alphas_cumprod.float()
+    if gamma is None:
+        return torch.ones_like(alphas)
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def share_text_tower(out: Path, clip_folder: str | Path) -> None:
@@ -179,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument("--steps", type=int, default=4000, help="UNet steps")
     parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--snr-gamma", type=float, default=None,
+                        help="Min-SNR-gamma loss weighting (e.g. 5); default: plain epsilon MSE")
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="empty-caption rate (classifier-free guidance)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--export-every", type=int, default=1000)

@@ -274,7 +274,8 @@ def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "training_log.json").write_text(json.dumps({"unet_steps": state["step"], "log": state["log"]}, indent=1))
+    (out / "training_log.json").write_text(json.dumps({"unet_steps": state["step"], "recipe": state.get("recipe", []),
+                                                   "log": state["log"]}, indent=1))
     print(f"exported to {out} at unet step {state['step']}", flush=True)
 
 
