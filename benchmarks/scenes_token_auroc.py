@@ -6,10 +6,10 @@ For each val image the UNet is conditioned on the image's complete caption at on
 it (things and stuff; multi-token names such as "hot air balloon" read as the mean of their tokens' maps) is
 scored by the AUROC of separating that class's pixels from the rest with the word's map (mean over heads and
 layers of a grid, upsampled; "all" averages the grids; "all, words renormalised" divides each pixel's attention
-by its sum over the caption's words first, so a sink that takes mass evenly changes nothing there). 0.5 is chance. The issue's bar is the median over classes
-of each class's mean AUROC. Also written: where the attention goes (start token, class words, other words, end
-and padding tokens), which says whether a sink token takes the caption, and whether each layer of the text tower
-keeps its tokens' identity (`token_identity`). Output: benchmarks/results/<out>.md.
+by its sum over the caption's words first, so a sink that takes mass evenly changes nothing there). 0.5 is chance.
+The issue's bar is the median over classes of each class's mean AUROC. Also written: where the attention goes
+(start token, class words, other words, end and padding tokens), which says whether a sink token takes the
+caption, and whether each layer of the text tower keeps its tokens' identity (`token_identity`). Output: benchmarks/results/<out>.md.
 """
 
 from __future__ import annotations

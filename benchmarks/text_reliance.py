@@ -29,13 +29,13 @@ TIMESTEPS = (100, 300, 500, 700, 900)
 def losses(backbone, world, n: int, timesteps=TIMESTEPS) -> dict[int, dict[str, float]]:
     """Mean epsilon MSE per timestep and caption kind ("own", "empty", "other")."""
     out = {t: {"own": [], "empty": [], "other": []} for t in timesteps}
-    captions = [world.render_sample("val", i).caption for i in range(n + 1)]
+    samples = [world.render_sample("val", i) for i in range(n + 1)]
     empty = backbone.encode_text("")
     dtype = backbone.unet.dtype
     for i in range(n):
-        latents = prepare_pixels(backbone, world.render_sample("val", i).image).latents
-        contexts = {"own": backbone.encode_text(captions[i]), "empty": empty,
-                    "other": backbone.encode_text(captions[i + 1])}
+        latents = prepare_pixels(backbone, samples[i].image).latents
+        contexts = {"own": backbone.encode_text(samples[i].caption), "empty": empty,
+                    "other": backbone.encode_text(samples[i + 1].caption)}
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1000 * i + t))
             step = torch.tensor([t], device=latents.device)

@@ -206,7 +206,8 @@ def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype, text_
     kwargs = {"local_files_only": local_only}
     text = {"pretrained_model_name_or_path": source, "subfolder": "text_encoder"}
     words = {"pretrained_model_name_or_path": source, "subfolder": "tokenizer"}
-    if text_from is not None and not (Path(source) / "text_encoder").is_dir():
+    whole_clip = text_from is not None and not (Path(source) / "text_encoder").is_dir()
+    if whole_clip:
         from promptseg.clip import BUNDLED_CLIP
 
         clip = Path(BUNDLED_CLIP.get(text_from, Path(text_from).expanduser()))
@@ -214,7 +215,8 @@ def _load_folder_or_hub(source: str, local_only: bool, dtype: torch.dtype, text_
             raise FileNotFoundError(f"{source} takes its text encoder from the CLIP model {text_from!r}, which is not "
                                     f"at {clip}; reinstall promptseg or pass that CLIP folder")
         text = words = {"pretrained_model_name_or_path": str(clip)}
-    with quiet_text_tower():
+    # only a whole CLIP's folder leaves weights unused by design; any other folder's report is the user's to see
+    with quiet_text_tower() if whole_clip else contextlib.nullcontext():
         text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
     return {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
