@@ -6,13 +6,14 @@
 
 Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
 with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
-77 tokens, no capture) and take their median as the unit, then run the method on a random image at the row's
-resolution with the row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by
-that unit, VAE encode included (the median of 3 runs, 1 for the optimising invseg and anyword), and the process's
-peak resident memory. The reference row is a process that loads the weights, encodes the image and runs one bare
-forward. Methods run with their defaults, SAM off for anyword (`sam=None`: no SAM can be loaded here; timed on one
-referring expression, its task) and DPSeg's visual prompts drawn before timing (one-off, cached: their cost
-is reported apart, with 4 generation steps).
+77 tokens, no capture) before the method and three after it and take the median of the six as the unit (this
+CPU's speed drifts by up to 30% within minutes), run the method on a random image at the row's resolution with the
+row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by that unit, VAE
+encode included (the median of 3 runs after an untimed one, 1 for the optimising invseg and anyword), and the
+process's peak resident memory. The reference row is a process that loads the weights, encodes the image and runs
+one bare forward. Methods run with their defaults, SAM off for anyword (`sam=None`: no SAM can be loaded here;
+timed on one referring expression, its task) and DPSeg's visual prompts drawn before timing (one-off, cached: their
+cost is reported apart, with 4 generation steps).
 """
 
 from __future__ import annotations
@@ -69,21 +70,24 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     latents = torch.randn(1, 4, side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
-    with torch.no_grad():
-        for _ in range(3):
-            start = time.perf_counter()
-            backbone.unet(latents, torch.tensor([100]), encoder_hidden_states=text)
-            forwards.append(time.perf_counter() - start)
-    unit = float(np.median(forwards))
-    out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "bare_forward_s": unit,
-           "settings": extra or {}}
+
+    def bare_forwards() -> None:
+        with torch.no_grad():
+            for _ in range(3):
+                start = time.perf_counter()
+                backbone.unet(latents, torch.tensor([100]), encoder_hidden_states=text)
+                forwards.append(time.perf_counter() - start)
+
+    bare_forwards()
+    out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "settings": extra or {}}
     repeats = 1 if method in ("invseg", "anyword") else 3  # the median of 3 runs where a run is short
     if method == "reference":
         times = []
-        for _ in range(repeats):
+        for run in range(repeats + 1):
             start = time.perf_counter()
             prepare_pixels(backbone, image)
-            times.append(time.perf_counter() - start)
+            if run:
+                times.append(time.perf_counter() - start)
         out.update(seconds=float(np.median(times)), runs=len(times))
     else:
         names = bundled_class_names("ade847")[:n_labels]
@@ -97,17 +101,20 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
             segmenter(image, names)
             out["prompt_generation_s"] = time.perf_counter() - start
         times = []
-        for _ in range(repeats):
+        for run in range(repeats + (repeats > 1)):  # a short method runs once untimed first (one-off allocations)
             start = time.perf_counter()
             if method == "anyword":  # its task: one referring expression (a semantic call refers once per label)
                 result = segmenter.refer(segmenter.prepare(image), REFERRING)
                 result.label_map = result.mask
             else:
                 result = segment_filtered(segmenter, filt, image, names)
-            times.append(time.perf_counter() - start)
+            if run or repeats == 1:
+                times.append(time.perf_counter() - start)
         out.update(seconds=float(np.median(times)), runs=len(times), filter_used=chosen,
                    warnings=result.warnings[:2], output_shape=list(result.label_map.shape))
-    out["forward_equivalents"] = out["seconds"] / unit
+    bare_forwards()  # again after the method: this CPU's speed drifts by up to 30% within minutes
+    unit = float(np.median(forwards))
+    out.update(bare_forward_s=unit, bare_forwards_s=forwards, forward_equivalents=out["seconds"] / unit)
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -153,9 +160,10 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}` on this 2-core CPU. Unit: the median "
-             "of three bare UNet forwards in the same process. Memory: the process's peak RSS; the bound is 1.5x the "
-             "reference process (weights, image encode, one bare forward).", "",
-             "| method | side | labels | filter | seconds | UNet-forward equiv. | peak RSS (GB) | x reference memory |",
+             "of six bare UNet forwards in the same process, three before the method and three after (rows marked "
+             "*earlier*: of three before it, no untimed first run, and older code; see the README). Memory: the "
+             "process's peak RSS; the bound is 1.5x the reference process (weights, image encode, one bare forward).",
+             "", "| method | side | labels | filter | seconds | UNet-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
@@ -164,6 +172,7 @@ def main() -> None:
         ratio = f"{r['peak_rss_gb'] / reference['peak_rss_gb']:.2f}" if reference else "-"
         used = r.get("filter_used", r["filter"])
         named = r["method"] + "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())
+        named += "" if "bare_forwards_s" in r else " *earlier*"
         lines.append(f"| {named} | {r['side']} | {r['labels']} | {used} | {r['seconds']:.1f} | "
                      f"{r['forward_equivalents']:.2f} | {r['peak_rss_gb']:.1f} | {ratio} |")
     gen = [r for r in rows if "prompt_generation_s" in r]

@@ -104,3 +104,15 @@ def test_model_folders_can_recommend_method_settings(tiny_folder, tmp_path):
     (folder / "promptseg_settings.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         config_for_model("baseline", str(folder))
+
+
+def test_the_vae_runs_channels_last_and_encodes_what_a_contiguous_copy_does(tiny):
+    import copy
+
+    assert tiny.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    plain = copy.deepcopy(tiny.vae).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        expected = plain.encode(pixels).latent_dist.mean * tiny.vae.config.scaling_factor
+        latents = tiny.encode_image(pixels)
+    assert latents.is_contiguous() and torch.allclose(latents, expected, atol=1e-5)

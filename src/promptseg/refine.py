@@ -59,14 +59,10 @@ def resize_self_attention(attn: torch.Tensor, grid: tuple[int, int], target: tup
 
 def refine(self_attn, cross: torch.Tensor, iterations: int = 1) -> torch.Tensor:
     """Propagate cross-attention (B, N, K) along self-attention (B, N, N) or a `SelfAttention` operator:
-    A_self^iterations · A_cross (an operator is applied lazily once, formed for several iterations)."""
-    if isinstance(self_attn, SelfAttention):
-        if iterations == 1:
-            return self_attn.matmul(cross)
-        self_attn = self_attn.dense()
+    A_self^iterations · A_cross (an operator is applied `iterations` times, its matrix never formed)."""
     out = cross
     for _ in range(iterations):
-        out = torch.bmm(self_attn.to(out.dtype), out)
+        out = self_attn.matmul(out) if isinstance(self_attn, SelfAttention) else torch.bmm(self_attn.to(out.dtype), out)
     return out
 
 
