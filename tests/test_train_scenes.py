@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from promptseg.backbone import load_backbone
 from promptseg.clip import load_clip
@@ -136,3 +136,30 @@ def test_the_text_tower_loads_from_a_whole_clip_without_a_report_of_its_unused_v
     said = out + err + caplog.text
     assert "UNEXPECTED" not in said and "vision_model" not in said
     assert text_encoder.config.hidden_size > 0
+
+
+def test_a_run_continues_from_an_export_alone(tmp_path, clip_folder):
+    """What survives a machine that keeps no work folder is the export: a run in a new WORK continues from it."""
+    common = [*ARGS, "--text-encoder", str(clip_folder)]
+    train_scenes.main([*common, "--work", str(tmp_path / "a"), "--out", str(tmp_path / "a_out")])
+    train_scenes.main([*common, "--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), "--steps", "6",
+                       "--export-every", "6", "--init-from", str(tmp_path / "a_out")])
+    log = json.loads((tmp_path / "b_out" / "training_log.json").read_text())
+    assert log["unet_steps"] == 6 and log["recipe"][-1]["from_step"] == 4 and "fresh optimiser" in log["recipe"][-1][
+        "restart"]
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a_out" / vae), load_file(tmp_path / "b_out" / vae)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the VAE came across, bit for bit
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a_out" / unet), load_file(tmp_path / "b_out" / unet)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # it trained on
+    marked = load_file(tmp_path / "a_out" / unet)  # an export whose weights no fresh UNet has
+    marked["conv_in.weight"] += 1.0
+    save_file(marked, tmp_path / "a_out" / unet)
+    train_scenes.main([*common, "--work", str(tmp_path / "d"), "--out", str(tmp_path / "d_out"), "--steps", "5",
+                       "--export-every", "5", "--init-from", str(tmp_path / "a_out")])
+    d = load_file(tmp_path / "d_out" / unet)
+    assert torch.allclose(d["conv_in.weight"].float(), marked["conv_in.weight"].float(), atol=0.01)
+    with pytest.raises(FileNotFoundError, match="training_log.json"):
+        train_scenes.main([*common, "--work", str(tmp_path / "c"), "--out", str(tmp_path / "c_out"),
+                           "--init-from", str(tmp_path)])

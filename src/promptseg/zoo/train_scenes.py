@@ -100,6 +100,10 @@ def train(args: argparse.Namespace) -> None:
     ckpt = work / "state.pt"
     parts = {"vae": vae, "unet": unet, "vae_opt": vae_opt, "opt": opt}
     state = resume_state(ckpt, parts, rng)
+    if args.init_from is not None and not ckpt.exists():
+        state = init_from_export(Path(args.init_from), vae, unet)
+        rng = np.random.default_rng([args.seed, 2, state["step"]])  # fresh draws: the old stream's place is lost
+        torch.manual_seed(args.seed + 2 + state["step"])
 
     def save() -> None:
         save_state(ckpt, parts, rng, state)
@@ -118,13 +122,18 @@ def train(args: argparse.Namespace) -> None:
     unet.train()
     recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma}
     history = state.setdefault("recipe", [])
-    if not history or {k: history[-1][k] for k in recipe} != recipe:  # a resumed run may change the recipe: say so
+    if history and history[-1]["from_step"] == state["step"]:  # nothing trained under the last entry yet
+        history[-1].update(recipe)
+    elif not history or {k: history[-1][k] for k in recipe} != recipe:  # a resumed run may change the recipe: say so
         history.append({"from_step": state["step"], **recipe})
     weights = min_snr_weights(noise_scheduler, args.snr_gamma)
     t0, running = time.time(), None
     while state["step"] < args.steps:
+        lr = _lr(state["step"], args.lr, 200, args.steps)
+        if "restarted_at" in state:  # a fresh optimiser on trained weights warms up again (100 steps)
+            lr *= min(1.0, (state["step"] - state["restarted_at"] + 1) / 100)
         for group in opt.param_groups:
-            group["lr"] = _lr(state["step"], args.lr, 200, args.steps)
+            group["lr"] = lr
         idx = rng.integers(0, len(images), args.batch)
         captions = ["" if rng.random() < args.uncond_prob else make_caption(samples[i], rng) for i in idx]
         ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
@@ -148,6 +157,32 @@ def train(args: argparse.Namespace) -> None:
         if state["step"] % args.export_every == 0 or state["step"] == args.steps:
             export(Path(args.out), tokenizer, text_encoder, vae, unet, sample_scheduler, state, dtype=torch.float16)
             share_text_tower(Path(args.out), args.text_encoder)
+
+
+def init_from_export(folder: Path, vae, unet) -> dict:
+    """A UNet-phase state from an exported model (`--init-from`): its VAE and UNet weights (stored in fp16, loaded
+    into the fp32 training copies), its step count, latent scale, log and recipe; the optimiser starts afresh
+    (an export has none) and warms up again. What carries a run across machines that keep no work folder: an
+    export is 30 MB, a full checkpoint with the optimiser's moments 150 MB."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    log_path = folder / "training_log.json"
+    if not log_path.is_file():
+        raise FileNotFoundError(f"--init-from {folder}: no training_log.json there; pass a folder that "
+                                "train_scenes exported (its --out)")
+    log = json.loads(log_path.read_text())
+    exported_vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    vae.load_state_dict(exported_vae.state_dict())
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict())
+    step = int(log["unet_steps"])
+    recipe = list(log.get("recipe", []))
+    if recipe:
+        recipe.append({**recipe[-1], "from_step": step, "restart": f"weights of {folder.name}, fresh optimiser"})
+    print(f"initialised from the export in {folder}: unet step {step}", flush=True)
+    return {"phase": "unet", "step": step, "scaling": float(exported_vae.config.scaling_factor), "log": log.get("log", []),
+            "recipe": recipe, "restarted_at": step}
 
 
 def min_snr_weights(noise_scheduler, gamma: float | None) -> torch.Tensor:
@@ -204,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="empty-caption rate (classifier-free guidance)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--export-every", type=int, default=1000)
+    parser.add_argument("--init-from", default=None,
+                        help="an exported model folder to continue from when WORK has no checkpoint (weights only: "
+                             "the optimiser restarts)")
     parser.add_argument("--threads", type=int, default=2)
     train(parser.parse_args(argv))
 
