@@ -42,8 +42,9 @@ class QKRecord:
 
         Fused SDPA kernels (PyTorch's flash attention on CPU) need values as wide as the queries' head dimension d
         and 4-D inputs; given K class maps they fall back to the math path, which forms every (N, N) matrix and
-        costs 3.5x as much at SD's 64x64 grid (the baseline's refinement was 0.75 UNet forwards). So K <= 2 d maps
-        go in blocks of d columns, zero-padded (the same numbers); past that one math-path call is cheaper."""
+        costs 3.5-5x as much at SD's 64x64 grid on a CPU (the baseline's refinement was 0.75 UNet forwards). So
+        K <= 2 d maps go in blocks of d columns, zero-padded (the same numbers); past that one math-path call is
+        cheaper."""
         q = self.query.float().unflatten(0, (-1, self.heads))  # (B, heads, N, d)
         k = self.key.float().unflatten(0, (-1, self.heads))
         v = values.float()[:, None].expand(-1, self.heads, -1, -1)  # (B, heads, N, K)
