@@ -52,6 +52,20 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
+def timed(call, repeats: int):
+    """(median seconds, timed runs, last result) of `repeats` calls of `call`; with `repeats` > 1 it is called once
+    untimed first (one-off allocations)."""
+    import numpy as np
+
+    times = []
+    for run in range(repeats + (repeats > 1)):
+        start = time.perf_counter()
+        result = call()
+        if run or repeats == 1:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times)), len(times), result
+
+
 def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str, extra: dict | None = None) -> dict:
     """Run one row in this process; returns its record."""
     import numpy as np
@@ -82,13 +96,8 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "settings": extra or {}}
     repeats = 1 if method in ("invseg", "anyword") else 3  # the median of 3 runs where a run is short
     if method == "reference":
-        times = []
-        for run in range(repeats + 1):
-            start = time.perf_counter()
-            prepare_pixels(backbone, image)
-            if run:
-                times.append(time.perf_counter() - start)
-        out.update(seconds=float(np.median(times)), runs=len(times))
+        seconds, runs, _ = timed(lambda: prepare_pixels(backbone, image), repeats)
+        out.update(seconds=seconds, runs=runs)
     else:
         names = bundled_class_names("ade847")[:n_labels]
         settings = {"anyword": {"sam": None}, "dpseg": {"weights": "shapes-dpseg", "generation_steps": 4,
@@ -100,18 +109,16 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
             start = time.perf_counter()
             segmenter(image, names)
             out["prompt_generation_s"] = time.perf_counter() - start
-        times = []
-        for run in range(repeats + (repeats > 1)):  # a short method runs once untimed first (one-off allocations)
-            start = time.perf_counter()
+        def call():
             if method == "anyword":  # its task: one referring expression (a semantic call refers once per label)
                 result = segmenter.refer(segmenter.prepare(image), REFERRING)
                 result.label_map = result.mask
-            else:
-                result = segment_filtered(segmenter, filt, image, names)
-            if run or repeats == 1:
-                times.append(time.perf_counter() - start)
-        out.update(seconds=float(np.median(times)), runs=len(times), filter_used=chosen,
-                   warnings=result.warnings[:2], output_shape=list(result.label_map.shape))
+                return result
+            return segment_filtered(segmenter, filt, image, names)
+
+        seconds, runs, result = timed(call, repeats)
+        out.update(seconds=seconds, runs=runs, filter_used=chosen, warnings=result.warnings[:2],
+                   output_shape=list(result.label_map.shape))
     bare_forwards()  # again after the method: this CPU's speed drifts by up to 30% within minutes
     unit = float(np.median(forwards))
     out.update(bare_forward_s=unit, bare_forwards_s=forwards, forward_equivalents=out["seconds"] / unit)

@@ -163,7 +163,7 @@ def init_from_export(folder: Path, vae, unet) -> dict:
     """A UNet-phase state from an exported model (`--init-from`): its VAE and UNet weights (stored in fp16, loaded
     into the fp32 training copies), its step count, latent scale, log and recipe; the optimiser starts afresh
     (an export has none) and warms up again. What carries a run across machines that keep no work folder: an
-    export is 30 MB, a full checkpoint with the optimiser's moments 150 MB."""
+    export is 30 MB, a full checkpoint with the optimiser's moments 180 MB."""
     import json
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
