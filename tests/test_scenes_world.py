@@ -11,11 +11,13 @@ from promptseg.data.scenes_world import (
     IGNORE_INDEX,
     PART_NAMES,
     PARTS,
+    SKY_THINGS,
     STUFF,
     SYNONYMS,
     THINGS,
     caption_parts,
     class_name_lines,
+    make_caption,
     plural,
     rare_vocabulary,
     render_sample,
@@ -42,6 +44,23 @@ def test_bad_split_and_index_are_named():
         render_sample("dev", 0)
     with pytest.raises(ValueError, match="-1"):
         render_sample("val", -1)
+
+
+def test_the_sky_is_absent_from_some_views_and_fills_others():
+    """A word is localised only if its presence varies: looking down there is no sky, nothing of the sky and no
+    sky word in the caption; looking up the sky is most of the image."""
+    views = {"level": [], "down": [], "up": []}
+    for i in range(120):
+        s = render_sample("train", i)
+        views[s.view].append(s)
+    assert all(len(group) >= 6 for group in views.values())
+    sky = CLASS_NAMES.index("sky")
+    for s in views["down"]:
+        assert "sky" not in s.stuff and "mountain" not in s.stuff and (s.class_map != sky).all()
+        assert not any(o.cls in SKY_THINGS for o in s.objects) and s.visible
+        assert "sky" not in make_caption(s).split()
+    assert all((s.class_map == sky).mean() > 0.5 for s in views["up"])
+    assert all("sky" in s.stuff and (s.class_map == sky).mean() < 0.75 for s in views["level"])
 
 
 def test_world_has_the_classes_the_issue_asks_for():

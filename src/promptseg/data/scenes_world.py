@@ -7,7 +7,9 @@ a desert), each region textured with a lighting gradient and noise. Things stand
 streetlights on the ground, snowmen on snow; sun, clouds, birds, kites and hot air balloons in the sky), at a
 scale that shrinks towards the horizon, sometimes several of a class, nearer ones occluding farther ones. Things
 that have parts in the real world are drawn from them (a house's wall, roof, door and windows; a car's body,
-windows and wheels; ...), and the part map records them.
+windows and wheels; ...), and the part map records them. The camera mostly looks level; a quarter of the views
+look down at the ground (the horizon above the image: no sky, nothing in the sky) and a tenth look up (the horizon
+low: mostly sky), so every stuff class, sky included, is absent from some images (`VIEWS`).
 
 Every sample carries: the image, a class map (`CLASS_NAMES`), an instance map (0 for stuff, ``k + 1`` for
 `objects[k]`), a part map (`PART_NAMES`; `IGNORE_INDEX` where a pixel belongs to no part: stuff and part-less
@@ -90,6 +92,10 @@ THING_COLOURS = {
 LAYOUTS = ("coast", "countryside", "lake", "winter", "town", "desert")
 SUPPORT = {"car": "road", "traffic cone": "road", "sailboat": "water", "fish": "water"}
 SKY_THINGS = ("sun", "cloud", "bird", "kite", "hot air balloon")
+# How often the camera looks down (the horizon above the image: no sky, no mountains, no sky things) or up (the
+# horizon low: mostly sky). Real photographs often show no sky; a word is localised only where its presence
+# varies, and with sky in every image the model drew it whatever the caption said (its map came out inverted).
+VIEWS = {"down": 0.25, "up": 0.1}
 
 
 def class_words(name: str) -> tuple[str, ...]:
@@ -152,6 +158,7 @@ class ScenesSample:
     layout: str
     caption: str = ""
     horizon: int = 0
+    view: str = "level"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -225,10 +232,27 @@ def _below(edge: np.ndarray, size: int) -> np.ndarray:
     return rows >= edge[None, :]
 
 
-def _layout(rng: np.random.Generator, size: int) -> tuple[str, int, dict[str, np.ndarray]]:
-    """The stuff regions: (layout, horizon row, {stuff: mask}); the masks partition the canvas."""
+def _view(split: str, index: int, size: int) -> tuple[str, float]:
+    """The camera's view of sample `index`: ("level", 0), ("down", f) or ("up", f), f the horizon's row as a
+    fraction of the image. Drawn from a stream of its own, so a level view renders exactly as it did before views
+    existed."""
+    rng = np.random.default_rng([SPLITS[split], index, size, 7])
+    u = rng.random()
+    if u < VIEWS["down"]:
+        return "down", float(rng.uniform(-0.4, -0.05))
+    if u < VIEWS["down"] + VIEWS["up"]:
+        return "up", float(rng.uniform(0.72, 0.88))
+    return "level", 0.0
+
+
+def _layout(rng: np.random.Generator, size: int, view: tuple[str, float] = ("level", 0.0)
+            ) -> tuple[str, int, dict[str, np.ndarray]]:
+    """The stuff regions: (layout, horizon row, {stuff: mask}); the masks partition the canvas. A "down" view puts
+    the horizon above the image (no sky), an "up" view low in it (mostly sky)."""
     layout = str(rng.choice(LAYOUTS, p=[0.22, 0.22, 0.14, 0.16, 0.14, 0.12]))
     horizon = int(rng.uniform(0.3, 0.55) * size)
+    if view[0] != "level":
+        horizon = int(view[1] * size)
     ground = _below(_wavy_edge(size, horizon, 0.6, rng), size)
     regions: dict[str, np.ndarray] = {"sky": ~ground}
     main = {"coast": "sand", "countryside": "grass", "lake": "grass", "winter": "snow", "town": "grass",
@@ -448,7 +472,11 @@ def _plan_things(regions: dict[str, np.ndarray], layout: str, horizon: int, size
         maybe("snowman", ground, 0.6 if ground == "snow" else 0.0, 2)
     if not plan:  # every scene has a thing
         sky_cls = ("cloud", "sun", "bird")[int(rng.integers(3))]
-        plan.append((sky_cls, "sky"))
+        if "sky" in regions:
+            plan.append((sky_cls, "sky"))
+        else:  # a view without sky: a thing of the ground instead
+            region = max((r for r in regions if r != "mountain"), key=lambda r: int(regions[r].sum()))
+            plan.append(({"road": "traffic cone", "water": "fish", "snow": "snowman"}.get(region, "flower"), region))
     depth = max(size - horizon, 1)
     out = []
     for cls, region in plan:
@@ -564,7 +592,8 @@ def render_sample(split: str, index: int, size: int = SIZE) -> ScenesSample:
     if size < 64:
         raise ValueError(f"size must be >= 64 pixels, got {size}")
     rng = np.random.default_rng([SPLITS[split], index, size])
-    layout, horizon, regions = _layout(rng, size)
+    view = _view(split, index, size)
+    layout, horizon, regions = _layout(rng, size, view)
     image = np.zeros((size, size, 3), np.float32)
     class_map = np.full((size, size), IGNORE_INDEX, np.uint8)
     order = [s for s in STUFF if s in regions]
@@ -597,6 +626,6 @@ def render_sample(split: str, index: int, size: int = SIZE) -> ScenesSample:
     stuff = [s for s in STUFF if s in regions and (class_map == CLASS_NAMES.index(s)).any()]
     stuff.sort(key=lambda s: float(np.nonzero(class_map == CLASS_NAMES.index(s))[0].mean()))
     sample = ScenesSample(np.clip(image, 0, 255).astype(np.uint8), class_map, instance_map, part_map, objects,
-                          stuff, layout, horizon=horizon)
+                          stuff, layout, horizon=horizon, view=view[0])
     sample.caption = make_caption(sample)
     return sample

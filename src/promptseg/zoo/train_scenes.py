@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from promptseg.data.scenes_world import SIZE, make_caption, render_sample
+from promptseg.data.scenes_world import SIZE, VIEWS, make_caption, render_sample
 from promptseg.zoo.train_shapes import _lr, _report, encode_latents, export, resume_state, save_state, train_vae
 
 TEXT_LENGTH = 77
@@ -120,11 +120,11 @@ def train(args: argparse.Namespace) -> None:
     latents = encode_latents(vae, images, state, 128, cache=work / f"latents_{args.n_train}.pt")
 
     unet.train()
-    recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma}
+    recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma, "views": dict(VIEWS)}
     history = state.setdefault("recipe", [])
     if history and history[-1]["from_step"] == state["step"]:  # nothing trained under the last entry yet
         history[-1].update(recipe)
-    elif not history or {k: history[-1][k] for k in recipe} != recipe:  # a resumed run may change the recipe: say so
+    elif not history or {k: history[-1].get(k) for k in recipe} != recipe:  # a resumed run may change the recipe: say so
         history.append({"from_step": state["step"], **recipe})
     weights = min_snr_weights(noise_scheduler, args.snr_gamma)
     t0, running = time.time(), None
