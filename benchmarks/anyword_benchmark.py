@@ -96,6 +96,10 @@ VAL_ROWS = {  # without SAM unless named (the maps and the selection are chosen 
                                                                         "evidence_timesteps": OLD_EVIDENCE}),
     "attention regions + SAM boxes (no proposals), second sweep's evidence": val(**{**PROPOSE,
                                                                                    "proposals": "attention"}),
+    # third sweep (issue 22, the cost at SD's size): one noise draw an inversion step instead of two
+    "denoising, 10 steps lr 0.005, 1 draw a step": val(steps=10, batch=1),
+    "chosen, 1 draw a step": val(steps=10, lr=0.001, evidence_threshold=-0.1, batch=1),
+    "SAM proposals, same, 10 steps lr 0.001, 1 draw a step": val(**PROPOSE, steps=10, lr=0.001, batch=1),
 }
 
 

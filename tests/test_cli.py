@@ -83,3 +83,16 @@ def test_caption_reaches_fastseg_and_invseg_refuses_one(tiny_folder, images, tmp
                  "--model", str(tiny_folder), "--out", str(tmp_path / "inv"), "--device", "cpu",
                  "--set", 'loss_cross_weights={"1.0": 1}', "--set", 'loss_self_weights={"1.0": 1}'])
     assert code == 2 and "invseg" in capsys.readouterr().err
+
+
+def test_a_class_name_file_may_share_words_across_lines(tiny_folder, images, tmp_path, capsys):
+    """A dataset's list (ADE20K-847 has "screen" in five lines) is read as the eval runner reads it; typed labels
+    that repeat a word stay an error."""
+    names = tmp_path / "names.txt"
+    names.write_text("cat, pet\ndog, pet\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(images[0]), "--labels-file", str(names), "--model", str(tiny_folder), "--out",
+                 str(out), "--device", "cpu", "--filter", "none"]) == 0
+    assert json.loads((out / f"{images[0].stem}_masks.json").read_text())["labels"] == ["background", "cat", "dog"]
+    assert main(["segment", str(images[0]), "--labels", "cat|pet,dog|pet", "--model", "/nonexistent"]) == 2
+    assert "duplicate label 'pet'" in capsys.readouterr().err

@@ -120,9 +120,14 @@ def test_views_from_latents_encode_only_once(tiny, image, monkeypatch):
     assert encoded == [1] and len(result.extra["loss"]) == 3  # the image's own encode; no view is encoded
     encoded.clear()
     build_method("invseg", tiny, steps=3, **TINY_LOSS)(image, ["cat", "dog"])
-    assert encoded == [1, 2, 2, 2]  # the paper's: two fresh views encoded every step
+    assert encoded == [1, 2]  # the default: the paper's two augmented views, encoded once, the batch of every step
+    encoded.clear()
+    build_method("invseg", tiny, steps=3, view_pool=0, **TINY_LOSS)(image, ["cat", "dog"])
+    assert encoded == [1, 2, 2, 2]  # view_pool=0: two fresh views encoded every step
     with pytest.raises(ValueError, match="views_from"):
         build_method("invseg", tiny, views_from="pixel")
+    with pytest.raises(ValueError, match="view_pool=1"):
+        build_method("invseg", tiny, view_pool=1)
 
 
 @pytest.fixture(scope="module")

@@ -135,3 +135,18 @@ def test_scenes_sam_cuts_instances_parts_and_stuff_and_trains_at_128px(tmp_path)
     masks, _ = sam.predict(Image.fromarray(test_images[0]), boxes=[[10, 10, 60, 60]])
     assert masks.shape == (1, 128, 128)
     assert {"box_miou", "point_miou"} <= set(json.loads((tmp_path / "o" / "eval.json").read_text()))
+
+
+def test_scenes_sam_with_4px_patches_predicts_masks_at_the_image_size(tmp_path):
+    """`--patch 4`: a 32x32 embedding grid, whose mask decoder (4x up) gives masks at 128x128 before any resize."""
+    from promptseg.zoo import train_scenes_sam
+
+    train_scenes_sam.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--n-train", "1",
+                           "--batch", "1", "--steps", "1", "--threads", "1", "--n-eval", "0", "--patch", "4"])
+    sam = load_sam(str(tmp_path / "o"), device="cpu")
+    assert sam.model.config.vision_config.patch_size == 4
+    image = np.zeros((128, 128, 3), np.uint8)
+    inputs = sam.processor(images=Image.fromarray(image), input_boxes=[[[10.0, 10.0, 60.0, 60.0]]], return_tensors="pt")
+    with torch.no_grad():
+        low = sam.model(**inputs, multimask_output=False).pred_masks
+    assert low.shape[-2:] == (128, 128)

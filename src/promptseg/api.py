@@ -82,8 +82,12 @@ def segment_files(
     refine: str | None = None,
     refine_settings: dict | None = None,
     on_progress: Callable[[FileOutcome], None] | None = None,
+    shared_synonyms: bool = False,
 ) -> list[FileOutcome]:
     """Segment each image file into `labels` and write its four outputs to `out_dir`.
+
+    `shared_synonyms=True` reads `labels` as a dataset's class list, whose lines may share words (ADE20K-847's
+    "screen"): each class keeps the words no earlier class took; otherwise a word used twice is an error.
 
     Labels and settings are checked before the model loads. A file that cannot be read is reported in its
     `FileOutcome.error` and the other files are still processed. `filter` names the class filter run first
@@ -92,7 +96,7 @@ def segment_files(
     model recommends); what it redrew is written there too.
     """
 
-    labels = parse_labels(labels)
+    labels = parse_labels(labels, shared_synonyms=shared_synonyms)
     config = config_for_model(method, model, **(settings or {}))
     filter_name, filter_overrides = resolve_filter(model_settings(model), filter, filter_settings or {})
     filter_cfg = filter_config(filter_name, **filter_overrides)

@@ -69,6 +69,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
         filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), on_progress=lambda outcome: bar.update(1),
+        shared_synonyms=args.labels_file is not None,  # a class-name file may share words across lines (ADE-847)
     )
     bar.close()
     return _report(outcomes, args.out)
@@ -87,7 +88,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         settings=_settings(args.settings), prompt=args.prompt, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None,
     ))
     if summary is not None:
         for item in summary["skipped"]:

@@ -124,6 +124,9 @@ class LabelRun:
     device: str | None = None
     dtype: str | None = None
     allow_pickle: bool = False
+    shared_synonyms: bool = False
+    """The vocabulary is a dataset's class list, whose lines may share words (ADE20K-847 has "screen" in five lines):
+    each class keeps the words no earlier class took (`parse_labels`); False: a word used twice is an error."""
 
 
 def _setup(run: LabelRun):
@@ -137,7 +140,7 @@ def _setup(run: LabelRun):
 
     if int(run.min_area) < 0:
         raise ValueError(f"min_area must be >= 0 pixels, got {run.min_area}")
-    labels = parse_labels(run.vocabulary)
+    labels = parse_labels(run.vocabulary, shared_synonyms=run.shared_synonyms)
     config = config_for_model(run.method, run.model, **run.settings)
     recommended = model_settings(run.model)
     filter_name, filter_overrides = resolve_filter(recommended, run.filter, run.filter_settings)

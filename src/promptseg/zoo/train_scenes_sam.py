@@ -4,8 +4,9 @@
 
 shapes-sam's architecture and recipe (`train_shapes_sam`: SAM's ViT encoder, prompt encoder and two-way mask
 decoder, small; SAM's own positional-encoding scale, frozen; one box or one point per item, BCE + dice) at the
-scenes world's 128x128 in 8x8 patches (the same 16x16 embedding grid). What it learns to cut: every visible
-instance (things), every part of an instance (a house's roof, a car's wheels: the part map), and every stuff region
+scenes world's 128x128, in 8x8 patches by default (the same 16x16 embedding grid as shapes-sam's; its masks come
+out at 64x64) or finer with ``--patch 4`` (a 32x32 grid, masks at 128x128, about four times the encoder's cost).
+What it learns to cut: every visible instance (things), every part of an instance (a house's roof, a car's wheels: the part map), and every stuff region
 (sky, road, ...), so that referring expressions about parts and stuff find a proposal. The score written beside the
 weights (`eval.json`) is single-box and single-point mIoU on test-split *instances* (the issue's measure).
 """
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint.add_arguments(parser, work="runs/scenes-sam", out="src/promptseg/zoo/scenes-sam", n_train=3000,
                              batch=32, steps=4000, lr=5e-4)
     add_sam_arguments(parser)
-    train(parser.parse_args(argv), world=(SIZE, PATCH, masks, instances))
+    parser.add_argument("--patch", type=int, default=PATCH, choices=(4, 8, 16),
+                        help="the ViT's patch side in pixels (the embedding grid is 128 / patch)")
+    args = parser.parse_args(argv)
+    train(args, world=(SIZE, args.patch, masks, instances))
 
 
 if __name__ == "__main__":
