@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from promptseg.backbone import load_backbone
 from promptseg.clip import load_clip
-from promptseg.data.scenes_world import render_sample
+from promptseg.data.scenes_world import VIEWS, render_sample
 from promptseg.zoo import train_scenes, train_scenes_clip
 
 CLIP_ARGS = ["--n-train", "12", "--batch", "6", "--steps", "2", "--save-every", "2", "--threads", "1"]
@@ -124,8 +124,9 @@ def test_a_resumed_run_records_a_changed_recipe(tmp_path, clip_folder):
     train_scenes.main([*common, "--steps", "4", "--snr-gamma", "5"])
     log = json.loads((tmp_path / "o" / "training_log.json").read_text())
     assert log["unet_steps"] == 4
-    assert log["recipe"] == [{"from_step": 0, "steps": 2, "lr": 4e-4, "snr_gamma": None},
-                             {"from_step": 2, "steps": 4, "lr": 4e-4, "snr_gamma": 5.0}]
+    views = dict(VIEWS)  # the world's views are part of the recipe
+    assert log["recipe"] == [{"from_step": 0, "steps": 2, "lr": 4e-4, "snr_gamma": None, "views": views},
+                             {"from_step": 2, "steps": 4, "lr": 4e-4, "snr_gamma": 5.0, "views": views}]
 
 
 def test_the_text_tower_loads_from_a_whole_clip_without_a_report_of_its_unused_vision_weights(clip_folder, capfd,
