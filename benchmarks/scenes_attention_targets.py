@@ -42,10 +42,9 @@ def main() -> None:
         if name not in CLASS_NAMES:
             raise SystemExit(f"unknown class {name!r}; expected some of {', '.join(CLASS_NAMES)}")
     backbone = load_backbone(args.model, device="cpu")
-    grid = (args.grid, args.grid)
-    if grid not in attention_grids(backbone.unet, backbone.latent_size, "cross"):
-        raise SystemExit(f"--grid {args.grid}: the model's cross-attention grids are "
-                         f"{attention_grids(backbone.unet, backbone.latent_size, 'cross')}")
+    grid, grids = (args.grid, args.grid), attention_grids(backbone.unet, backbone.latent_size, "cross")
+    if grid not in grids:
+        raise SystemExit(f"--grid {args.grid}: the model's cross-attention grids are {grids}")
     layers = select_layers(backbone.unet, backbone.latent_size, cross_grids=[grid])
     inside = {c: defaultdict(list) for c in classes}
     outside = {c: defaultdict(list) for c in classes}

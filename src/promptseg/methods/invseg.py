@@ -95,8 +95,8 @@ class InvSegConfig:
     """As in the baseline: pixels below this are background unless a label is named "background"; None: never."""
     stop_forward_early: bool = True
     """End the optimisation's UNet forward after the last layer the loss reads (beyond the paper; same result)."""
-    view_pool: int | None = 2
-    """Views drawn once, their VAE latents cached, `num_views` of them picked each step; 0 or None: fresh random views
+    view_pool: int = 2
+    """Views drawn once, their VAE latents cached, `num_views` of them picked each step; 0: fresh random views
     every step. The paper: "each test image is augmented for 2 times using random resized crops ..., which construct
     a batch of size 2 in each optimization step": 2 views of the image, the batch of every step. Read so (the
     default), the 15 steps cost 2 VAE encodes, not 30 (at SD-1.5's 512 px one encode is ~1 UNet forward on a CPU);
@@ -210,7 +210,7 @@ class InvSeg:
         original = prepared.extra["original"]
         image_hw = tuple(original.shape[-2:])
         pool = None
-        if c.view_pool:
+        if c.view_pool > 0:
             pool_boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.view_pool)]
             pool = (pool_boxes, self._view_latents(prepared, pool_boxes))
         log = {"loss": [], "cluster": [], "entropy": [], "grad_norm": [], "change": [], "warnings": []}
