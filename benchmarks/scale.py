@@ -7,7 +7,8 @@
 Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
 with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
 77 tokens, no capture) before the method and three after it and take the median of the six as the unit (this
-CPU's speed drifts by up to 30% within minutes), run the method on a random image at the row's resolution with the
+CPU's speed drifts by up to 30% within minutes), run the method on a random image at the row's resolution (the
+UNet's working size set to it, so 768 px means 96x96 latents, not a 768 px image resized to 512) with the
 row's vocabulary (names from ADE20K-847's list, the first N) and report its seconds divided by that unit, VAE
 encode included (the median of 3 runs after an untimed one; 1 run for the optimising invseg and anyword, for more
 than 100 names and for a row with a filter), and the
@@ -43,6 +44,7 @@ QUICK = [("reference", 512, 5, "none")] + [(m, 512, 5, "none") for m in ("baseli
 FULL = QUICK + [  # the issue's ADE-847 bound first, then resolution, then vocabulary size and the default filter
     ("baseline", 512, 847, "none"), ("fastseg", 512, 847, "none"),
     ("baseline", 256, 5, "none"), ("fastseg", 256, 5, "none"), ("baseline", 768, 5, "none"), ("fastseg", 768, 5, "none"),
+    ("reference", 256, 5, "none"), ("reference", 768, 5, "none"),
     ("baseline", 512, 21, "none"), ("fastseg", 512, 21, "none"), ("baseline", 512, 150, "none"),
     ("fastseg", 512, 150, "none"), ("baseline", 512, 21, "default"), ("baseline", 512, 150, "default"),
 ]
@@ -84,7 +86,12 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     from promptseg.text import parse_labels
     from promptseg.zoo.sd_configs import build_sd
 
-    backbone = backbone_from_parts(f"random-{arch}", build_sd(arch), device="cpu", dtype="fp32")
+    parts = build_sd(arch)
+    # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD at
+    # 256 or 768 px, as its users run it, rather than a larger image resized to 512
+    parts["unet"].register_to_config(sample_size=side // 8)
+    backbone = backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
+    assert backbone.image_size == (side, side), backbone.image_size
     image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8))
     latents = torch.randn(1, 4, side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
@@ -171,7 +178,7 @@ def main() -> None:
                 f.write(json.dumps(done_rows[key]) + "\n")
         rows.append(done_rows[key])
         print(json.dumps(done_rows[key]), flush=True)
-    reference = next((r for r in rows if r["method"] == "reference" and "error" not in r), None)
+    references = {r["side"]: r for r in rows if r["method"] == "reference" and "error" not in r}  # one a resolution
     record = {"arch": args.arch, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
@@ -179,13 +186,15 @@ def main() -> None:
              "of six bare UNet forwards in the same process, three before the method and three after"
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
-             "process's peak RSS; the bound is 1.5x the reference process (weights, image encode, one bare forward).",
+             "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "
+             "encode, one bare forward).",
              "", "| method | side | labels | filter | seconds | UNet-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['side']} | {r['labels']} | {r['filter']} | failed | - | - | - |")
             continue
+        reference = references.get(r["side"])
         ratio = f"{r['peak_rss_gb'] / reference['peak_rss_gb']:.2f}" if reference else "-"
         used = r.get("filter_used", r["filter"])
         named = r["method"] + "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())

@@ -108,6 +108,35 @@ def test_labels_that_do_not_fit_one_prompt_are_split_into_passes(tiny, image):
         method.segment(prepared, [" ".join(["cat"] * 20)])
 
 
+def test_self_attention_of_many_passes_is_merged_as_they_come(tiny, image, monkeypatch):
+    """ADE-847's names fill ~45 prompts at SD's size; keeping every pass's self-attention queries and keys until
+    the last pass held 2.4 GB there. What is alive stays bounded however many passes a vocabulary takes."""
+    import gc
+    import itertools
+
+    from promptseg.capture import store as store_module
+    from promptseg.capture.selfattn import QKRecord
+
+    monkeypatch.setattr(store_module, "LAZY_SELF_TOKENS", 200)  # the tiny model's 16x16 grid kept lazily, as SD's is
+    words = ["cat", "dog", "person", "grass", "sky", "tree", "red"]
+    many = [" ".join(c) for c in itertools.permutations(words, 5)][:30]  # 5 tokens a name: 2 names a prompt
+    method = build_method("baseline", tiny)
+    prepared = method.prepare(image)
+    alive, read = [], method.read_attention
+
+    def counted(*args, **kwargs):
+        out = read(*args, **kwargs)
+        gc.collect()
+        alive.append(sum(isinstance(o, QKRecord) for o in gc.get_objects()))
+        return out
+
+    method.read_attention = counted
+    result = method.segment(prepared, many)
+    per_pass = alive[0]
+    assert len(alive) == 15 and per_pass > 0 and result.scores.shape[0] == 31
+    assert max(alive) <= 16 + 2 * per_pass  # a fold's worth, never one set per pass
+
+
 def test_without_refinement_self_attention_is_not_recorded(tiny, image):
     plain = build_method("baseline", tiny, refine_iterations=0)
     assert plain.layers and all(layer.kind == "cross" for layer in plain.layers)
