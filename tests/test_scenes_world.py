@@ -1,6 +1,8 @@
 """The scenes world: deterministic, disjoint splits, ground truth consistent with what was drawn, names as SD
 tokenises them, captions that claim only what is there."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,16 @@ def test_a_missing_bundled_model_says_how_to_train_it(monkeypatch, tmp_path):
     monkeypatch.setitem(backbone.BUNDLED, "scenes", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="train_scenes"):
         backbone.load_backbone("scenes", device="cpu")
+
+
+def test_captions_list_stuff_in_random_order():
+    """Listed top to bottom, "sky" would always be the first stuff word: its place would name it as well as the
+    word does, and the model could learn the place instead of the word."""
+    s = next(x for x in (render_sample("train", i) for i in range(50)) if x.stuff[0] == "sky" and len(x.stuff) >= 3)
+    rng = np.random.default_rng(2)
+    sky_words = {w for w, _ in SYNONYMS["sky"]}
+    lists = [re.split(r", | and ", t.rsplit(" with ", 1)[-1]) for t in (caption_parts(s, rng)[0] for _ in range(200))]
+    with_sky = [items for items in lists if len(items) >= 2 and any(item in sky_words for item in items)]
+    assert len(with_sky) > 30
+    assert 0.1 < np.mean([items[0] in sky_words for items in with_sky]) < 0.9
+    assert make_caption(s) == make_caption(s)  # without rng: complete and in the image's order

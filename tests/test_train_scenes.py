@@ -124,9 +124,9 @@ def test_a_resumed_run_records_a_changed_recipe(tmp_path, clip_folder):
     train_scenes.main([*common, "--steps", "4", "--snr-gamma", "5"])
     log = json.loads((tmp_path / "o" / "training_log.json").read_text())
     assert log["unet_steps"] == 4
-    views = dict(VIEWS)  # the world's views are part of the recipe
-    assert log["recipe"] == [{"from_step": 0, "steps": 2, "lr": 4e-4, "snr_gamma": None, "views": views},
-                             {"from_step": 2, "steps": 4, "lr": 4e-4, "snr_gamma": 5.0, "views": views}]
+    world = {"views": dict(VIEWS), "caption_stuff_order": "random"}  # what the world's captions were is recorded
+    assert log["recipe"] == [{"from_step": 0, "steps": 2, "lr": 4e-4, "snr_gamma": None, **world},
+                             {"from_step": 2, "steps": 4, "lr": 4e-4, "snr_gamma": 5.0, **world}]
 
 
 def test_the_text_tower_loads_from_a_whole_clip_without_a_report_of_its_unused_vision_weights(clip_folder, capfd,

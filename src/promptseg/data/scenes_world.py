@@ -538,7 +538,7 @@ def make_caption(sample: ScenesSample, rng: np.random.Generator | None = None) -
 
     Without `rng` it is complete and deterministic (every visible thing, every stuff region, class names). With
     `rng` it varies as people's captions do: synonyms at their frequencies, colours and sizes sometimes dropped,
-    some things and stuff left out, groups in random order.
+    some things and stuff left out, groups and stuff regions in random order.
     """
     return caption_parts(sample, rng)[0]
 
@@ -566,6 +566,8 @@ def caption_parts(sample: ScenesSample, rng: np.random.Generator | None = None):
             named.add(support)
         clauses.append(phrase)
     stuff = [s for s in sample.stuff if rng is None or rng.random() > 0.3]
+    if rng is not None:  # in random order: listed top to bottom, "sky" would always come first and its place in
+        stuff = [stuff[i] for i in rng.permutation(len(stuff))]  # the list would say as much as the word
     stuff_words = [plural(pick_word(s, rng)) if s == "mountain" else pick_word(s, rng) for s in stuff]
     text = _join(clauses)
     if stuff_words:

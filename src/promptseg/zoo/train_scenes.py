@@ -120,7 +120,8 @@ def train(args: argparse.Namespace) -> None:
     latents = encode_latents(vae, images, state, 128, cache=work / f"latents_{args.n_train}.pt")
 
     unet.train()
-    recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma, "views": dict(VIEWS)}
+    recipe = {"steps": args.steps, "lr": args.lr, "snr_gamma": args.snr_gamma, "views": dict(VIEWS),
+              "caption_stuff_order": "random"}  # listed top to bottom before step 8,000
     history = state.setdefault("recipe", [])
     if history and history[-1]["from_step"] == state["step"]:  # nothing trained under the last entry yet
         history[-1].update(recipe)
