@@ -32,7 +32,7 @@ FINE, COARSE, COARSEST = 1.0, 0.5, 0.25  # attention grids as fractions of the 1
 PROMPTS = {"shapes": [("{}", " and "), ("a {}", " and a ")], "scenes": [("{}", " and "), ("a {}", " and a "), ("{}", ", ")]}
 CROSS = {"shapes": [{FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}],
          "scenes": [{FINE: 0.5, COARSE: 0.5}, {COARSE: 1.0}, {COARSE: 0.5, COARSEST: 0.5}, {FINE: 1.0}]}
-TIMESTEPS = {"shapes": [100, 200, 300, 400, 500], "scenes": [100, 300, 500]}
+TIMESTEPS = {"shapes": [100, 200, 300, 400, 500], "scenes": [100, 300, 500, 700]}  # scenes: stuff words matter only at high noise (scenes_word_reliance.md)
 REFINE_ITERATIONS = {"shapes": [0, 1, 2], "scenes": [1, 2]}
 
 
