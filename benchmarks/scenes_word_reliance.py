@@ -54,23 +54,26 @@ def rises(backbone, n: int, timesteps=TIMESTEPS) -> dict[str, dict[str, list[flo
         sample = render_sample("val", i)
         latents = prepare_pixels(backbone, sample.image).latents
         hw = latents.shape[-2:]
-        full = backbone.encode_text(make_caption(sample)).to(dtype)
-        present = sorted({CLASS_NAMES[c] for c in np.unique(sample.class_map) if c < len(CLASS_NAMES)})
+        caption = make_caption(sample)
+        full = backbone.encode_text(caption).to(dtype)
+        taken_out = {}  # class -> (its caption's text states, the latent cells it covers), once an image
+        for c in np.unique(sample.class_map):
+            if c >= len(CLASS_NAMES):
+                continue
+            cls, shorter = CLASS_NAMES[c], make_caption(without(sample, CLASS_NAMES[c]))
+            mask = torch.from_numpy(sample.class_map == c).float()[None, None]
+            inside = F.adaptive_avg_pool2d(mask, hw)[0, 0] >= 0.5
+            if shorter != caption and inside.any() and (~inside).any():  # named, and neither everywhere nor nowhere
+                taken_out[cls] = (backbone.encode_text(shorter).to(dtype), inside)
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1000 * i + t)).to(latents.device)
             step = torch.tensor([t], device=latents.device)
             noisy = backbone.scheduler.add_noise(latents, noise, step).to(dtype)
             base = error(backbone, noisy, step, full, noise)
-            for cls in present:
-                caption = make_caption(without(sample, cls))
-                if caption == make_caption(sample):
-                    continue  # the class was not named (an object too small to be visible, say)
-                rise = (error(backbone, noisy, step, backbone.encode_text(caption).to(dtype), noise) - base) / base.mean()
-                mask = torch.from_numpy(sample.class_map == CLASS_NAMES.index(cls)).float()[None, None]
-                inside = F.adaptive_avg_pool2d(mask, hw)[0, 0] >= 0.5
-                if inside.any() and (~inside).any():
-                    out[cls]["inside"].append(float(rise[inside].mean()))
-                    out[cls]["outside"].append(float(rise[~inside].mean()))
+            for cls, (context, inside) in taken_out.items():
+                rise = (error(backbone, noisy, step, context, noise) - base) / base.mean()
+                out[cls]["inside"].append(float(rise[inside].mean()))
+                out[cls]["outside"].append(float(rise[~inside].mean()))
     return out
 
 
