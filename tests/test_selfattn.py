@@ -1,11 +1,13 @@
 """Lazy self-attention: large grids are kept as query and key, and every product with them equals the product
 with the mean matrix formed the slow way."""
 
+import functools
+
 import torch
 
 import promptseg.capture.store as store_module
 from promptseg.capture import AttentionStore, capture, select_layers
-from promptseg.capture.selfattn import QKRecord, SelfAttention, merge_all
+from promptseg.capture.selfattn import QKRecord, SelfAttention
 from promptseg.methods import build_method
 from promptseg.refine import hierarchical_refine, refine
 
@@ -56,7 +58,7 @@ def _slow(records):
 def test_merging_keeps_the_mean_and_folds_records_past_the_bound():
     records = [_random_record(seed=s) for s in range(5)]
     parts = [SelfAttention(records=[r]) for r in records]
-    merged = merge_all(parts)
+    merged = functools.reduce(SelfAttention.merged, parts)
     assert len(merged.records) == 5 and torch.allclose(merged.dense(), _slow(records), atol=1e-6)
     folded = parts[0]
     for part in parts[1:]:

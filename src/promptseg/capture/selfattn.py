@@ -118,11 +118,3 @@ class SelfAttention:
             folded = out.dense() * out.count
             out = SelfAttention(dense_sum=folded, dense_count=out.count)
         return out
-
-
-def merge_all(parts: list[SelfAttention]) -> SelfAttention:
-    """The mean of several passes' self-attention (equal weight per recorded call)."""
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.merged(part)
-    return out
