@@ -19,12 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptseg.data import scenes_world, shapes_world
+from promptseg.data.scenes_world import STUFF
 from promptseg.data.shapes import ScenesDataset, ShapesDataset
 from promptseg.eval.metrics import confusion, scores
 
 
-def ceiling(dataset, grid: int) -> float:
-    """mIoU of the ground truth pooled onto a grid x grid grid, upsampled bilinearly and arg-maxed."""
+CLASS_NAMES = {"scenes": scenes_world.CLASS_NAMES, "shapes": shapes_world.CLASS_NAMES}
+
+
+def ceiling(dataset, grid: int) -> np.ndarray:
+    """Per-class IoU (NaN where a class never occurs) of the ground truth pooled onto a grid x grid grid, upsampled
+    bilinearly and arg-maxed."""
     k = len(dataset.class_names)
     total = np.zeros((k, k + 1), np.int64)
     for sample in dataset:
@@ -34,7 +40,7 @@ def ceiling(dataset, grid: int) -> float:
         pooled = F.adaptive_avg_pool2d(onehot, grid)
         up = F.interpolate(pooled, size=tuple(label.shape), mode="bilinear", align_corners=False)
         total += confusion(up[0].argmax(0).numpy(), sample.label, k, dataset.ignore_index)
-    return float(scores(total).miou)
+    return scores(total).iou
 
 
 def main() -> None:
@@ -49,9 +55,14 @@ def main() -> None:
              "Perfect maps (each class's share of a cell, from the ground truth), upsampled bilinearly and arg-maxed: "
              "the best a method reading only that grid can reach without a pixel-level refiner. Made by "
              f"`python benchmarks/resolution_bound.py --world {args.world} --n {args.n}`.", "",
-             "| grid | pixels per cell | mIoU ceiling |", "| --- | --- | --- |"]
+             "| grid | pixels per cell | mIoU ceiling | stuff | things |", "| --- | --- | --- | --- | --- |"]
+    # stuff: the world's ground words (shapes: its four backgrounds), things: the rest
+    stuff = np.array([name in (shapes_world.BACKGROUNDS if args.world == "shapes" else STUFF)
+                      for name in CLASS_NAMES[args.world]])
     for g in grids:
-        lines.append(f"| {g}x{g} | {side // g} | {100 * ceiling(dataset, g):.1f} |")
+        iou = 100 * ceiling(dataset, g)
+        lines.append(f"| {g}x{g} | {side // g} | {np.nanmean(iou):.1f} | {np.nanmean(iou[stuff]):.1f} | "
+                     f"{np.nanmean(iou[~stuff]):.1f} |")
     text = "\n".join(lines) + "\n"
     (Path(__file__).parent / "results" / f"resolution_bound_{args.world}.md").write_text(text)
     print(text)
