@@ -130,7 +130,7 @@ def test_scenes_sam_cuts_instances_parts_and_stuff_and_trains_at_128px(tmp_path)
     test_images, test_items = train_scenes_sam.instances("test", 2)
     assert all(sample_mask.sum() >= train_scenes_sam.MIN_PIXELS for _, sample_mask in test_items)
     train_scenes_sam.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--n-train", "2",
-                           "--batch", "2", "--steps", "2", "--threads", "1", "--n-eval", "2"])
+                           "--batch", "4", "--masks-per-image", "2", "--steps", "2", "--threads", "1", "--n-eval", "2"])
     sam = load_sam(str(tmp_path / "o"), device="cpu")
     masks, _ = sam.predict(Image.fromarray(test_images[0]), boxes=[[10, 10, 60, 60]])
     assert masks.shape == (1, 128, 128)
@@ -142,7 +142,8 @@ def test_scenes_sam_with_4px_patches_predicts_masks_at_the_image_size(tmp_path):
     from promptseg.zoo import train_scenes_sam
 
     train_scenes_sam.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--n-train", "1",
-                           "--batch", "1", "--steps", "1", "--threads", "1", "--n-eval", "0", "--patch", "4"])
+                           "--batch", "1", "--masks-per-image", "1", "--steps", "1", "--threads", "1", "--n-eval", "0",
+                           "--patch", "4"])
     sam = load_sam(str(tmp_path / "o"), device="cpu")
     assert sam.model.config.vision_config.patch_size == 4
     image = np.zeros((128, 128, 3), np.uint8)
@@ -150,3 +151,17 @@ def test_scenes_sam_with_4px_patches_predicts_masks_at_the_image_size(tmp_path):
     with torch.no_grad():
         low = sam.model(**inputs, multimask_output=False).pred_masks
     assert low.shape[-2:] == (128, 128)
+
+
+def test_several_masks_per_image_share_one_encoding_and_a_batch_they_do_not_divide_is_refused(tmp_path):
+    """SAM's recipe: a step draws batch / k images and k of each image's masks, decoded from one embedding."""
+    items = [(0, None), (0, None), (1, None), (2, None), (2, None), (2, None)]
+    by_image = {0: [0, 1], 1: [2], 2: [3, 4, 5]}
+    pick = tss.pick_items(items, by_image, np.random.default_rng(0), 12, 3)
+    groups = [pick[i:i + 3] for i in range(0, 12, 3)]
+    assert len(pick) == 12 and all(len({items[j][0] for j in group}) == 1 for group in groups)
+    assert len({items[group[0]][0] for group in groups}) > 1  # the images themselves are drawn at random
+    logits = tss.predict(tss.build_model(0), torch.zeros(2, 3, 64, 64), torch.tensor([[[0, 0, 30, 30.0]] * 3] * 2), None)
+    assert logits.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="--masks-per-image 3 must be >= 1 and divide --batch 4"):
+        tss.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *ARGS, "--masks-per-image", "3"])

@@ -120,16 +120,32 @@ def prompts(masks: list[np.ndarray], rng: np.random.Generator, kind: str | None 
 
 
 def predict(model, x: torch.Tensor, boxes, points) -> torch.Tensor:
-    """(B, H, W) mask logits for one prompt per image, at the images' own size."""
+    """(B, K, H, W) mask logits at the images' own size for K prompts per image: boxes (B, K, 4) or points
+    (B, K, 1, 2). The image is encoded once and its K prompts decoded from that one embedding."""
     if boxes is not None:
         out = model(pixel_values=x, input_boxes=boxes, multimask_output=False)
     else:
         labels = torch.ones(points.shape[:3], dtype=torch.long)
         out = model(pixel_values=x, input_points=points, input_labels=labels, multimask_output=False)
-    logits = out.pred_masks[:, 0, 0]
+    logits = out.pred_masks[:, :, 0]
     if logits.shape[-2:] != x.shape[-2:]:
-        logits = F.interpolate(logits[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        b, k = logits.shape[:2]
+        logits = F.interpolate(logits.flatten(0, 1)[:, None], size=x.shape[-2:], mode="bilinear",
+                               align_corners=False).view(b, k, *x.shape[-2:])
     return logits
+
+
+def pick_items(items: list, by_image: dict, rng: np.random.Generator, batch: int, per_image: int) -> list[int]:
+    """Indices into `items` for one step: `batch` items drawn at random (`per_image` 1), or `batch // per_image`
+    images drawn at random and `per_image` of each image's masks (with replacement), image after image."""
+    if per_image == 1:
+        return rng.integers(0, len(items), batch).tolist()
+    images = list(by_image)
+    picked = []
+    for i in rng.integers(0, len(images), batch // per_image):
+        mine = by_image[images[i]]
+        picked += [mine[j] for j in rng.integers(0, len(mine), per_image)]
+    return picked
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -158,7 +174,7 @@ def evaluate_prompts(model, split: str = "test", n_images: int = 200, seed: int 
                 boxes, points = torch.from_numpy(np.stack([box_of(m) for m in masks]))[:, None], None
             else:
                 boxes, points = prompts(masks, rng, "point")
-            pred = predict(model, pixels(images[[i for i, _ in chunk]]), boxes, points) > 0
+            pred = predict(model, pixels(images[[i for i, _ in chunk]]), boxes, points)[:, 0] > 0
             truth = torch.from_numpy(np.stack(masks))
             inter = (pred & truth).flatten(1).sum(1).float()
             union = (pred | truth).flatten(1).sum(1).float()
@@ -180,6 +196,12 @@ def train(args: argparse.Namespace, world=None) -> None:
     state = checkpoint.resume(work, model, opt, rng)
     t0 = time.time()
     images, items = train_data("train", args.n_train)
+    per_image = args.masks_per_image
+    if per_image < 1 or args.batch % per_image:
+        raise ValueError(f"--masks-per-image {per_image} must be >= 1 and divide --batch {args.batch}")
+    by_image = {}
+    for j, (i, _) in enumerate(items):
+        by_image.setdefault(i, []).append(j)
     print(f"rendered {args.n_train} training images ({len(items)} instances) in {time.time() - t0:.0f}s", flush=True)
     model.train()
     t0, running = time.time(), None
@@ -187,11 +209,15 @@ def train(args: argparse.Namespace, world=None) -> None:
         step = state["step"]
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        pick = rng.integers(0, len(items), args.batch)
+        pick = pick_items(items, by_image, rng, args.batch, per_image)
         masks = [items[j][1] for j in pick]
         boxes, points = prompts(masks, rng)
-        logits = predict(model, pixels(images[[items[j][0] for j in pick]]), boxes, points)
-        value = checkpoint.optimiser_step(model, opt, mask_loss(logits, torch.from_numpy(np.stack(masks)).float()))
+        shape = (len(pick) // per_image, per_image)  # (images, prompts per image)
+        boxes = None if boxes is None else boxes.view(*shape, 4)
+        points = None if points is None else points.view(*shape, 1, 2)
+        logits = predict(model, pixels(images[[items[j][0] for j in pick[::per_image]]]), boxes, points)
+        target = torch.from_numpy(np.stack(masks)).float().view(*shape, *masks[0].shape)
+        value = checkpoint.optimiser_step(model, opt, mask_loss(logits.flatten(0, 1), target.flatten(0, 1)))
         running = value if running is None else 0.98 * running + 0.02 * value
         t0 = checkpoint.step_done(work, model, opt, rng, state, args, running, t0)
     scores = evaluate_prompts(model, n_images=args.n_eval, data=test_data) if args.n_eval else None
@@ -203,6 +229,9 @@ def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-eval", type=int, default=200, help="test images scored at the end (0: skip)")
     parser.add_argument("--width", type=int, default=128, help="prompt encoder / mask decoder width")
     parser.add_argument("--pos-scale", type=float, default=1.0, help="random Fourier positional encoding scale")
+    parser.add_argument("--masks-per-image", type=int, default=1,
+                        help="masks decoded per image encoding (SAM's recipe: several; 1: each item its own image, "
+                             "the bundled shapes-sam's recipe); --batch counts masks and must be a multiple")
 
 
 def main(argv: list[str] | None = None) -> None:
