@@ -24,7 +24,6 @@ from promptseg.data.scenes_world import STUFF
 from promptseg.data.shapes import ScenesDataset, ShapesDataset
 from promptseg.eval.metrics import confusion, scores
 
-
 CLASS_NAMES = {"scenes": scenes_world.CLASS_NAMES, "shapes": shapes_world.CLASS_NAMES}
 
 

@@ -186,6 +186,9 @@ def evaluate_prompts(model, split: str = "test", n_images: int = 200, seed: int 
 
 def train(args: argparse.Namespace, world=None) -> None:
     """The training loop; `world` (scenes-sam) gives the image size, patch size, training masks, test masks."""
+    per_image = args.masks_per_image
+    if per_image < 1 or args.batch % per_image:
+        raise ValueError(f"--masks-per-image {per_image} must be >= 1 and divide --batch {args.batch}")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -196,9 +199,6 @@ def train(args: argparse.Namespace, world=None) -> None:
     state = checkpoint.resume(work, model, opt, rng)
     t0 = time.time()
     images, items = train_data("train", args.n_train)
-    per_image = args.masks_per_image
-    if per_image < 1 or args.batch % per_image:
-        raise ValueError(f"--masks-per-image {per_image} must be >= 1 and divide --batch {args.batch}")
     by_image = {}
     for j, (i, _) in enumerate(items):
         by_image.setdefault(i, []).append(j)
