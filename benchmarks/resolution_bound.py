@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from promptseg.data import scenes_world, shapes_world
-from promptseg.data.scenes_world import STUFF
 from promptseg.data.shapes import ScenesDataset, ShapesDataset
 from promptseg.eval.metrics import confusion, scores
 
@@ -56,7 +55,7 @@ def main() -> None:
              f"`python benchmarks/resolution_bound.py --world {args.world} --n {args.n}`.", "",
              "| grid | pixels per cell | mIoU ceiling | stuff | things |", "| --- | --- | --- | --- | --- |"]
     # stuff: the world's ground words (shapes: its four backgrounds), things: the rest
-    stuff = np.array([name in (shapes_world.BACKGROUNDS if args.world == "shapes" else STUFF)
+    stuff = np.array([name in (shapes_world.BACKGROUNDS if args.world == "shapes" else scenes_world.STUFF)
                       for name in CLASS_NAMES[args.world]])
     for g in grids:
         iou = 100 * ceiling(dataset, g)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 from anyword_benchmark import unet_forward_seconds
+from settings_sweep import write_model_settings
 
 from promptseg import load_backbone
-from promptseg.backbone import BUNDLED, SETTINGS_FILE, model_settings
+from promptseg.backbone import model_settings
 from promptseg.data.scenes_ref import KINDS
 from promptseg.eval.refer_runner import ReferRun, evaluate_refer
 
@@ -61,15 +62,6 @@ TEST_ROWS = {
     "anyword without linguistic regularisation": ("anyword", {"sam": None, "proposals": "attention",
                                                               "linguistic": False}),
 }
-
-
-def write_recommendation(settings: dict) -> Path:
-    """Anyword's entry of the bundled scenes model's settings file (other entries kept)."""
-    path = Path(BUNDLED["scenes"]) / SETTINGS_FILE
-    record = json.loads(path.read_text())
-    record["anyword"] = json.loads(json.dumps(settings, default=list))
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
 
 
 def markdown(table: dict, args, forward: float, recommended: dict) -> str:
@@ -117,7 +109,8 @@ def main() -> None:
         print(label, {k: table[label][k] for k in ("ciou", "giou", "n_acc")}, flush=True)
     if args.split == "val" and args.write:
         best = max((label for label in table if table[label]["method"] == "anyword"), key=lambda k: table[k]["ciou"])
-        print("recommended:", best, write_recommendation(rows[best][1]))
+        write_model_settings("scenes", {"anyword": rows[best][1]})
+        print("recommended:", best)
     forward = unet_forward_seconds(backbone)
     recommended = model_settings("scenes").get("anyword", {})
     RESULTS.mkdir(exist_ok=True)

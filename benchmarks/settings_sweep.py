@@ -55,6 +55,16 @@ def run(method: str, settings: dict, n: int, model: str, dataset: str) -> float:
     return report["miou"]
 
 
+def write_model_settings(model: str, entries: dict) -> dict:
+    """Put `entries` (method -> settings) into the model folder's `promptseg_settings.json`, its other entries (the
+    filter's, the other methods') kept; returns what the file now holds."""
+    path = Path(BUNDLED.get(model, model)) / SETTINGS_FILE
+    chosen = json.loads(path.read_text()) if path.exists() else {}
+    chosen.update(entries)
+    path.write_text(json.dumps(chosen, indent=1) + "\n")
+    return chosen
+
+
 def grid(**axes):
     keys = list(axes)
     for values in itertools.product(*axes.values()):
@@ -111,10 +121,7 @@ def main() -> None:
         if score > best.get("invseg", (-1, None))[0]:
             best["invseg"] = (score, settings)
 
-    path = Path(BUNDLED.get(args.model, args.model)) / SETTINGS_FILE
-    chosen = json.loads(path.read_text()) if path.exists() else {}
-    chosen.update({name: settings for name, (_, settings) in best.items()})
-    path.write_text(json.dumps(chosen, indent=1) + "\n")
+    chosen = write_model_settings(args.model, {name: settings for name, (_, settings) in best.items()})
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     lines = [f"# Settings sweep on the {args.dataset} val split, model `{args.model}` ({args.n} images; invseg "
