@@ -89,16 +89,15 @@ def tiny_single_file(tiny, tmp_path_factory):
     return save_packed(tiny, tmp_path_factory.mktemp("tiny_file") / "tiny.safetensors")
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_folder(tmp_path_factory):
-    """A tiny random transformers CLIPModel with its processor, saved as a local folder."""
+def make_tiny_clip(folder, words=("a", "photo", "of", "cat", "dog")):
+    """A tiny random transformers CLIPModel whose tokenizer knows `words`, with its processor, saved in `folder`."""
     from transformers import CLIPConfig, CLIPModel
 
     from promptseg.zoo.tokenizer import build_word_tokenizer
     from promptseg.zoo.train_shapes_clip import make_processor
 
     torch.manual_seed(0)
-    tokenizer = build_word_tokenizer(("a", "photo", "of", "cat", "dog"), model_max_length=12)
+    tokenizer = build_word_tokenizer(words, model_max_length=12)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -109,7 +108,13 @@ def tiny_clip_folder(tmp_path_factory):
         projection_dim=8,
     )
     model = CLIPModel(config)
-    folder = tmp_path_factory.mktemp("tiny_clip")
     model.save_pretrained(folder, safe_serialization=True)
     make_processor(tokenizer, image_size=32).save_pretrained(folder)
-    return folder, model
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory):
+    """A tiny random transformers CLIPModel with its processor, saved as a local folder."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    return folder, make_tiny_clip(folder)

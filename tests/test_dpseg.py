@@ -158,6 +158,23 @@ def test_dpseg_segments_in_two_rounds(tiny, tiny_dpseg, tmp_path):
         method(image, ["cat"], prompt="a cat")
 
 
+def test_calibration_lowers_only_the_classes_the_weights_were_trained_on(tiny, tiny_dpseg, tmp_path):
+    """Calibrated stacking: the seen class's (cat) probabilities fall, the unseen one's (dog) stay, and a large enough
+    calibration hands every pixel to the unseen class."""
+    from promptseg.methods import build_method
+    from promptseg.methods.dpseg import DPSegConfig
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    runs = {c: build_method("dpseg", tiny, DPSegConfig(weights=str(tiny_dpseg), cache_dir=str(tmp_path), rounds=1,
+                                                       generation_steps=1, calibration=c))(image, ["cat", "dog"])
+            for c in (0.0, 1.0, 50.0)}
+    plain, calibrated = runs[0.0].scores, runs[1.0].scores
+    assert np.allclose(calibrated[1], plain[1]) and (calibrated[0] < plain[0]).all()
+    assert (runs[50.0].label_map == 1).all()
+    with pytest.raises(ValueError, match="calibration"):
+        DPSegConfig(calibration=-1.0)
+
+
 def test_dpseg_without_weights_says_how_to_get_them(tiny, tmp_path):
     from promptseg.methods import build_method
     from promptseg.methods.dpseg import DPSegConfig
@@ -264,3 +281,26 @@ def test_train_command_writes_weights_and_resumes_to_the_same_ones(tiny_folder, 
     assert config["held_out"] == ["sky", "triangle"]
     assert config["trained_classes"] == ["grass", "sand", "water", "circle", "square"]
     assert main(common + ["--out", str(tmp_path / "x"), "--hold-out", "tree"]) == 2  # not a shapes class
+
+
+def test_train_command_on_scenes_holds_out_three_things_and_a_stuff_class(tiny_folder, tmp_path):
+    """`promptseg train dpseg --dataset scenes` trains on the scenes world's class names (their synonyms read by the
+    prompts) and keeps sailboat, kite, snowman (things) and sand (stuff) out of training by default."""
+    from conftest import make_tiny_clip
+    from promptseg.cli import main
+    from promptseg.data.base import bundled_class_names
+    from promptseg.data.scenes_world import CLASS_NAMES, STUFF
+
+    words = {w for line in bundled_class_names("scenes") for w in line.replace(",", " ").split()}
+    clip_folder = tmp_path / "clip"
+    make_tiny_clip(clip_folder, ("a", *sorted(words)))
+    out = tmp_path / "scenes-dpseg"
+    assert main(["train", "dpseg", "--dataset", "scenes", "--clip", str(clip_folder), "--model", str(tiny_folder),
+                 "--templates", '["a {}"]', "--prompt-images", "1", "--batch", "2", "--steps", "2", "--n-train", "4",
+                 "--cache-dir", str(tmp_path / "cache"), "--warmup", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "dpseg_config.json").read_text())
+    held_out = config["held_out"]
+    assert held_out == ["sailboat", "kite", "snowman", "sand"]
+    assert sum(name in STUFF for name in held_out) == 1 and sum(name not in STUFF for name in held_out) == 3
+    assert config["trained_classes"] == [n for n in CLASS_NAMES if n not in held_out]
+    assert config["training"]["dataset"] == "scenes" and (out / "model.safetensors").is_file()

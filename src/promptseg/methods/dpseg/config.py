@@ -14,8 +14,8 @@ class DPSegConfig:
     """Settings of DPSeg (arXiv 2505.11676). Defaults are the paper's unless marked "ours"."""
 
     weights: str | None = None
-    """Trained weights: a bundled name ("shapes-dpseg", which the bundled `shapes` model recommends) or a folder
-    written by `promptseg train dpseg`. Required: DPSeg is the one trained method."""
+    """Trained weights: a bundled name ("shapes-dpseg" or "scenes-dpseg", which the bundled `shapes` and
+    `scenes` models recommend) or a folder written by `promptseg train dpseg`. Required: DPSeg is the one trained method."""
     prompts: str = "dual"
     """"dual" (R = mean of text and visual prompt embeddings), "text" or "visual": the prompt-strategy ablation."""
     rounds: int = 2
@@ -27,6 +27,11 @@ class DPSegConfig:
     crop_weight: float = 1.0
     """Round II's visual prompt = crop_weight x the crop's features + (1 - crop_weight) x the generated ones
     (1: the paper's replacement)."""
+    calibration: float = 0.0
+    """Calibrated stacking (ours; Chao et al. 2016, as ZS3Net and CaGNet apply it to segmentation): this is
+    subtracted from the logits of every offered class the weights were trained on (an offered label whose name is in
+    their `trained_classes`), so that classes never seen in training, whose logits the decoder never learnt to push
+    up, can win pixels. 0: the paper's (no calibration)."""
     min_area: float = 0.005
     """A class counts as detected in round I when it wins at least this fraction of the pixels."""
     visual_cost: bool = True
@@ -55,6 +60,8 @@ class DPSegConfig:
             raise ValueError(f"crop_fill must be one of {CROP_FILLS}, got {self.crop_fill!r}")
         if not 0 <= self.crop_weight <= 1:
             raise ValueError(f"crop_weight must be in [0, 1], got {self.crop_weight}")
+        if self.calibration < 0:
+            raise ValueError(f"calibration lowers seen classes' logits and must be >= 0, got {self.calibration}")
         if not 0 <= self.min_area < 1:
             raise ValueError(f"min_area is a fraction of the image in [0, 1), got {self.min_area}")
         if self.prompt_images is not None and self.prompt_images < 1:

@@ -42,7 +42,7 @@ class DPSeg:
         if self.config.weights is None:
             raise ValueError(
                 "dpseg needs trained weights: --set weights=FOLDER (train them with `promptseg train dpseg`), or "
-                "--model shapes, which recommends the bundled shapes-dpseg"
+                "--model shapes or --model scenes, which recommend the bundled shapes-dpseg and scenes-dpseg"
             )
         self.backbone = backbone
         self.net, self.clip = _load(str(self.config.weights), backbone.device, backbone.dtype)
@@ -69,18 +69,23 @@ class DPSeg:
                              extra={"image": pil, "encoded": encoded}, timings={"encode": time.perf_counter() - start})
 
     @torch.no_grad()
-    def _probabilities(self, prepared: PreparedImage, classes, replace=None) -> torch.Tensor:
+    def _probabilities(self, prepared: PreparedImage, classes, seen: torch.Tensor, replace=None) -> torch.Tensor:
+        """(K, H, W) per-class probabilities; `seen` (K,) bool marks the classes the weights were trained on."""
         prompts = self.bank.features(classes, self.config.prompts, replace, self.config.crop_weight)
-        logits = self.net.decode(prepared.extra["encoded"], prompts, visual_cost=self.config.visual_cost)
-        return torch.sigmoid(logits[0].float())  # (K, H, W)
+        logits = self.net.decode(prepared.extra["encoded"], prompts, visual_cost=self.config.visual_cost)[0].float()
+        if self.config.calibration:  # calibrated stacking: seen classes' logits lowered
+            logits = logits - self.config.calibration * seen.to(logits.device, logits.dtype)[:, None, None]
+        return torch.sigmoid(logits)  # (K, H, W)
 
     def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
         """Segment the prepared image into `labels` (strings or `Label`s); scores are per-class probabilities."""
         labels = as_labels(labels)
         classes = [label.synonyms for label in labels]
+        trained = set(self.net.config.trained_classes)
+        seen = torch.tensor([label.name in trained for label in labels])
         timings = dict(prepared.timings)
         start = time.perf_counter()
-        probs = self._probabilities(prepared, classes)
+        probs = self._probabilities(prepared, classes, seen)
         timings["round1"] = time.perf_counter() - start
         extra = {"prompts": self.config.prompts, "rounds": self.config.rounds, "detected": []}
         if self.config.rounds == 2 and self.config.prompts != "text":
@@ -88,7 +93,7 @@ class DPSeg:
             replace = self._round_two_prompts(prepared, probs)
             extra["detected"] = [labels[k].name for k in sorted(replace)]
             if replace:
-                probs = self._probabilities(prepared, classes, replace)
+                probs = self._probabilities(prepared, classes, seen, replace)
             timings["round2"] = time.perf_counter() - start
         result = finish(probs, labels, prepared.size, self.config.background_threshold, timings)
         result.extra.update(extra)

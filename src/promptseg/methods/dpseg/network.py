@@ -24,7 +24,7 @@ from promptseg.methods.dpseg.decoder import CostVolumeDecoder, DecoderConfig
 
 CONFIG_NAME = "dpseg_config.json"
 WEIGHTS_NAME = "model.safetensors"
-BUNDLED_DPSEG = {"shapes-dpseg": Path(__file__).resolve().parents[2] / "zoo" / "shapes-dpseg"}
+BUNDLED_DPSEG = {name: Path(__file__).resolve().parents[2] / "zoo" / name for name in ("shapes-dpseg", "scenes-dpseg")}
 
 
 @dataclass
@@ -163,7 +163,8 @@ def prompt_image_features(clip, images, layers: list[int]) -> tuple[torch.Tensor
 
 
 def resolve_weights(name: str | os.PathLike) -> Path:
-    """The folder of DPSeg weights `name`: a bundled name ("shapes-dpseg") or a folder with `dpseg_config.json`.
+    """The folder of DPSeg weights `name`: a bundled name ("shapes-dpseg", "scenes-dpseg") or a folder with
+    `dpseg_config.json`.
 
     Raises:
         FileNotFoundError: neither (the message says how to get weights).
