@@ -47,17 +47,24 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 ROOT = HERE.parent
 DATASETS = {"shapes": ShapesDataset, "scenes": ScenesDataset}
-RECOMMENDED = {"shapes": "dual prompts, round I", "scenes": "dual prompts, round I, calibration 6"}  # the models' settings, in words
+GENERATION_NAMES = {"shapes": ("circle", "sky"), "scenes": ("tree", "sky")}  # classes timed drawing visual prompts
 
 
-def test_rows(world: str) -> dict:
+def recommended_in_words(config) -> str:
+    """"dual prompts, round I" (and ", calibration C" where set): a model's DPSeg settings as the test table names them."""
+    words = f"{config.prompts} prompts, round {'I' * config.rounds}"
+    return words + (f", calibration {config.calibration:g}" if config.calibration else "")
+
+
+def rows_for_test(world: str) -> dict:
     """The test table's rows on `world` (its model's recommended settings first)."""
     first_recipe = ("weights trained on the 5 class names only, unseen pixels as negatives (our first recipe)"
                     if world == "shapes" else "weights trained with unseen pixels as negatives (our first recipe)")
-    calibrated = config_for_model("dpseg", world).calibration
+    recommended = config_for_model("dpseg", world)
     return {
-        f"dpseg (recommended: {RECOMMENDED[world]}; chosen on val)": {},
-        **({"the same without calibration (the paper's read-out)": {"calibration": 0.0}} if calibrated else {}),
+        f"dpseg (recommended: {recommended_in_words(recommended)}; chosen on val)": {},
+        **({"the same without calibration (the paper's read-out)": {"calibration": 0.0}}
+           if recommended.calibration else {}),
         "round II, the paper's box crop": {"rounds": 2, "crop_fill": "box"},
         "round II, region crop with the rest grey (ours)": {"rounds": 2, "crop_fill": "mask"},
         "text prompts only (T)": {"prompts": "text"},
@@ -91,9 +98,9 @@ def choose(results: dict) -> str:
     return max(candidates, key=lambda name: candidates[name]["hiou"])
 
 
-def generation_cost(backbone, world: str, names: tuple[str, ...] = ("tree", "sky")) -> float:
+def generation_cost(backbone, world: str) -> float:
     """Seconds to draw one class's visual prompts (every template x images) on an empty cache."""
-    names = ("circle", "sky") if world == "shapes" else names
+    names = GENERATION_NAMES[world]
     with tempfile.TemporaryDirectory() as tmp:
         method = build_method("dpseg", backbone, config_for_model("dpseg", world), cache_dir=tmp)
         start = time.perf_counter()
@@ -114,7 +121,7 @@ def main() -> None:
     if args.split == "val":  # val rows sit on the method's defaults and the weights alone, not on a past choice
         write_model_settings(world, {"dpseg": {"weights": weights}})
     backbone = load_backbone(world)
-    rows = test_rows(world) if args.split == "test" else VAL_ROWS
+    rows = rows_for_test(world) if args.split == "test" else VAL_ROWS
     # warm the visual-prompt cache for every class, so no row's seconds include drawing them
     warm = build_method("dpseg", backbone, config_for_model("dpseg", world))
     one = DATASETS[world]("val", n=1)
