@@ -138,7 +138,7 @@ def main() -> None:
                       out=str(ROOT / "runs" / ("dpseg" if world == "shapes" else f"dpseg_{world}") / args.split / slug))
         report = evaluate(run, progress=False, backbone=backbone)
         results[name] = {key: report[key] for key in ("miou", "miou_seen", "miou_unseen", "hiou", "per_class_iou",
-                                                      "seconds_per_image", "settings")}
+                                                      "per_class_acc", "seconds_per_image", "settings")}
         print(f"{name}: mIoU {100 * report['miou']:.1f} (seen {100 * report['miou_seen']:.1f}, unseen "
               f"{100 * report['miou_unseen']:.1f}), {report['seconds_per_image']:.3f} s/image", flush=True)
     net = read_net_config(weights)
@@ -154,6 +154,16 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{stem}.md").write_text(markdown(out))
     print((RESULTS / f"{stem}.md").read_text())
+
+
+def pixel_ratio(iou: float | None, recall: float | None) -> str:
+    """A class's predicted over true pixels, from its IoU (TP / (T + P - TP)) and recall (TP / T): "0" when it was
+    never predicted where present, "-" when absent or when no predicted pixel was right (the ratio is then unknown)."""
+    if iou is None or recall is None:
+        return "-"
+    if iou == 0:
+        return "0" if recall == 0 else "-"
+    return f"{recall / iou - 1 + recall:.2f}"
 
 
 def markdown(out: dict) -> str:
@@ -177,6 +187,13 @@ def markdown(out: dict) -> str:
         cells = [pct(r["per_class_iou"][c]) for c in classes]
         lines.append(f"| {name} | {pct(r['miou'])} | {pct(r['miou_seen'])} | {pct(r['miou_unseen'])} | "
                      f"{pct(r['hiou'])} | " + " | ".join(cells) + (f" | {r['seconds_per_image']:.3f} |" if timed else " |"))
+    if all("per_class_acc" in r for r in out["rows"].values()):
+        lines += ["", "Predicted over true pixels per class (from IoU i and recall r: r / i - 1 + r; 1 = as many pixels as "
+                  "the class has, 0 = never predicted; - where absent from every image or never hit):", "",
+                  "| row | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---" for _ in classes) + " |"]
+        for name, r in out["rows"].items():
+            lines.append(f"| {name} | " + " | ".join(pixel_ratio(r["per_class_iou"][c], r["per_class_acc"][c])
+                                                     for c in classes) + " |")
     if "chosen" in out:
         lines += ["", f"Chosen (the best hIoU among the dual-prompt rows; written to the `{world}` model's "
                   f"promptseg_settings.json): **{out['chosen']}**."]
