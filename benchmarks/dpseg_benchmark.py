@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
     world = args.dataset
+    tag = "dpseg" if world == "shapes" else f"dpseg_{world}"  # runs/TAG/ and results/TAG(_val).md
     weights = config_for_model("dpseg", world).weights
     if args.split == "val":  # val rows sit on the method's defaults and the weights alone, not on a past choice
         write_model_settings(world, {"dpseg": {"weights": weights}})
@@ -135,7 +136,7 @@ def main() -> None:
         run = EvalRun(refine="none", dataset=world, split=args.split, method="dpseg", model=world, limit=args.n,
                       names="all", filter="none", settings={k: json.dumps(v) if not isinstance(v, str) else v
                                                             for k, v in settings.items()},
-                      out=str(ROOT / "runs" / ("dpseg" if world == "shapes" else f"dpseg_{world}") / args.split / slug))
+                      out=str(ROOT / "runs" / tag / args.split / slug))
         report = evaluate(run, progress=False, backbone=backbone)
         results[name] = {key: report[key] for key in ("miou", "miou_seen", "miou_unseen", "hiou", "per_class_iou",
                                                       "per_class_acc", "seconds_per_image", "settings")}
@@ -149,7 +150,7 @@ def main() -> None:
     else:
         out["chosen"] = choose(results)
         write_model_settings(world, {"dpseg": {"weights": weights, **VAL_ROWS[out["chosen"]]}})
-    stem = ("dpseg" if world == "shapes" else f"dpseg_{world}") + ("" if args.split == "test" else "_val")
+    stem = tag + ("" if args.split == "test" else "_val")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{stem}.md").write_text(markdown(out))
@@ -170,14 +171,13 @@ def markdown(out: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     classes = list(next(iter(out["rows"].values()))["per_class_iou"]) if out["rows"] else []
     timed = out["split"] == "test"  # val runs shared the cores with trainings: their seconds are in the json only
-    world = out.get("dataset", "shapes")
+    world = out["dataset"]
     flag = "" if world == "shapes" else f"--dataset {world} "
     lines = [
         f"# DPSeg on {world} {out['split']} ({out['n_images']} images, all {len(classes)} classes offered, no filter)",
         "",
-        f"Weights `{out.get('weights', 'shapes-dpseg')}`: trained on masks of "
-        f"{', '.join(out.get('trained_classes', ['grass', 'sand', 'water', 'circle', 'square']))}; "
-        f"**{' and '.join(out.get('held_out', ['sky', 'triangle']))} unseen**.",
+        f"Weights `{out['weights']}`: trained on masks of {', '.join(out['trained_classes'])}; "
+        f"**{' and '.join(out['held_out'])} unseen**.",
         f"Produced by `python benchmarks/dpseg_benchmark.py {flag}--split {out['split']} --n {out['n_images']}`.",
         "",
         "| row | mIoU | seen | unseen | hIoU | " + " | ".join(classes) + (" | s/image |" if timed else " |"),
