@@ -13,7 +13,9 @@ the recommended settings (chosen on val), round II with the paper's box crop and
 visual prompts only (all with the same dual-trained weights, as inference-time swaps), and weights trained without
 the multi-scale visual cost volumes (`--no-visual-cost`, a separate training: runs/WORLD-dpseg-novc, when present),
 and the first recipe we trained on shapes (the five class names only, held-out pixels as negatives:
-runs/shapes-dpseg-v1, when present; on scenes, held-out pixels as negatives: runs/scenes-dpseg-v1).
+runs/shapes-dpseg-v1, when present; on scenes, held-out pixels as negatives: runs/scenes-dpseg-v1), and the bundled
+weights fine-tuned with our Dice term (`--dice 1`, stopped at 500 of 1,000 steps: runs/WORLD-dpseg-dice500) and
+with Dice and zoom crops (`--dice 1 --zoom 2`, 1,000 steps: runs/WORLD-dpseg-zoom), when present.
 
 The extra weights come from the same script as the bundled ones (seed 0, 3,000 steps):
 
@@ -21,6 +23,9 @@ The extra weights come from the same script as the bundled ones (seed 0, 3,000 s
     promptseg train dpseg --dataset shapes --out runs/shapes-dpseg-v1 --no-extra-classes --held-out-as-negatives
     promptseg train dpseg --dataset scenes --out runs/scenes-dpseg-novc --no-visual-cost
     promptseg train dpseg --dataset scenes --out runs/scenes-dpseg-v1 --held-out-as-negatives
+    promptseg train dpseg --dataset scenes --init scenes-dpseg --dice 1 --steps 1000 --out runs/scenes-dpseg-dice500 \
+        --stop-after 500    # then copy the work folder's state/model.safetensors beside the config
+    promptseg train dpseg --dataset scenes --init scenes-dpseg --dice 1 --zoom 2 --steps 1000 --out runs/scenes-dpseg-zoom
 
 Cost: the visual prompts are drawn once per class (timed on an empty cache: `generation_seconds_per_class`); every
 row runs on a warm cache, so its seconds per image are what a user pays per image.
@@ -53,6 +58,7 @@ GENERATION_NAMES = {"shapes": ("circle", "sky"), "scenes": ("tree", "sky")}  # c
 def recommended_in_words(config) -> str:
     """"dual prompts, round I" (and ", calibration C" where set): a model's DPSeg settings as the test table names them."""
     words = f"{config.prompts} prompts, round {'I' * config.rounds}"
+    words += f", tiles {config.tiles}" if config.tiles > 1 else ""
     return words + (f", calibration {config.calibration:g}" if config.calibration else "")
 
 
@@ -65,12 +71,17 @@ def rows_for_test(world: str) -> dict:
         f"dpseg (recommended: {recommended_in_words(recommended)}; chosen on val)": {},
         **({"the same without calibration (the paper's read-out)": {"calibration": 0.0}}
            if recommended.calibration else {}),
+        **({"the same without tiles (the whole image only, the paper's)": {"tiles": 1}} if recommended.tiles > 1 else {}),
         "round II, the paper's box crop": {"rounds": 2, "crop_fill": "box"},
         "round II, region crop with the rest grey (ours)": {"rounds": 2, "crop_fill": "mask"},
         "text prompts only (T)": {"prompts": "text"},
         "visual prompts only (V)": {"prompts": "visual"},
         "weights trained without the multi-scale visual cost volumes": {"weights": str(ROOT / "runs" / f"{world}-dpseg-novc")},
         first_recipe: {"weights": str(ROOT / "runs" / f"{world}-dpseg-v1")},
+        "weights fine-tuned with a Dice term beside the BCE (ours; 500 steps)": {
+            "weights": str(ROOT / "runs" / f"{world}-dpseg-dice500")},
+        "weights fine-tuned with a Dice term and 1-2x zoom crops (ours; 1,000 steps)": {
+            "weights": str(ROOT / "runs" / f"{world}-dpseg-zoom")},
     }
 
 VAL_ROWS = {
@@ -80,6 +91,10 @@ VAL_ROWS = {
     "round I, calibration 4 (ours)": {"rounds": 1, "calibration": 4.0},
     "round I, calibration 6 (ours)": {"rounds": 1, "calibration": 6.0},
     "round I, calibration 8 (ours)": {"rounds": 1, "calibration": 8.0},
+    "round I, tiles 2 (ours)": {"rounds": 1, "tiles": 2},
+    "round I, tiles 2, calibration 2 (ours)": {"rounds": 1, "tiles": 2, "calibration": 2.0},
+    "round I, tiles 2, calibration 4 (ours)": {"rounds": 1, "tiles": 2, "calibration": 4.0},
+    "round I, tiles 2, calibration 6 (ours)": {"rounds": 1, "tiles": 2, "calibration": 6.0},
     "round II, crop = box (the paper's)": {"rounds": 2, "crop_fill": "box"},
     "round II, crop = region, rest grey (ours)": {"rounds": 2, "crop_fill": "mask"},
     "round II, whole frame, rest grey (ours)": {"rounds": 2, "crop_fill": "frame"},

@@ -175,6 +175,38 @@ def test_calibration_lowers_only_the_classes_the_weights_were_trained_on(tiny, t
         DPSegConfig(calibration=-1.0)
 
 
+def test_tiles_lay_each_crop_on_its_place_and_average_with_the_whole_view():
+    from promptseg.methods.dpseg.tiles import merge_tiles, tile_boxes
+
+    assert tile_boxes((30, 40), 2) == [(0, 0, 15, 20), (15, 0, 30, 20), (0, 20, 15, 40), (15, 20, 30, 40)]
+    tiles = torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 2, 3, 3)  # tile i all i, for 2 classes
+    merged = merge_tiles(torch.ones(2, 6, 6), tiles, 2)
+    assert merged.shape == (2, 6, 6)
+    assert torch.equal(merged[:, :3, :3], torch.full((2, 3, 3), 0.5))  # (1 + 0) / 2: top left
+    assert torch.equal(merged[:, :3, 3:], torch.full((2, 3, 3), 1.0))  # top right
+    assert torch.equal(merged[:, 3:, :3], torch.full((2, 3, 3), 1.5)) and torch.equal(merged[:, 3:, 3:], torch.full((2, 3, 3), 2.0))
+    with pytest.raises(ValueError, match="2x2"):
+        merge_tiles(torch.ones(2, 6, 6), tiles[:3], 2)
+
+
+def test_tiled_dpseg_decodes_the_crops_and_changes_the_scores(tiny, tiny_dpseg, tmp_path):
+    from promptseg.methods import build_method
+    from promptseg.methods.dpseg import DPSegConfig
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    runs = {}
+    for n in (1, 2):
+        method = build_method("dpseg", tiny, DPSegConfig(weights=str(tiny_dpseg), cache_dir=str(tmp_path), rounds=1,
+                                                         generation_steps=1, tiles=n))
+        prepared = method.prepare(image)
+        runs[n] = method.segment(prepared, ["cat", "dog"])
+        assert (prepared.extra["tiles"] is None) == (n == 1)
+    assert runs[2].scores.shape == runs[1].scores.shape == (2, 40, 30)
+    assert not np.allclose(runs[1].scores, runs[2].scores)
+    with pytest.raises(ValueError, match="tiles"):
+        DPSegConfig(tiles=0)
+
+
 def test_dpseg_without_weights_says_how_to_get_them(tiny, tmp_path):
     from promptseg.methods import build_method
     from promptseg.methods.dpseg import DPSegConfig
@@ -281,6 +313,64 @@ def test_train_command_writes_weights_and_resumes_to_the_same_ones(tiny_folder, 
     assert config["held_out"] == ["sky", "triangle"]
     assert config["trained_classes"] == ["grass", "sand", "water", "circle", "square"]
     assert main(common + ["--out", str(tmp_path / "x"), "--hold-out", "tree"]) == 2  # not a shapes class
+
+
+def test_train_command_fine_tunes_from_weights_built_the_same_way(tiny_folder, tiny_clip_folder, tmp_path, capsys):
+    """`--init` starts from trained weights (at lr 0 they come out unchanged) and records them; weights built with
+    other settings are refused by name."""
+    from safetensors.torch import load_file
+
+    from promptseg.cli import main
+
+    clip_folder, _ = tiny_clip_folder
+    common = ["train", "dpseg", "--dataset", "shapes", "--clip", str(clip_folder), "--model", str(tiny_folder),
+              "--templates", '["a {}"]', "--prompt-images", "1", "--batch", "2", "--steps", "2", "--n-train", "8",
+              "--cache-dir", str(tmp_path / "cache"), "--warmup", "1"]
+    assert main(common + ["--out", str(tmp_path / "first")]) == 0
+    assert main(common + ["--out", str(tmp_path / "tuned"), "--init", str(tmp_path / "first"), "--lr", "0",
+                          "--dice", "1"]) == 0
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("first", "tuned"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    training = json.loads((tmp_path / "tuned" / "dpseg_config.json").read_text())["training"]
+    assert training["dice"] == 1.0 and training["init"]["weights"] == str(tmp_path / "first")
+    assert main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "first"), "--no-visual-cost"]) == 2
+    assert "decoder" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "x"), "--zoom", "0.5"]) == 2
+    assert "--zoom 0.5" in capsys.readouterr().err
+
+
+def test_zoom_crops_a_random_fraction_of_the_short_side():
+    from promptseg.methods.dpseg.train import training_pair
+
+    columns = np.tile(np.arange(64, dtype=np.int32), (48, 1))  # a 64x48 image whose label is its column
+    image = Image.new("RGB", (64, 48))
+    sides = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        _, (plain,) = training_pair(image, [columns], 32, 48, rng)
+        _, (zoomed,) = training_pair(image, [columns], 32, 48, rng, zoom=2.0)
+        assert plain.shape == zoomed.shape == (48, 48)
+        assert len(np.unique(plain)) == 48  # the whole short side, every column kept
+        sides.append(len(np.unique(zoomed)))  # a crop of 24-48 columns resized to 48
+    assert 24 <= min(sides) and max(sides) <= 48 and max(sides) - min(sides) >= 8
+
+
+def test_dice_loss_weighs_each_present_class_alike_whatever_its_size():
+    from promptseg.methods.dpseg.train import bce_loss, dice_loss
+
+    target = torch.zeros(1, 3, 32, 32)
+    target[0, 0, :, :16] = 1  # a large class, found
+    target[0, 1, 0, :4] = 1  # a 4-pixel class, missed
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[0, 1] = -20.0
+    valid = torch.ones(1, 32, 32, dtype=torch.bool)
+    missed = float(dice_loss(logits, target, valid))
+    assert missed == pytest.approx((0 + (1 - 1 / 5)) / 2, abs=1e-3)  # each present class counts once
+    assert float(bce_loss(logits, target, valid)) < missed / 10  # where the BCE barely sees the missed class
+    logits[0, 2] = 20.0  # an absent class predicted everywhere: the BCE's business, not the Dice's
+    assert float(dice_loss(logits, target, valid)) == pytest.approx(missed)
+    valid[0, 0, :4] = False  # the small class's pixels not valid: it is not present
+    assert float(dice_loss(logits, target, valid)) == pytest.approx(0.0, abs=1e-3)
 
 
 def test_train_command_on_scenes_holds_out_three_things_and_a_stuff_class(tiny_folder, tmp_path):

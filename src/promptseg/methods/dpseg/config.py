@@ -32,6 +32,10 @@ class DPSegConfig:
     subtracted from the logits of every offered class the weights were trained on (an offered label whose name is in
     their `trained_classes`), so that classes never seen in training, whose logits the decoder never learnt to push
     up, can win pixels. 0: the paper's (no calibration)."""
+    tiles: int = 1
+    """Tiled inference (ours): n > 1 also decodes the image as an n x n grid of crops, each resized to the encoder's
+    input (a zoom of n), and averages each pixel's logits with the whole view's; things smaller than a ViT patch
+    cover n^2 times the patches. Costs 1 + n^2 encoder and decoder passes. 1: the whole image only (the paper's)."""
     min_area: float = 0.005
     """A class counts as detected in round I when it wins at least this fraction of the pixels."""
     visual_cost: bool = True
@@ -62,6 +66,8 @@ class DPSegConfig:
             raise ValueError(f"crop_weight must be in [0, 1], got {self.crop_weight}")
         if self.calibration < 0:
             raise ValueError(f"calibration lowers seen classes' logits and must be >= 0, got {self.calibration}")
+        if not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ValueError(f"tiles is the side of the crop grid, a whole number >= 1 (1: no tiles), got {self.tiles!r}")
         if not 0 <= self.min_area < 1:
             raise ValueError(f"min_area is a fraction of the image in [0, 1), got {self.min_area}")
         if self.prompt_images is not None and self.prompt_images < 1:

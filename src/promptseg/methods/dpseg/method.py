@@ -4,7 +4,9 @@
         1. R = Avg(V, T) per class and template: T from the frozen CLIP text tower, V from the frozen CLIP vision
            tower over images the diffusion backbone generated from the same templates (cached on disk).
         2. Round I: cost volume of R with the image's dense CLIP features -> CVGD decoder (with the multi-scale
-           visual cost volumes) -> per-class logits -> argmax.
+           visual cost volumes) -> per-class logits -> argmax. With `tiles` n > 1 (ours) the image is also decoded
+           as an n x n grid of crops, each at the encoder's full input, and each pixel's logits are averaged
+           (`tiles.py`).
         3. Round II: each class that won at least `min_area` of the image gets the crop of its region as its
            visual prompt (for every template); undetected classes keep the generated ones; decode again.
 """
@@ -22,6 +24,7 @@ from promptseg.methods.dpseg.bank import PromptBank
 from promptseg.methods.dpseg.config import DPSegConfig
 from promptseg.methods.dpseg.network import load_dpseg, read_net_config
 from promptseg.methods.dpseg.prompts import VisualPromptCache, crop_region
+from promptseg.methods.dpseg.tiles import merge_tiles, tile_boxes
 from promptseg.refine import resize_maps
 
 
@@ -62,17 +65,26 @@ class DPSeg:
         start = time.perf_counter()
         pil = to_pil(image)
         pixels = self.clip.pixel_values([pil])
+        tiles = None
         with torch.no_grad():
             encoded = self.net.encode(pixels)
+            if self.config.tiles > 1:  # the n x n crops, one batch
+                crops = [pil.crop(box) for box in tile_boxes(pil.size, self.config.tiles)]
+                tiles = self.net.encode(self.clip.pixel_values(crops))
         # no diffusion latents: DPSeg reads CLIP features only (the backbone draws visual prompts, once per class)
         return PreparedImage(size=(pil.height, pil.width), pixels=pixels, latents=torch.empty(0),
-                             extra={"image": pil, "encoded": encoded}, timings={"encode": time.perf_counter() - start})
+                             extra={"image": pil, "encoded": encoded, "tiles": tiles},
+                             timings={"encode": time.perf_counter() - start})
 
     @torch.no_grad()
     def _probabilities(self, prepared: PreparedImage, classes, seen: torch.Tensor, replace=None) -> torch.Tensor:
         """(K, H, W) per-class probabilities; `seen` (K,) bool marks the classes the weights were trained on."""
         prompts = self.bank.features(classes, self.config.prompts, replace, self.config.crop_weight)
         logits = self.net.decode(prepared.extra["encoded"], prompts, visual_cost=self.config.visual_cost)[0].float()
+        tiles = prepared.extra.get("tiles")
+        if tiles is not None:
+            tiled = self.net.decode(tiles, prompts, visual_cost=self.config.visual_cost).float()
+            logits = merge_tiles(logits, tiled, self.config.tiles)
         if self.config.calibration:  # calibrated stacking: seen classes' logits lowered
             logits = logits - self.config.calibration * seen.to(logits.device, logits.dtype)[:, None, None]
         return torch.sigmoid(logits)  # (K, H, W)

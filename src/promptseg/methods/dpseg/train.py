@@ -13,6 +13,12 @@ their prompts alone (the open-vocabulary split; `NetConfig.trained_classes` reco
 four colour words are offered as extra training classes (`--no-extra-classes` to train on the class names alone;
 with `--held-out-as-negatives` as well, that is our first recipe).
 
+Ours, off by default (the paper's recipe above is the default): `--dice W` adds W x a soft Dice loss over the
+classes present in each image (a class of a few pixels weighs as much as the sky, which the pixel-averaged BCE does
+not give it); `--zoom Z` crops 1/z of the short side, z uniform in [1, Z] (scale augmentation, so small things are
+also seen large); `--init WEIGHTS` starts from trained weights built with the same settings (fine-tuning; the
+starting weights are recorded in the new config).
+
 Visual prompts of the training classes are generated once by `--model` (cached on disk; with several processes
 the main one generates and the others read the cache).
 """
@@ -69,11 +75,15 @@ def training_data(name: str, root: str | None, n_train: int, extra_classes: bool
     raise ValueError(f"unknown training dataset {name!r}; choose from {sorted(DEFAULTS)}")
 
 
-def training_pair(image: Image.Image, arrays: list[np.ndarray], size: int, out: int, rng: np.random.Generator):
-    """A random square crop (side = the short side), a random horizontal flip, the image resized to `size` and each
-    HxW array (label, masks; nearest) to `out`: (PIL image, [(out, out) arrays])."""
+def training_pair(image: Image.Image, arrays: list[np.ndarray], size: int, out: int, rng: np.random.Generator,
+                  zoom: float = 1.0):
+    """A random square crop (side = the short side, divided by a zoom drawn uniformly from [1, `zoom`] when `zoom`
+    > 1), a random horizontal flip, the image resized to `size` and each HxW array (label, masks; nearest) to `out`:
+    (PIL image, [(out, out) arrays])."""
     w, h = image.size
     side = min(w, h)
+    if zoom > 1:  # drawn only then, so that runs without zoom keep their random stream
+        side = max(1, int(round(side / rng.uniform(1.0, zoom))))
     top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     image = image.crop((left, top, left + side, top + side))
     arrays = [a[top:top + side, left:left + side] for a in arrays]
@@ -109,6 +119,21 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss, 1 - 2|P T| / (|P| + |T|) over the valid pixels, averaged over the (image, class) pairs whose
+    class is in the image (ours, beside the BCE): each present class weighs the same however few its pixels, where the
+    BCE's pixel average lets a class of 0.5% of the image be ignored. 0 when no class is present anywhere."""
+    valid = valid[:, None].expand_as(target).float()
+    prob = torch.sigmoid(logits.float()) * valid
+    target = target.float() * valid
+    inter, total = (prob * target).flatten(2).sum(-1), (prob + target).flatten(2).sum(-1)
+    present = target.flatten(2).sum(-1) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    dice = 1 - (2 * inter + 1) / (total + 1)
+    return dice[present].mean()
+
+
 class ShapesWithColours:
     """The shapes train split with the four colour words as extra training classes (ours): `extra(i)` gives
     (4, H, W) masks, the pixels of the shapes of each colour. Five class names alone let a decoder learn each
@@ -136,6 +161,27 @@ class ShapesWithColours:
         for i, obj in enumerate(sample.objects):
             masks[self.extra_names.index(obj.colour)] |= sample.instance_map == i + 1
         return masks
+
+
+def initialise(net: DPSegNet, weights: str) -> dict:
+    """Load trained DPSeg `weights` into `net` (fine-tuning); returns what to record of them.
+
+    Raises:
+        ValueError: the weights were built differently (another CLIP, templates, decoder or held-out classes).
+    """
+    from safetensors.torch import load_file
+
+    from promptseg.methods.dpseg.network import WEIGHTS_NAME, read_net_config, resolve_weights
+
+    folder = resolve_weights(weights)
+    old = read_net_config(folder)
+    mine = net.config
+    for key in ("clip", "templates", "visual_layers", "decoder", "held_out"):
+        if getattr(old, key) != getattr(mine, key):
+            raise ValueError(f"--init {weights!r} was built with {key} = {getattr(old, key)!r}, this run with "
+                             f"{getattr(mine, key)!r}; pass the same settings it was trained with")
+    net.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    return {"weights": str(weights), "training": old.training}
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -166,6 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shapes: train on the class names only (not also on the colour words)")
     parser.add_argument("--held-out-as-negatives", action="store_true",
                         help="count held-out classes' pixels as negatives of every offered class (our first recipe)")
+    parser.add_argument("--dice", type=float, default=0.0,
+                        help="weight of a Dice term beside the BCE (ours; 0: the paper's BCE alone)")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="scale augmentation (ours): crops of 1/z of the short side, z uniform in [1, ZOOM]")
+    parser.add_argument("--init", default=None,
+                        help="start from these DPSeg weights (a folder or bundled name; fine-tuning) instead of CLIP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--cache-dir", default=None, help="visual-prompt cache (default ~/.cache/promptseg)")
@@ -198,6 +250,10 @@ def train(args: argparse.Namespace) -> Path:
     work = Path(args.work) if args.work else out.parent / f"{out.name}-work"
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
+    if args.zoom < 1:
+        raise ValueError(f"--zoom {args.zoom} would crop more than the image; give 1 (no zoom) or more")
+    if args.dice < 0:
+        raise ValueError(f"--dice {args.dice} is a loss weight; give 0 (BCE alone) or more")
     if batch % accelerator.num_processes:
         raise ValueError(f"--batch {batch} must be a multiple of the {accelerator.num_processes} processes")
 
@@ -218,12 +274,16 @@ def train(args: argparse.Namespace) -> Path:
     config = NetConfig(clip=clip.name, templates=templates, decoder=decoder,
                        trained_classes=[lb.name for lb in labels[:len(class_ids)]],
                        held_out=hold_out, training={
-                           "dataset": args.dataset, "steps": steps, "batch": batch, "lr": args.lr,
+                           "dataset": args.dataset, "steps": steps, "batch": batch, "lr": args.lr, "dice": args.dice,
+                           "zoom": args.zoom,
                            "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
                            "diffusion_model": args.model or defaults["model"], "prompt_images": args.prompt_images,
                            "extra_classes": extra_names,
                            "held_out_pixels": "negatives" if args.held_out_as_negatives else "ignored"})
-    net = DPSegNet(clip.model, config).to(accelerator.device)
+    net = DPSegNet(clip.model, config)
+    if args.init:
+        config.training["init"] = initialise(net, args.init)
+    net = net.to(accelerator.device)
 
     cache_kwargs = {"root": args.cache_dir, "images": args.prompt_images, "seed": args.seed}
     with accelerator.main_process_first():  # the main process draws the visual prompts; the others read them
@@ -258,7 +318,8 @@ def train(args: argparse.Namespace) -> Path:
             sample = data[int(i)]
             extra = data.extra(int(i)) if extra_names else np.zeros((0,) + sample.label.shape, bool)
             out_side = size  # the decoder's output is 8x the patch grid: the CLIP input side for patch 8
-            image, (label, *masks) = training_pair(sample.image, [sample.label, *extra], size, out_side, rng)
+            image, (label, *masks) = training_pair(sample.image, [sample.label, *extra], size, out_side, rng,
+                                                          args.zoom)
             target, valid = targets_for(label, np.array(masks).reshape((len(masks),) + label.shape), class_ids,
                                         held_out_ids, data.ignore_index)
             images.append(image)
@@ -272,6 +333,8 @@ def train(args: argparse.Namespace) -> Path:
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = bce_loss(logits, target, valid)
+        if args.dice:
+            loss = loss + args.dice * dice_loss(logits, target, valid)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
