@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from resolution_bound import ceiling
 
 from promptseg import load_backbone
@@ -48,16 +47,12 @@ def best_binary_iou(prob: np.ndarray, positive: np.ndarray) -> float:
     return float((hits / (positive.sum() + misses)).max())
 
 
-@torch.no_grad()
 def class_maps(method, dataset, labels) -> tuple[np.ndarray, np.ndarray]:
-    """((K, N) probabilities, (N,) labels) over every pixel of `dataset`, at the labels' resolution."""
-    classes = [label.synonyms for label in labels]
-    seen = torch.tensor([label.name in set(method.net.config.trained_classes) for label in labels])
+    """((K, N) probabilities, (N,) labels) over every pixel of `dataset`: the method's own score maps (its
+    probabilities resized to the image, which is the labels' size)."""
     probs, truth = [], []
     for sample in dataset:
-        p = method._probabilities(method.prepare(sample.image), classes, seen)
-        p = F.interpolate(p[None], size=sample.label.shape, mode="bilinear", align_corners=False)[0]
-        probs.append(p.reshape(len(labels), -1).numpy())
+        probs.append(method(sample.image, labels).scores.reshape(len(labels), -1))
         truth.append(sample.label.ravel())
     return np.concatenate(probs, 1), np.concatenate(truth)
 
@@ -123,7 +118,7 @@ def main() -> None:
            "classes": names, "runs": [],
            "ceiling": {g: {n: float(c) for n, c in zip(names, ceiling(sets["val"], g)) if not np.isnan(c)}
                        for g in (8, 16)}}
-    side = sets["val"][0].label.size
+    n_pixels = sets["val"][0].label.size  # pixels per image
     for weights in args.weights:
         for tiles in sorted({1, args.tiles}):
             config = config_for_model("dpseg", "scenes")
@@ -132,7 +127,7 @@ def main() -> None:
             run = {"name": f"{weights}" + (f", tiles {tiles}" if tiles > 1 else ""),
                    "trained_classes": method.net.config.trained_classes}
             for split, data in sets.items():
-                run[split] = measure(*class_maps(method, data, labels), names, side)
+                run[split] = measure(*class_maps(method, data, labels), names, n_pixels)
             out["runs"].append(run)
             print(run["name"], {n: round(r["best_binary_iou"], 3) for n, r in run["val"].items()}, flush=True)
     RESULTS.mkdir(exist_ok=True)
