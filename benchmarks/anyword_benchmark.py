@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from promptseg import load_backbone
-from promptseg.backbone import model_settings
 from promptseg.data.shapes_ref import ShapesRefDataset
 from promptseg.eval.refer_runner import ReferRun, evaluate_refer
+from promptseg.models import model_settings
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -181,14 +181,13 @@ def main() -> None:
 def timing(backbone, n: int) -> None:
     """Median seconds per expression of each test row, one after another in this process (nothing else running),
     written into anyword.json ("timing") and appended to anyword.md."""
-    from promptseg.methods import build_method
-    from promptseg.methods.base import config_for_model
+    from promptseg.pipeline import Pipeline
 
     dataset = ShapesRefDataset("test", n)
     forward = unet_forward_seconds(backbone)
     clean = {}
     for label, (method, settings) in TEST_ROWS.items():
-        segmenter = build_method(method, backbone, config_for_model(method, "shapes", **settings))
+        segmenter = Pipeline("shapes", method, settings=settings, task="refer", backbone=backbone).load().method.instance
         times = []
         for k in range(n):
             sample = dataset[k]

@@ -21,10 +21,11 @@ import torch
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import render_sample
-from promptseg.evidence import DenoisingEvidence
+from promptseg.diffusion.attention import attention_pass
+from promptseg.diffusion.evidence import DenoisingEvidence
+from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.readout import resize_maps, tokens_to_maps
 from promptseg.methods import build_method
-from promptseg.methods.baseline import attention_pass, noised_latents
-from promptseg.refine import resize_maps, tokens_to_maps
 from promptseg.text import span_positions
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,9 +24,9 @@ from anyword_diagnosis import write_pick_table
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import render_sample
-from promptseg.evidence import DenoisingEvidence
-from promptseg.methods.base import prepare_pixels
-from promptseg.refine import resize_maps
+from promptseg.diffusion.encode import prepare_pixels
+from promptseg.diffusion.evidence import DenoisingEvidence
+from promptseg.diffusion.readout import resize_maps
 
 VARIANTS = {  # name: (template, timesteps)
     "first sweep: '{}', x8 t100-800": ("{}", FIRST),

@@ -45,8 +45,8 @@ from promptseg import load_backbone
 from promptseg.data.shapes import ScenesDataset, ShapesDataset
 from promptseg.eval.runner import EvalRun, evaluate
 from promptseg.methods import build_method
-from promptseg.methods.base import config_for_model
-from promptseg.methods.dpseg.network import read_net_config
+from promptseg.models.dpseg.network import read_net_config
+from promptseg.pipeline import Pipeline
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -66,7 +66,7 @@ def rows_for_test(world: str) -> dict:
     """The test table's rows on `world` (its model's recommended settings first)."""
     first_recipe = ("weights trained on the 5 class names only, unseen pixels as negatives (our first recipe)"
                     if world == "shapes" else "weights trained with unseen pixels as negatives (our first recipe)")
-    recommended = config_for_model("dpseg", world)
+    recommended = Pipeline(world, "dpseg").method.config
     return {
         f"dpseg (recommended: {recommended_in_words(recommended)}; chosen on val)": {},
         **({"the same without calibration (the paper's read-out)": {"calibration": 0.0}}
@@ -117,7 +117,7 @@ def generation_cost(backbone, world: str) -> float:
     """Seconds to draw one class's visual prompts (every template x images) on an empty cache."""
     names = GENERATION_NAMES[world]
     with tempfile.TemporaryDirectory() as tmp:
-        method = build_method("dpseg", backbone, config_for_model("dpseg", world), cache_dir=tmp)
+        method = build_method("dpseg", backbone, Pipeline(world, "dpseg").method.config, cache_dir=tmp)
         start = time.perf_counter()
         for name in names:
             method.bank.visual([name])
@@ -133,13 +133,13 @@ def main() -> None:
     args = parser.parse_args()
     world = args.dataset
     tag = "dpseg" if world == "shapes" else f"dpseg_{world}"  # runs/TAG/ and results/TAG(_val).md
-    weights = config_for_model("dpseg", world).weights
+    weights = Pipeline(world, "dpseg").method.config.weights
     if args.split == "val":  # val rows sit on the method's defaults and the weights alone, not on a past choice
         write_model_settings(world, {"dpseg": {"weights": weights}})
     backbone = load_backbone(world)
     rows = rows_for_test(world) if args.split == "test" else VAL_ROWS
     # warm the visual-prompt cache for every class, so no row's seconds include drawing them
-    warm = build_method("dpseg", backbone, config_for_model("dpseg", world))
+    warm = build_method("dpseg", backbone, Pipeline(world, "dpseg").method.config)
     one = DATASETS[world]("val", n=1)
     warm(one[0].image, list(one.class_names))
     results = {}

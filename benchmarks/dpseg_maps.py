@@ -33,7 +33,7 @@ from promptseg.data.scenes_world import STUFF
 from promptseg.data.shapes import ScenesDataset
 from promptseg.eval.metrics import auroc
 from promptseg.methods import build_method
-from promptseg.methods.base import config_for_model
+from promptseg.pipeline import Pipeline
 from promptseg.text import parse_labels
 
 RESULTS = Path(__file__).parent / "results"
@@ -121,7 +121,7 @@ def main() -> None:
     n_pixels = sets["val"][0].label.size  # pixels per image
     for weights in args.weights:
         for tiles in sorted({1, args.tiles}):
-            config = config_for_model("dpseg", "scenes")
+            config = Pipeline("scenes", "dpseg").method.config
             config.weights, config.calibration, config.rounds, config.tiles = weights, 0.0, 1, tiles
             method = build_method("dpseg", backbone, config)
             run = {"name": f"{weights}" + (f", tiles {tiles}" if tiles > 1 else ""),

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from promptseg.data.shapes_world import render_sample
-from promptseg.sam import load_sam
+from promptseg.models.sam import load_sam
 
 RESULTS = Path(__file__).parent / "results"
 ROWS = [(8, 0.9), (8, 0.8), (8, 0.7), (8, 0.6), (16, 0.7)]  # (points_per_side, min_stability)

@@ -5,7 +5,7 @@
     python benchmarks/scale.py --quick --only fastseg   # run one method's missing rows, keep the journal's others
 
 Each row runs in its own process (so its peak memory is its own): build SD-1.5's UNet, VAE and CLIP-L text encoder
-with random weights (`promptseg.zoo.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
+with random weights (`promptseg.models.sd_configs`, the published configs), time three bare UNet forwards (batch 1,
 77 tokens, no capture) before the method and three after it and take the median of the six as the unit (this
 CPU's speed drifts by up to 30% within minutes), run the method on a random image at the row's resolution (the
 UNet's working size set to it, so 768 px means 96x96 latents, not a 768 px image resized to 512) with the
@@ -78,13 +78,12 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     import torch
     from PIL import Image
 
-    from promptseg.backbone import backbone_from_parts
     from promptseg.data.base import bundled_class_names
-    from promptseg.filters import build_filter, resolve_filter, segment_filtered
-    from promptseg.methods import build_method
-    from promptseg.methods.base import prepare_pixels
+    from promptseg.diffusion.encode import prepare_pixels
+    from promptseg.models import backbone_from_parts
+    from promptseg.models.sd_configs import build_sd
+    from promptseg.pipeline import Pipeline
     from promptseg.text import parse_labels
-    from promptseg.zoo.sd_configs import build_sd
 
     parts = build_sd(arch)
     # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD at
@@ -118,19 +117,20 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         settings = {"anyword": {"sam": None},
                     "dpseg": {"weights": "shapes-dpseg", "generation_steps": 1, "prompt_images": 1,
                               "cache_dir": tempfile.mkdtemp(prefix="scale_dpseg_")}}
-        segmenter = build_method(method, backbone, **{**settings.get(method, {}), **(extra or {})})
-        chosen, overrides = resolve_filter({}, None if label_filter == "default" else label_filter, {})
-        filt = build_filter(chosen, backbone, **overrides)
+        pipe = Pipeline(backbone.name, method, settings={**settings.get(method, {}), **(extra or {})},
+                        filter=None if label_filter == "default" else label_filter, refine="none",
+                        task="refer" if method == "anyword" else "segment", backbone=backbone).load()
+        segmenter, chosen = pipe.method.instance, "none" if pipe.filter is None else pipe.filter.name
         if method == "dpseg":  # draw the visual prompts once, timed apart
             start = time.perf_counter()
             segmenter(image, names)
             out["prompt_generation_s"] = time.perf_counter() - start
         def call():
             if method == "anyword":  # its task: one referring expression (a semantic call refers once per label)
-                result = segmenter.refer(segmenter.prepare(image), REFERRING)
+                result = pipe.refer(image, REFERRING)
                 result.label_map = result.mask
                 return result
-            return segment_filtered(segmenter, filt, image, names)
+            return pipe.segment(image, names)
 
         seconds, runs, result = timed(call, repeats)
         out.update(seconds=seconds, runs=runs, filter_used=chosen, warnings=result.warnings[:2],

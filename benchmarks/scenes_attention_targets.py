@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from promptseg import load_backbone
-from promptseg.capture import attention_grids, select_layers
 from promptseg.data.scenes_world import CLASS_NAMES, render_sample
-from promptseg.methods.base import prepare_pixels
-from promptseg.methods.baseline import attention_pass, noised_latents
-from promptseg.refine import resize_maps, tokens_to_maps
+from promptseg.diffusion.attention import attention_pass
+from promptseg.diffusion.capture import attention_grids, select_layers
+from promptseg.diffusion.encode import prepare_pixels
+from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.readout import resize_maps, tokens_to_maps
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from promptseg.data.scenes_world import STUFF, THINGS
 from promptseg.data.shapes import ScenesDataset
 from promptseg.eval.metrics import confusion, scores
 from promptseg.eval.runner import EvalRun, evaluate
-from promptseg.filters import resolve_filter
+from promptseg.pipeline import Pipeline
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -102,7 +102,7 @@ def main() -> None:
     record.setdefault("tokens", token_counts(backbone))
     record.setdefault("timing", unet_timings(backbone))
     record.setdefault("rows", {})
-    recommended = resolve_filter(backbone.method_defaults, None, {})[0]
+    recommended = Pipeline(args.model, "baseline", backbone=backbone).filter.name
     for name, method, fields, limit in rows(recommended, args.n, args.n_invseg):
         if name in record["rows"] or (args.only and method not in args.only.split(",")):
             continue

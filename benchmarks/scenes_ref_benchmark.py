@@ -25,9 +25,9 @@ from anyword_benchmark import unet_forward_seconds
 from settings_sweep import write_model_settings
 
 from promptseg import load_backbone
-from promptseg.backbone import model_settings
 from promptseg.data.scenes_ref import KINDS
 from promptseg.eval.refer_runner import ReferRun, evaluate_refer
+from promptseg.models import model_settings
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from promptseg import load_backbone
 from promptseg.data.scenes_world import CLASS_NAMES, STUFF, make_caption, render_sample
-from promptseg.methods.base import prepare_pixels
+from promptseg.diffusion.encode import prepare_pixels
 
 TIMESTEPS = (300, 500)
 """The noise levels where the methods read attention (scenes' probe and baseline: t = 300)."""

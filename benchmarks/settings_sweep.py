@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 from promptseg import load_backbone
-from promptseg.backbone import BUNDLED, SETTINGS_FILE
 from promptseg.eval.runner import EvalRun, evaluate
+from promptseg.models import SETTINGS_FILE, bundled
 
 HERE = Path(__file__).parent
 FINE, COARSE, COARSEST = 1.0, 0.5, 0.25  # attention grids as fractions of the 16x16 latent (scenes has all three)
@@ -58,7 +58,7 @@ def run(method: str, settings: dict, n: int, model: str, dataset: str) -> float:
 def write_model_settings(model: str, entries: dict) -> dict:
     """Put `entries` (method -> settings) into the model folder's `promptseg_settings.json`, its other entries (the
     filter's, the other methods') kept; returns what the file now holds."""
-    path = Path(BUNDLED.get(model, model)) / SETTINGS_FILE
+    path = Path(bundled("diffusion").get(model, model)) / SETTINGS_FILE
     chosen = json.loads(path.read_text()) if path.exists() else {}
     chosen.update(entries)
     path.write_text(json.dumps(chosen, indent=1) + "\n")

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from promptseg import __version__, load_backbone
-from promptseg.capture import AttentionStore, capture
 from promptseg.data.shapes import ShapesDataset
+from promptseg.diffusion.capture import AttentionStore, capture
 from promptseg.eval.metrics import confusion, scores
 from promptseg.eval.runner import EvalRun, evaluate
-from promptseg.filters import list_filters, resolve_filter
+from promptseg.filters import list_filters
 from promptseg.methods import build_method
+from promptseg.pipeline import Pipeline
 
 HERE = Path(__file__).parent
 
@@ -156,7 +157,7 @@ def main() -> None:
         for key in ("invseg_early_stop",):
             if key in previous and "invseg" not in ran:
                 record[key] = previous[key]
-    recommended = resolve_filter(backbone.method_defaults, None, {})[0]
+    recommended = Pipeline(args.model, "baseline", backbone=backbone).filter.name
     for name in args.methods.split(","):
         runs = [("all", recommended)]
         if name in args.all_filters.split(","):

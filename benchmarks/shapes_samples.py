@@ -14,7 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from promptseg.backbone import BUNDLED
+from promptseg.models import BUNDLED
 
 PROMPTS = [
     "a red circle on grass",
@@ -25,7 +25,7 @@ PROMPTS = [
 
 
 def main() -> None:
-    folder = BUNDLED["shapes"]
+    folder = BUNDLED["shapes"].folder
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     rows = []
     for prompt in PROMPTS:

@@ -21,7 +21,7 @@ import torch
 
 from promptseg import load_backbone
 from promptseg.data import scenes_world, shapes_world
-from promptseg.methods.base import prepare_pixels
+from promptseg.diffusion.encode import prepare_pixels
 
 TIMESTEPS = (100, 300, 500, 700, 900)
 

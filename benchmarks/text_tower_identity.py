@@ -14,9 +14,9 @@ from pathlib import Path
 
 from scenes_token_auroc import token_identity
 
-from promptseg.clip import BUNDLED_CLIP
 from promptseg.data.scenes_world import render_sample
-from promptseg.zoo.train_scenes import load_text_encoder
+from promptseg.models import bundled
+from promptseg.training.scenes import load_text_encoder
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
              "| CLIP | layer | one token across captions | different tokens of one caption | nearest own token |",
              "| --- | --- | --- | --- | --- |"]
     for name in args.clip:
-        text_encoder, tokenizer = load_text_encoder(BUNDLED_CLIP.get(name, name))
+        text_encoder, tokenizer = load_text_encoder(bundled("clip").get(name, name))
         for r in token_identity(text_encoder, tokenizer, captions):
             lines.append(f"| {name} | {r['layer']} | {r['same_token_across_captions']:.3f} | "
                          f"{r['tokens_within_a_caption']:.3f} | {r['nearest_own_token']:.3f} |")

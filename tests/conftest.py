@@ -12,7 +12,7 @@ def make_tiny_components(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from promptseg.zoo.tokenizer import build_word_tokenizer
+    from promptseg.models.tokenizers import build_word_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(TINY_WORDS, model_max_length=20)
@@ -84,7 +84,7 @@ def tiny(tiny_folder):
 @pytest.fixture(scope="session")
 def tiny_single_file(tiny, tmp_path_factory):
     """The tiny model as one packed `.safetensors` file."""
-    from promptseg.backbone import save_packed
+    from promptseg.models.unet import save_packed
 
     return save_packed(tiny, tmp_path_factory.mktemp("tiny_file") / "tiny.safetensors")
 
@@ -93,8 +93,8 @@ def make_tiny_clip(folder, words=("a", "photo", "of", "cat", "dog")):
     """A tiny random transformers CLIPModel whose tokenizer knows `words`, with its processor, saved in `folder`."""
     from transformers import CLIPConfig, CLIPModel
 
-    from promptseg.zoo.tokenizer import build_word_tokenizer
-    from promptseg.zoo.train_shapes_clip import make_processor
+    from promptseg.models.tokenizers import build_word_tokenizer
+    from promptseg.training.shapes_clip import make_processor
 
     torch.manual_seed(0)
     tokenizer = build_word_tokenizer(words, model_max_length=12)

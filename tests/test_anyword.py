@@ -172,8 +172,8 @@ def test_evidence_template_writes_phrase_and_reference(tiny, image):
 
 
 def test_inversion_micro_batches_accumulate_the_same_gradient(tiny):
+    from promptseg.diffusion.encode import prepare_pixels
     from promptseg.methods.anyword.inversion import invert_tokens
-    from promptseg.methods.base import prepare_pixels
 
     image = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
     latents = prepare_pixels(tiny, image).latents

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from promptseg.language import Referent, Relation, Word
 from promptseg.methods.anyword.prompts import (
     add_support,
     find_regions,
     referent_map,
     select,
 )
+from promptseg.text.language import Referent, Relation, Word
 
 
 def blob(shape, box, value=1.0):

@@ -1,8 +1,11 @@
+import json
+
 import pytest
 import torch
+from PIL import Image
 
 from promptseg import load_backbone
-from promptseg.backbone import choose_device, choose_dtype
+from promptseg.models import choose_device, choose_dtype
 
 
 def test_sizes_are_read_from_the_configs(tiny):
@@ -89,7 +92,7 @@ def test_model_folders_can_recommend_method_settings(tiny_folder, tmp_path):
     import shutil
 
     from promptseg import build_method
-    from promptseg.methods.base import config_for_model
+    from promptseg.pipeline import Pipeline
 
     folder = tmp_path / "with_settings"
     shutil.copytree(tiny_folder, folder)
@@ -98,12 +101,12 @@ def test_model_folders_can_recommend_method_settings(tiny_folder, tmp_path):
     assert backbone.method_defaults == {"baseline": {"timestep": 42, "template": "{}"}}
     assert build_method("baseline", backbone).config.timestep == 42
     assert build_method("baseline", backbone, timestep=7).config.timestep == 7  # the caller wins
-    assert config_for_model("baseline", str(folder), template="a {}").template == "a {}"
-    assert config_for_model("baseline", str(folder)).timestep == 42
-    assert config_for_model("baseline", str(tiny_folder)).timestep == 100  # no file: the paper's defaults
+    assert Pipeline(str(folder), "baseline", settings={"template": "a {}"}).method.config.template == "a {}"
+    assert Pipeline(str(folder), "baseline").method.config.timestep == 42
+    assert Pipeline(str(tiny_folder), "baseline").method.config.timestep == 100  # no file: the paper's defaults
     (folder / "promptseg_settings.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        config_for_model("baseline", str(folder))
+        Pipeline(str(folder), "baseline")
 
 
 def test_the_vae_runs_channels_last_and_encodes_what_a_contiguous_copy_does(tiny):
@@ -116,3 +119,25 @@ def test_the_vae_runs_channels_last_and_encodes_what_a_contiguous_copy_does(tiny
         expected = plain.encode(pixels).latent_dist.mean * tiny.vae.config.scaling_factor
         latents = tiny.encode_image(pixels)
     assert latents.is_contiguous() and torch.allclose(latents, expected, atol=1e-5)
+
+
+def test_the_unet_family_implements_the_backbone_interface_and_its_vae_round_trips():
+    """decode_image undoes encode_image's scaling: the bundled shapes VAE reconstructs a test image closely (a
+    missing or doubled scaling factor would not)."""
+    from promptseg.data.shapes_world import render_sample
+    from promptseg.models import DiffusionBackbone
+
+    backbone = load_backbone("shapes", device="cpu")
+    assert isinstance(backbone, DiffusionBackbone) and backbone.family == "unet"
+    assert backbone.denoiser is backbone.unet and backbone.attention_grids("cross")[0] == backbone.latent_size
+    pixels = backbone.preprocess(Image.fromarray(render_sample("val", 0).image))
+    with torch.no_grad():
+        back = backbone.decode_image(backbone.encode_image(pixels))
+    assert back.shape == pixels.shape and (back - pixels).abs().mean() < 0.1
+
+
+def test_a_diffusion_transformer_folder_is_refused_by_name(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    with pytest.raises(ValueError, match="diffusion transformer .*StableDiffusion3Pipeline"):
+        load_backbone(str(tmp_path), device="cpu")

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from promptseg import build_method, method_config
-from promptseg.methods.base import finish, resolve_weights
+from promptseg.diffusion.attention import resolve_weights
+from promptseg.methods.base import finish
 from promptseg.text import parse_labels
 
 
@@ -114,8 +115,8 @@ def test_self_attention_of_many_passes_is_merged_as_they_come(tiny, image, monke
     import gc
     import itertools
 
-    from promptseg.capture import store as store_module
-    from promptseg.capture.selfattn import QKRecord
+    from promptseg.diffusion.capture import store as store_module
+    from promptseg.diffusion.capture.selfattn import QKRecord
 
     monkeypatch.setattr(store_module, "LAZY_SELF_TOKENS", 200)  # the tiny model's 16x16 grid kept lazily, as SD's is
     words = ["cat", "dog", "person", "grass", "sky", "tree", "red"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from promptseg import build_method, load_backbone
-from promptseg.backbone import BUNDLED
 from promptseg.data.shapes import ShapesDataset
 from promptseg.eval.metrics import confusion, scores
+from promptseg.models import BUNDLED
 
 N_IMAGES = 24
 # (mIoU, mean shape IoU) floors; measured on these 24 images: baseline 0.755 / 0.535, fastseg 0.851 / 0.687,
@@ -37,7 +37,7 @@ def monkeypatch_module():
 def test_bundled_model_is_small_and_loads_with_stock_diffusers(monkeypatch_module):
     from diffusers import StableDiffusionPipeline
 
-    folder = BUNDLED["shapes"]
+    folder = BUNDLED["shapes"].folder
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size < 30 * 2**20
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
@@ -73,7 +73,7 @@ def test_bundled_dpseg_segments_every_class_offered(shapes, tmp_path):
     """shapes-dpseg with all seven names offered to each image (no filter), round I, one cheap visual prompt per
     template: above a floor on the seen classes and on the unseen ones (sky, triangle)."""
     from promptseg.methods.dpseg import DPSeg, DPSegConfig
-    from promptseg.methods.dpseg.network import read_net_config
+    from promptseg.models.dpseg.network import read_net_config
 
     config = read_net_config("shapes-dpseg")
     assert set(config.held_out) == {"sky", "triangle"} and config.clip == "shapes-clip"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from promptseg.capture import (
+from promptseg.diffusion.capture import (
     AttentionStore,
     RecordingProcessor,
     StopForward,

@@ -8,7 +8,7 @@ from promptseg import __version__
 from promptseg.api import split_cli_labels
 from promptseg.cli import main
 from promptseg.data.base import read_class_names
-from promptseg.rle import decode_rle
+from promptseg.io.rle import decode_rle
 
 
 @pytest.fixture

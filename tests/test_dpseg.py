@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from promptseg.methods.dpseg.cost import cost_volume, fuse_prompts
-from promptseg.methods.dpseg.decoder import CostVolumeDecoder, DecoderConfig
 from promptseg.methods.dpseg.prompts import VisualPromptCache, crop_region
+from promptseg.models.dpseg.cost import cost_volume, fuse_prompts
+from promptseg.models.dpseg.decoder import CostVolumeDecoder, DecoderConfig
 
 
 def test_cost_volume_is_the_cosine_of_every_pixel_with_every_prompt():
@@ -112,8 +112,8 @@ def test_visual_prompt_cache_hits_misses_and_regenerates_a_corrupt_file(tiny, tm
 @pytest.fixture(scope="module")
 def tiny_dpseg(tiny_clip_folder, tmp_path_factory):
     """Untrained DPSeg weights on the tiny CLIP, saved as a weights folder."""
-    from promptseg.clip import load_clip
-    from promptseg.methods.dpseg.network import DPSegNet, NetConfig
+    from promptseg.models.clip import load_clip
+    from promptseg.models.dpseg.network import DPSegNet, NetConfig
 
     folder, _ = tiny_clip_folder
     clip = load_clip(str(folder), device="cpu")
@@ -245,9 +245,9 @@ def test_eval_report_splits_seen_and_unseen_classes(tiny, tiny_dpseg, tmp_path, 
 
 
 def test_training_loss_falls_on_a_fixed_batch(tiny_clip_folder):
-    from promptseg.clip import load_clip
-    from promptseg.methods.dpseg.network import DPSegNet, NetConfig, PromptFeatures
-    from promptseg.methods.dpseg.train import bce_loss, targets_for
+    from promptseg.models.clip import load_clip
+    from promptseg.models.dpseg.network import DPSegNet, NetConfig, PromptFeatures
+    from promptseg.training.dpseg import bce_loss, targets_for
 
     folder, _ = tiny_clip_folder
     clip = load_clip(str(folder), device="cpu")
@@ -275,7 +275,7 @@ def test_training_loss_falls_on_a_fixed_batch(tiny_clip_folder):
 
 def test_training_targets_ignore_held_out_pixels_and_add_colour_masks():
     from promptseg.data.shapes_world import render_sample
-    from promptseg.methods.dpseg.train import ShapesWithColours, targets_for
+    from promptseg.training.dpseg import ShapesWithColours, targets_for
 
     label = np.array([[0, 6], [4, 255]], np.uint8)  # grass, triangle (held out), circle, ignored
     extra = np.array([[[0, 1], [1, 0]]], bool)  # one colour: the triangle and the circle are red
@@ -340,7 +340,7 @@ def test_train_command_fine_tunes_from_weights_built_the_same_way(tiny_folder, t
 
 
 def test_zoom_crops_a_random_fraction_of_the_short_side():
-    from promptseg.methods.dpseg.train import training_pair
+    from promptseg.training.dpseg import training_pair
 
     columns = np.tile(np.arange(64, dtype=np.int32), (48, 1))  # a 64x48 image whose label is its column
     image = Image.new("RGB", (64, 48))
@@ -356,7 +356,7 @@ def test_zoom_crops_a_random_fraction_of_the_short_side():
 
 
 def test_dice_loss_weighs_each_present_class_alike_whatever_its_size():
-    from promptseg.methods.dpseg.train import bce_loss, dice_loss
+    from promptseg.training.dpseg import bce_loss, dice_loss
 
     target = torch.zeros(1, 3, 32, 32)
     target[0, 0, :, :16] = 1  # a large class, found

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from promptseg import build_method
-from promptseg.methods.fastseg import predicted_noise
-from promptseg.refine import hierarchical_refine, minmax, tokens_to_maps
+from promptseg.diffusion.readout import hierarchical_refine, minmax, tokens_to_maps
+from promptseg.models.unet import Backbone
 from promptseg.text import parse_labels
 
 LABELS = ["cat", "dog, person"]
@@ -123,7 +123,7 @@ def test_predicted_noise_for_every_prediction_type(kind):
     a = alphas[4]
     xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
     output = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[kind]
-    assert torch.allclose(predicted_noise(backbone, output, xt, 4), eps, atol=1e-5)
+    assert torch.allclose(Backbone.noise_from_output(backbone, output, xt, 4), eps, atol=1e-5)
 
 
 def test_many_labels_need_no_extra_pass(tiny, image):

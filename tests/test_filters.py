@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from promptseg import build_method, load_backbone, parse_labels
-from promptseg.clip import load_clip
 from promptseg.data.shapes_world import CLASS_NAMES, render_sample
-from promptseg.filters import build_filter, filter_config, list_filters, resolve_filter, segment_filtered
+from promptseg.filters import build_filter, filter_config, list_filters
 from promptseg.filters.base import decide
 from promptseg.filters.caption import load_captioner, mentioned
+from promptseg.models.clip import load_clip
+from promptseg.pipeline import Pipeline, run_stages
 
 LABELS = parse_labels(["cat", "sofa, couch", "dog"])
 
@@ -54,14 +55,22 @@ def test_registry_settings_and_bad_names():
         filter_config("diffusion", criterion="vibes")
 
 
-def test_resolve_filter_follows_the_model_and_lets_the_user_win():
+def test_the_pipeline_resolves_the_filter_from_the_model_and_lets_the_user_win(tmp_path):
     recommended = {"filter": "clip", "filters": {"clip": {"model": "shapes-clip", "threshold": 0.5},
                                                  "diffusion": {"threshold": -0.1}}}
-    assert resolve_filter(recommended, None, {}) == ("clip", {"model": "shapes-clip", "threshold": 0.5})
-    assert resolve_filter(recommended, "clip", {"threshold": 0.1}) == ("clip", {"model": "shapes-clip", "threshold": 0.1})
-    assert resolve_filter(recommended, "diffusion", {}) == ("diffusion", {"threshold": -0.1})
-    assert resolve_filter(recommended, "none", {}) == ("none", {})
-    assert resolve_filter({}, None, {}) == ("diffusion", {})
+    (tmp_path / "promptseg_settings.json").write_text(json.dumps(recommended))
+
+    def chosen(name=None, overrides=None, **kwargs):
+        stage = Pipeline(str(tmp_path), "baseline", filter=name, filter_settings=overrides, **kwargs).filter
+        return stage.name, stage.config
+
+    assert chosen() == ("clip", filter_config("clip", model="shapes-clip", threshold=0.5))
+    assert chosen("clip", {"threshold": 0.1}) == ("clip", filter_config("clip", model="shapes-clip", threshold=0.1))
+    assert chosen("diffusion") == ("diffusion", filter_config("diffusion", threshold=-0.1))
+    assert chosen("none") == ("none", filter_config("none"))
+    assert chosen(labels_known=True) == ("none", filter_config("none"))  # true names: nothing to filter
+    assert chosen("clip", labels_known=True)[0] == "clip"  # unless a filter is named
+    assert Pipeline(str(tmp_path / "absent"), "baseline").filter.name == "diffusion"  # no settings: the default
 
 
 def test_clip_loader_reads_a_local_folder_like_transformers(tiny_clip_folder):
@@ -116,7 +125,7 @@ def scenes():
 def test_filters_score_present_classes_above_absent_ones(shapes, scenes, name):
     """With the settings the shapes model ships, on test scenes: present classes score higher than absent ones
     (a wrong token, a flipped sign or a mixed-up label order falls to chance), and the decision is consistent."""
-    label_filter = build_filter(name, shapes, **resolve_filter(shapes.method_defaults, name, {})[1])
+    label_filter = Pipeline("shapes", "baseline", filter=name, backbone=shapes).load().filter.instance
     labels = parse_labels(list(CLASS_NAMES))
     present_scores, absent_scores = [], []
     for image, present in scenes:
@@ -131,7 +140,7 @@ def test_filters_score_present_classes_above_absent_ones(shapes, scenes, name):
 
 
 def test_clip_filter_keeps_present_classes_and_drops_absent_ones(shapes, scenes):
-    label_filter = build_filter("clip", shapes, **resolve_filter(shapes.method_defaults, None, {})[1])
+    label_filter = Pipeline("shapes", "baseline", filter="clip", backbone=shapes).load().filter.instance
     labels = parse_labels(list(CLASS_NAMES))
     recalled = absent = absent_dropped = 0
     for image, present in scenes:
@@ -147,7 +156,7 @@ def test_empty_result_is_reported_and_caption_reaches_the_method(shapes, scenes)
     method = build_method("fastseg", shapes)
     label_filter = build_filter("clip", shapes, model="shapes-clip", threshold=2.0, min_keep=0)  # cosine <= 1
     image, _ = scenes[0]
-    result = segment_filtered(method, label_filter, image, ["circle", "grass"])
+    result = run_stages(method, label_filter, image, ["circle", "grass"])
     assert result.labels == ["background"] and (result.label_map == 0).all()
     assert any("every label was dropped" in w for w in result.warnings)
     assert set(result.extra["filter"]["dropped"]) == {"circle", "grass"}
@@ -159,7 +168,7 @@ def test_empty_result_is_reported_and_caption_reaches_the_method(shapes, scenes)
         return method(image, labels, prompt=prompt)
 
     label_filter.captioner = lambda image: "a red circle on sand"
-    result = segment_filtered(spy, label_filter, image, ["circle", "grass", "sand"])
+    result = run_stages(spy, label_filter, image, ["circle", "grass", "sand"])
     assert seen == {"labels": ["circle", "sand"], "prompt": "a red circle on sand"}  # caption nouns rescued
     assert result.extra["filter"]["caption"] == "a red circle on sand"
     assert result.extra["filter"]["kept"] == ["circle", "sand"]

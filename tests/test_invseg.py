@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from promptseg import build_method
-from promptseg.augment import crop_resize, crop_resize_scaled, random_crop_box, uncrop
-from promptseg.losses import LOG_EPS, class_distances, cluster_loss, entropy_loss, soft_anchors, symmetric_kl
+from promptseg.methods.invseg.augment import crop_resize, crop_resize_scaled, random_crop_box, uncrop
+from promptseg.methods.invseg.losses import (
+    LOG_EPS,
+    class_distances,
+    cluster_loss,
+    entropy_loss,
+    soft_anchors,
+    symmetric_kl,
+)
 
 TINY_LOSS = {"loss_cross_weights": {1.0: 1.0}, "loss_self_weights": {1.0: 1.0}}
 

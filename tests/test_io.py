@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from promptseg.io import ImageLoadError, label_png, load_image, overlay, palette
-from promptseg.rle import decode_rle, encode_rle
+from promptseg.io.rle import decode_rle, encode_rle
 
 
 def _save(img, path, **kw):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from promptseg.cli import main
+from promptseg.io.rle import decode_rle
 from promptseg.labelling import collect_images, semantic_names
-from promptseg.rle import decode_rle
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = "cat,person|people,grass,sky"

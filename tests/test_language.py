@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("spacy")
 
-from promptseg.language import load_parser, parse_expression  # noqa: E402
+from promptseg.text.language import load_parser, parse_expression
 
 try:
     load_parser()

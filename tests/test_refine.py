@@ -1,6 +1,13 @@
 import torch
 
-from promptseg.refine import maps_to_tokens, minmax, refine, resize_self_attention, tokens_to_maps, weighted_sum
+from promptseg.diffusion.readout import (
+    maps_to_tokens,
+    minmax,
+    refine,
+    resize_self_attention,
+    tokens_to_maps,
+    weighted_sum,
+)
 
 
 def test_refine_is_self_attention_times_cross_attention():

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from promptseg.methods.base import SegmentationResult
-from promptseg.refiners import apply_refiner, build_refiner, list_refiners, refiner_config, resolve_refiner
+from promptseg.refiners import apply_refiner, build_refiner, list_refiners, refiner_config
+from promptseg.refiners.base import REFINERS
 from promptseg.refiners.sam import (
     SamRefiner,
     SamRefinerConfig,
@@ -182,10 +183,11 @@ def test_registry_lists_refiners_and_refuses_bad_names_and_settings():
         refiner_config("sam", classify="clip")
     with pytest.raises(ValueError, match="needs the diffusion backbone"):
         SamRefiner(None, SamRefinerConfig(sam="fake", classify="denoising"), predictor=FakeSam())
-    assert resolve_refiner({}, None, {}) == ("none", {})
+    resolve = lambda model, name, overrides: REFINERS.resolve(model, name, overrides, "refine", "refiners")  # noqa: E731
+    assert resolve({}, None, {}) == ("none", {})
     model = {"refine": "sam", "refiners": {"sam": {"sam": "shapes-sam", "mode": "proposals"}}}
-    assert resolve_refiner(model, None, {"mode": "prompts"}) == ("sam", {"sam": "shapes-sam", "mode": "prompts"})
-    assert resolve_refiner(model, "pamr", {}) == ("pamr", {})
+    assert resolve(model, None, {"mode": "prompts"}) == ("sam", {"sam": "shapes-sam", "mode": "prompts"})
+    assert resolve(model, "pamr", {}) == ("pamr", {})
 
 
 def test_the_bundled_sam_redraws_a_blurry_object_from_its_box():

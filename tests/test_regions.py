@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptseg.regions import bounding_box, connected_components, regions
+from promptseg.io.regions import bounding_box, connected_components, regions
 
 
 def flood_fill(mask: np.ndarray) -> tuple[np.ndarray, int]:

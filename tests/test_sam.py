@@ -1,5 +1,6 @@
 """The SAM loader and the shapes-sam and scenes-sam training scripts: prompts to masks, errors, resume."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,8 +10,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from promptseg.data.shapes_world import render_sample
-from promptseg.sam import BUNDLED_SAM, load_sam
-from promptseg.zoo import train_shapes_sam as tss
+from promptseg.models.sam import load_sam
+from promptseg.models.zoo import BUNDLED
+from promptseg.training import shapes_sam as tss
 
 ARGS = ["--n-train", "16", "--batch", "4", "--steps", "4", "--save-every", "2", "--threads", "1", "--n-eval", "0"]
 
@@ -64,7 +66,7 @@ def test_loader_gives_masks_at_the_image_size_and_clear_errors(trained, tmp_path
         sam.predict(image, points=[[[1, 1]]])
     with pytest.raises(FileNotFoundError, match="neither a folder with config.json"):
         load_sam(str(tmp_path / "missing"))
-    monkeypatch.setitem(BUNDLED_SAM, "shapes-sam", tmp_path / "not-installed")
+    monkeypatch.setitem(BUNDLED, "shapes-sam", dataclasses.replace(BUNDLED["shapes-sam"], folder=tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="train it with"):
         load_sam("shapes-sam")  # a bundled name whose files are missing
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -114,7 +116,7 @@ def test_proposals_find_each_shape_once():
 
 def test_scenes_sam_cuts_instances_parts_and_stuff_and_trains_at_128px(tmp_path):
     from promptseg.data.scenes_world import render_sample as render_scene
-    from promptseg.zoo import train_scenes_sam
+    from promptseg.training import scenes_sam as train_scenes_sam
 
     images, items = train_scenes_sam.masks("train", 2)
     assert images.shape == (2, 128, 128, 3)
@@ -139,7 +141,7 @@ def test_scenes_sam_cuts_instances_parts_and_stuff_and_trains_at_128px(tmp_path)
 
 def test_scenes_sam_with_4px_patches_predicts_masks_at_the_image_size(tmp_path):
     """`--patch 4`: a 32x32 embedding grid, whose mask decoder (4x up) gives masks at 128x128 before any resize."""
-    from promptseg.zoo import train_scenes_sam
+    from promptseg.training import scenes_sam as train_scenes_sam
 
     train_scenes_sam.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--n-train", "1",
                            "--batch", "1", "--masks-per-image", "1", "--steps", "1", "--threads", "1", "--n-eval", "0",

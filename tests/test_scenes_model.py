@@ -27,7 +27,7 @@ def scenes():
 
 
 def test_scenes_model_reads_its_text_tower_from_scenes_clip(scenes):
-    from promptseg.clip import load_clip
+    from promptseg.models.clip import load_clip
 
     clip = load_clip("scenes-clip", device="cpu")
     assert scenes.tokenizer("a hot air balloon").input_ids == clip.processor.tokenizer("a hot air balloon").input_ids
@@ -66,7 +66,7 @@ def test_bundled_scenes_dpseg_finds_seen_classes_and_calibration_moves_pixels_to
     only (tiles 1): the recommended 2x2 tiles cost five times as much and are not what this proves."""
     from promptseg.data.shapes import ScenesDataset
     from promptseg.eval.metrics import confusion, scores
-    from promptseg.methods.dpseg.network import read_net_config
+    from promptseg.models.dpseg.network import read_net_config
 
     config = read_net_config("scenes-dpseg")
     assert config.clip == "scenes-clip" and config.held_out == ["sailboat", "kite", "snowman", "sand"]

@@ -101,9 +101,7 @@ def test_parts_lie_inside_their_objects_and_nowhere_else(samples):
 
 
 def test_several_class_names_are_several_clip_tokens():
-    from promptseg.zoo.tokenizer import (
-        build_clip_tokenizer,  # its vocabulary ships in open-clip-torch (make installs it)
-    )
+    from promptseg.models.tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     multi = [name for name in CLASS_NAMES if len(tokenizer.tokenize(name)) > 1]
@@ -165,11 +163,13 @@ def test_a_bundled_list_is_read_by_name_and_a_missing_file_lists_them():
 
 
 def test_a_missing_bundled_model_says_how_to_train_it(monkeypatch, tmp_path):
-    from promptseg import backbone
+    import dataclasses
 
-    monkeypatch.setitem(backbone.BUNDLED, "scenes", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="train_scenes"):
-        backbone.load_backbone("scenes", device="cpu")
+    from promptseg.models import BUNDLED, load_backbone
+
+    monkeypatch.setitem(BUNDLED, "scenes", dataclasses.replace(BUNDLED["scenes"], folder=tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="python -m promptseg.training.scenes"):
+        load_backbone("scenes", device="cpu")
 
 
 def test_captions_list_stuff_in_random_order():

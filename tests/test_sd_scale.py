@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from promptseg.methods import build_method, list_methods, method_config
+from promptseg.models.sd_configs import SD_NAMES, configs, save_sd
 from promptseg.text import build_prompt, parse_labels, span_positions, split_to_fit
-from promptseg.zoo.sd_configs import SD_NAMES, configs, save_sd
 
 CLASSNAMES = Path(__file__).resolve().parents[1] / "src" / "promptseg" / "data" / "classnames"
 LISTS = ("voc21", "context60", "coco_object", "ade150", "ade847", "context459", "coco_stuff171")
@@ -20,7 +20,7 @@ LISTS = ("voc21", "context60", "coco_object", "ade150", "ade847", "context459", 
 
 @pytest.fixture(scope="module")
 def clip_tokenizer():
-    from promptseg.zoo.tokenizer import build_clip_tokenizer
+    from promptseg.models.tokenizers import build_clip_tokenizer
 
     return build_clip_tokenizer()
 
@@ -168,8 +168,8 @@ def test_bf16_weights_run_on_the_cpu(reduced_folders, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SD_NAMES)
 def test_full_size_architectures_run_every_method(name, tmp_path):
-    from promptseg.backbone import backbone_from_parts
-    from promptseg.zoo.sd_configs import build_sd
+    from promptseg.models import backbone_from_parts
+    from promptseg.models.sd_configs import build_sd
 
     run_methods(backbone_from_parts(f"random-{name}", build_sd(name), device="cpu", dtype="fp32"), METHOD_SETTINGS,
                 tmp_path)

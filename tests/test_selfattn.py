@@ -5,11 +5,11 @@ import functools
 
 import torch
 
-import promptseg.capture.store as store_module
-from promptseg.capture import AttentionStore, capture, select_layers
-from promptseg.capture.selfattn import QKRecord, SelfAttention
+import promptseg.diffusion.capture.store as store_module
+from promptseg.diffusion.capture import AttentionStore, capture, select_layers
+from promptseg.diffusion.capture.selfattn import QKRecord, SelfAttention
+from promptseg.diffusion.readout import hierarchical_refine, refine
 from promptseg.methods import build_method
-from promptseg.refine import hierarchical_refine, refine
 
 
 def _record(tiny, lazy_tokens):

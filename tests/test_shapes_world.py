@@ -3,7 +3,7 @@ import pytest
 
 from promptseg.data.shapes import ShapesDataset
 from promptseg.data.shapes_world import CLASS_NAMES, SHAPES, VOCABULARY, make_caption, render_sample
-from promptseg.zoo.tokenizer import build_word_tokenizer
+from promptseg.models.tokenizers import build_word_tokenizer
 
 
 def test_samples_are_deterministic_and_splits_differ():

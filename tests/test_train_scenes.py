@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from promptseg.backbone import load_backbone
-from promptseg.clip import load_clip
 from promptseg.data.scenes_world import VIEWS, render_sample
-from promptseg.zoo import train_scenes, train_scenes_clip
+from promptseg.models import load_backbone
+from promptseg.models.clip import load_clip
+from promptseg.training import scenes as train_scenes
+from promptseg.training import scenes_clip as train_scenes_clip
 
 CLIP_ARGS = ["--n-train", "12", "--batch", "6", "--steps", "2", "--save-every", "2", "--threads", "1"]
 ARGS = ["--n-train", "12", "--batch", "4", "--vae-batch", "2", "--vae-steps", "2", "--steps", "4",
@@ -72,17 +73,17 @@ def test_clip_export_loads_with_clips_real_tokenizer(clip_folder):
 def test_unet_resumes_after_a_kill_and_keeps_the_text_tower_frozen(tmp_path, monkeypatch, clip_folder):
     common = [*ARGS, "--text-encoder", str(clip_folder)]
     train_scenes.main(["--work", str(tmp_path / "a"), "--out", str(tmp_path / "a_out"), *common])
-    real_report = train_scenes._report
+    real_report = train_scenes.report
 
     def kill_at_unet_step_3(state, phase, total, running, t0):
         if phase == "unet" and state["step"] == 3:
             raise Killed()
         return real_report(state, phase, total, running, t0)
 
-    monkeypatch.setattr(train_scenes, "_report", kill_at_unet_step_3)
+    monkeypatch.setattr(train_scenes, "report", kill_at_unet_step_3)
     with pytest.raises(Killed):
         train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
-    monkeypatch.setattr(train_scenes, "_report", real_report)
+    monkeypatch.setattr(train_scenes, "report", real_report)
     train_scenes.main(["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b_out"), *common])
     for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"):
         a = load_file(tmp_path / "a_out" / f"{part}.safetensors")
@@ -102,7 +103,7 @@ def test_unet_resumes_after_a_kill_and_keeps_the_text_tower_frozen(tmp_path, mon
 
 
 def test_unet_phase_without_a_trained_clip_says_what_to_train(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_scenes_clip"):
+    with pytest.raises(FileNotFoundError, match="promptseg.training.scenes_clip"):
         train_scenes.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *ARGS,
                            "--text-encoder", str(tmp_path / "missing")])
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from promptseg.clip import load_clip
-from promptseg.zoo import train_shapes_clip as tsc
+from promptseg.models.clip import load_clip
+from promptseg.training import shapes_clip as tsc
 
 ARGS = ["--n-train", "16", "--batch", "8", "--steps", "4", "--save-every", "2", "--threads", "1"]
 

@@ -10,12 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promptseg.backbone import DEFAULT_MODEL, load_backbone, model_settings
-from promptseg.filters import build_filter, filter_config, resolve_filter, segment_filtered
-from promptseg.io import ImageLoadError, load_image, save_result
-from promptseg.methods import build_method
-from promptseg.methods.base import config_for_model
-from promptseg.refiners import build_refiner, refiner_config, resolve_refiner
+from promptseg.io import ImageLoadError, load_image, save_refer, save_result
+from promptseg.models import DEFAULT_MODEL
+from promptseg.pipeline import Pipeline, check_expression
 from promptseg.text import parse_labels
 
 
@@ -97,21 +94,14 @@ def segment_files(
     """
 
     labels = parse_labels(labels, shared_synonyms=shared_synonyms)
-    config = config_for_model(method, model, **(settings or {}))
-    filter_name, filter_overrides = resolve_filter(model_settings(model), filter, filter_settings or {})
-    filter_cfg = filter_config(filter_name, **filter_overrides)
-    refine_name, refine_overrides = resolve_refiner(model_settings(model), refine, refine_settings or {})
-    refine_cfg = refiner_config(refine_name, **refine_overrides)
+    pipe = Pipeline(model, method, settings=settings, filter=filter, filter_settings=filter_settings, refine=refine,
+                    refine_settings=refine_settings, device=device, dtype=dtype, allow_pickle=allow_pickle)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
-    backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    segmenter = build_method(method, backbone, config)
-    label_filter = build_filter(filter_name, backbone, filter_cfg)
-    refiner = build_refiner(refine_name, backbone, refine_cfg)
-    return _each_file(paths, lambda image, stem: save_result(
-        segment_filtered(segmenter, label_filter, image, labels, prompt=prompt, refiner=refiner), image, out_dir, stem),
-        on_progress)
+    pipe.load()
+    return _each_file(paths, lambda image, stem: save_result(pipe.segment(image, labels, prompt=prompt), image, out_dir,
+                                                              stem), on_progress)
 
 
 def refer_files(
@@ -131,17 +121,12 @@ def refer_files(
     `out_dir` (`io.save_refer`). The method must answer expressions (`anyword`, `baseline`). Settings are checked
     before the model loads; an unreadable file is reported in its `FileOutcome.error` and the others still run."""
 
-    from promptseg.io import save_refer
-    from promptseg.methods.base import require_refer
-
-    if not expression or not expression.strip():
-        raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
-    require_refer(method)
-    config = config_for_model(method, model, **(settings or {}))
+    check_expression(expression)
+    pipe = Pipeline(model, method, settings=settings, task="refer", device=device, dtype=dtype,
+                    allow_pickle=allow_pickle)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
-    backbone = load_backbone(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    segmenter = build_method(method, backbone, config)
-    return _each_file(paths, lambda image, stem: save_refer(
-        segmenter.refer(segmenter.prepare(image), expression), image, out_dir, stem), on_progress)
+    pipe.load()
+    return _each_file(paths, lambda image, stem: save_refer(pipe.refer(image, expression), image, out_dir, stem),
+                      on_progress)

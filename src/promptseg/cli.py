@@ -1,4 +1,10 @@
-"""The `promptseg` command line: parses arguments and calls the library. No logic lives here."""
+"""promptseg: training-free open-vocabulary segmentation with frozen text-to-image diffusion models.
+
+Give it images and any words (class names, or a sentence with `refer`) and it writes masks: a diffusion model's
+attention read per word, optionally refined by prompt inversion, with no segmentation training. Start with
+`promptseg segment IMAGE --labels "cat,sofa" --model shapes`; `make demo` and `make test` (the README's two
+commands) run the bundled example and the tests.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import argparse
 import sys
 
 from promptseg import __version__
-from promptseg.backbone import DEFAULT_MODEL
+from promptseg.models import DEFAULT_MODEL
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -99,28 +105,20 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
-    from promptseg.methods import list_methods
+def _listing(kind: str):
+    """A command that prints every registered entry of `kind` ("methods", "filters", "refiners") with its summary."""
 
-    for name, summary in list_methods().items():
-        print(f"{name:10s} {summary}")
-    return 0
+    def command(args: argparse.Namespace) -> int:
+        from promptseg.filters import list_filters
+        from promptseg.methods import list_methods
+        from promptseg.refiners import list_refiners
 
+        listed = {"methods": list_methods, "filters": list_filters, "refiners": list_refiners}[kind]()
+        for name, summary in listed.items():
+            print(f"{name:10s} {summary}")
+        return 0
 
-def cmd_filters(args: argparse.Namespace) -> int:
-    from promptseg.filters import list_filters
-
-    for name, summary in list_filters().items():
-        print(f"{name:10s} {summary}")
-    return 0
-
-
-def cmd_refiners(args: argparse.Namespace) -> int:
-    from promptseg.refiners import list_refiners
-
-    for name, summary in list_refiners().items():
-        print(f"{name:10s} {summary}")
-    return 0
+    return command
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -177,7 +175,7 @@ def cmd_eval_refer(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from promptseg.methods.dpseg.train import train
+    from promptseg.training.dpseg import train
 
     train(args)
     return 0
@@ -191,7 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="promptseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"promptseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -248,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
     tr_sub = tr.add_subparsers(dest="trained_method", required=True)
-    from promptseg.methods.dpseg.train import add_arguments as dpseg_train_arguments
+    from promptseg.training.dpseg import add_arguments as dpseg_train_arguments
 
     dp = tr_sub.add_parser("dpseg", help="DPSeg's image encoder and decoder (shapes or COCO-Stuff)")
     dpseg_train_arguments(dp)
     dp.set_defaults(func=cmd_train)
 
     methods = sub.add_parser("methods", help="list the registered methods")
-    methods.set_defaults(func=cmd_methods)
+    methods.set_defaults(func=_listing("methods"))
     demo = sub.add_parser("demo", help="start the web demo (needs the 'demo' extra: pip install 'promptseg[demo]')")
     demo.add_argument("--model", default="shapes", help="hub id, diffusers folder, .safetensors file or 'shapes'")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
@@ -263,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
-    filters.set_defaults(func=cmd_filters)
+    filters.set_defaults(func=_listing("filters"))
     refiners = sub.add_parser("refiners", help="list the registered refiners")
-    refiners.set_defaults(func=cmd_refiners)
+    refiners.set_defaults(func=_listing("refiners"))
     return parser
 
 

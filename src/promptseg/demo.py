@@ -88,44 +88,30 @@ class DemoSession:
     def __init__(self, model: str = "shapes", device: str | None = None):
         self.model, self.device = model, device
         self._backbone = None
-        self._methods: dict = {}
-        self._filters: dict = {}
-        self._refiners: dict = {}
+        self._built: dict = {}  # stages built once per name and settings, shared by every request's pipeline
         self._lock = threading.Lock()
         self.out_dir = Path(tempfile.mkdtemp(prefix="promptseg_demo_"))
 
     @property
     def backbone(self):
         if self._backbone is None:
-            from promptseg.backbone import load_backbone
+            from promptseg.models import load_backbone
 
             self._backbone = load_backbone(self.model, device=self.device)
         return self._backbone
 
+    def pipeline(self, method: str, filter_name: str | None = None, refine_name: str | None = None,
+                 task: str = "segment"):
+        """The loaded pipeline of `method` with the filter and refiner named (None: the model's), on the session's
+        backbone; stages are built once and shared."""
+        from promptseg.pipeline import Pipeline
+
+        return Pipeline(self.model, method, filter=filter_name, refine=refine_name, task=task, backbone=self.backbone,
+                        built=self._built).load()
+
     def method(self, name: str):
-        if name not in self._methods:
-            from promptseg.methods import build_method
-
-            self._methods[name] = build_method(name, self.backbone)
-        return self._methods[name]
-
-    def _stage(self, cache: dict, resolve, build, name: str | None):
-        """(chosen name, instance) of a filter or refiner, built once per name ("model default": the model's)."""
-        key = name or MODEL_DEFAULT
-        if key not in cache:
-            chosen, settings = resolve(self.backbone.method_defaults, name, {})
-            cache[key] = (chosen, build(chosen, self.backbone, **settings))
-        return cache[key]
-
-    def label_filter(self, name: str | None):
-        from promptseg.filters import build_filter, resolve_filter
-
-        return self._stage(self._filters, resolve_filter, build_filter, name)
-
-    def refiner(self, name: str | None):
-        from promptseg.refiners import build_refiner, resolve_refiner
-
-        return self._stage(self._refiners, resolve_refiner, build_refiner, name)
+        """The built method `name` (with the model's settings)."""
+        return self.pipeline(name, task="segment").method.instance
 
     def run(self, path: str | None, labels_text: str, method: str, filter_name: str, progress=None,
             refine_name: str = MODEL_DEFAULT) -> DemoOutput:
@@ -149,19 +135,16 @@ class DemoSession:
             return DemoOutput(status=f"**Error:** {html.escape(str(err))}")
 
     def _segment(self, image, labels, method_name, filter_name, stem, progress, refine_name=None) -> DemoOutput:
-        from promptseg.filters import segment_filtered
-
         tick = progress or (lambda *a, **k: None)
         tick(0.05, desc="loading the model")
-        segmenter = self.method(method_name)
-        chosen, label_filter = self.label_filter(filter_name)
-        refined_by, refiner = self.refiner(refine_name)
+        pipe = self.pipeline(method_name, filter_name, refine_name)
+        segmenter, chosen, refined_by = pipe.method.instance, pipe.filter.name, pipe.refiner.name
         tick(0.2, desc=f"filtering with {chosen}, then segmenting with {method_name}")
         if hasattr(segmenter, "on_step"):  # methods that optimise per image report each step
             segmenter.on_step = lambda done, total: tick(0.2 + 0.7 * done / total, desc=f"step {done} of {total}")
         start = time.perf_counter()
         try:
-            result = segment_filtered(segmenter, label_filter, image, labels, refiner=refiner)
+            result = pipe.segment(image, labels)
         finally:
             if hasattr(segmenter, "on_step"):
                 segmenter.on_step = None
@@ -209,14 +192,13 @@ class DemoSession:
 
         tick = progress or (lambda *a, **k: None)
         tick(0.05, desc="loading the model")
-        segmenter = self.method(method_name)
-        if not hasattr(segmenter, "refer"):
-            raise ValueError(f"{method_name} does not answer referring expressions; choose anyword or baseline")
+        pipe = self.pipeline(method_name, task="refer")
+        segmenter = pipe.method.instance
         if hasattr(segmenter, "on_step"):
             segmenter.on_step = lambda done, total: tick(0.2 + 0.6 * done / total, desc=f"step {done} of {total}")
         start = time.perf_counter()
         try:
-            result = segmenter.refer(segmenter.prepare(image), expression)
+            result = pipe.refer(image, expression)
         finally:
             if hasattr(segmenter, "on_step"):
                 segmenter.on_step = None

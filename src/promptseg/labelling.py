@@ -4,7 +4,7 @@
     accelerate launch -m promptseg.cli label photos/ --labels-file classes.txt --out dataset   # several GPUs
 
 What `DATASET` holds at the end:
-- `annotations.json`: COCO instances format (`promptseg.coco`): one category per vocabulary line (synonyms of a line
+- `annotations.json`: COCO instances format (`promptseg.io.coco`): one category per vocabulary line (synonyms of a line
   are one category), `images` with `file_name` relative to the input root (the folder given, or the folders' common
   parent), width and height, and compressed-RLE annotations with `area`, `bbox`, `iscrowd` and `score`;
 - `semantic/NAME.png`: the label map of each image as `segment` draws it (palette PNG, VOC colours; 16-bit
@@ -23,7 +23,6 @@ the main process merges.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import json
@@ -37,8 +36,8 @@ import numpy as np
 from PIL import Image
 
 from promptseg import __version__
-from promptseg.backbone import DEFAULT_MODEL
-from promptseg.runs import Shard, atomic_write, check_run_file
+from promptseg.eval.runs import Shard, atomic_write, check_run_file
+from promptseg.models import DEFAULT_MODEL
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -129,32 +128,21 @@ class LabelRun:
     each class keeps the words no earlier class took (`parse_labels`); False: a word used twice is an error."""
 
 
-def _setup(run: LabelRun):
-    """Check everything before a model loads: (configs, categories, signature)."""
-    from promptseg.backbone import model_settings
-    from promptseg.coco import category_table
-    from promptseg.filters import filter_config, resolve_filter
-    from promptseg.methods.base import config_for_model
-    from promptseg.refiners import refiner_config, resolve_refiner
+def _setup(run: LabelRun, backbone=None):
+    """Check everything before a model loads: (pipeline, labels, categories, signature)."""
+    from promptseg.io.coco import category_table
+    from promptseg.pipeline import Pipeline
     from promptseg.text import parse_labels
 
     if int(run.min_area) < 0:
         raise ValueError(f"min_area must be >= 0 pixels, got {run.min_area}")
     labels = parse_labels(run.vocabulary, shared_synonyms=run.shared_synonyms)
-    config = config_for_model(run.method, run.model, **run.settings)
-    recommended = model_settings(run.model)
-    filter_name, filter_overrides = resolve_filter(recommended, run.filter, run.filter_settings)
-    filter_cfg = filter_config(filter_name, **filter_overrides)
-    refine_name, refine_overrides = resolve_refiner(recommended, run.refine, run.refine_settings)
-    refine_cfg = refiner_config(refine_name, **refine_overrides)
-    as_json = lambda cfg: json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # noqa: E731
-    signature = {
-        "method": run.method, "model": run.model, "settings": as_json(config), "prompt": run.prompt,
-        "filter": filter_name, "filter_settings": as_json(filter_cfg),
-        "refine": refine_name, "refine_settings": as_json(refine_cfg),
-        "vocabulary": [", ".join(label.synonyms) for label in labels], "min_area": int(run.min_area),
-    }
-    return (config, (filter_name, filter_cfg), (refine_name, refine_cfg)), labels, category_table(labels), signature
+    pipe = Pipeline(run.model, run.method, settings=run.settings, filter=run.filter, filter_settings=run.filter_settings,
+                    refine=run.refine, refine_settings=run.refine_settings, device=run.device, dtype=run.dtype,
+                    allow_pickle=run.allow_pickle, backbone=backbone)
+    signature = {**pipe.signature, "prompt": run.prompt, "vocabulary": [", ".join(label.synonyms) for label in labels],
+                 "min_area": int(run.min_area)}
+    return pipe, labels, category_table(labels), signature
 
 
 def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | None:
@@ -167,13 +155,10 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         ValueError: bad labels or settings, no images, or `run.out` holding a run with other settings.
         FileNotFoundError: an input that does not exist.
     """
-    from promptseg.coco import assemble, image_annotations, semantic_map
-    from promptseg.filters import build_filter, segment_filtered
     from promptseg.io import ImageLoadError, load_image
-    from promptseg.methods import build_method
-    from promptseg.refiners import build_refiner
+    from promptseg.io.coco import assemble, image_annotations, semantic_map
 
-    (config, (filter_name, filter_cfg), (refine_name, refine_cfg)), labels, categories, signature = _setup(run)
+    pipe, labels, categories, signature = _setup(run, backbone)
     root, files = collect_images(run.inputs)
     relative = [p.relative_to(root).as_posix() for p in files]
     semantic = semantic_names(relative)
@@ -185,7 +170,6 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
     shard.barrier()
 
     mine = [i for i in shard.indices(len(files)) if not _record_path(out, relative[i]).exists()]
-    segmenter = label_filter = refiner = None
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -199,17 +183,10 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         except ImageLoadError as err:
             record["error"] = str(err).replace(str(files[i]), relative[i])
         else:
-            if segmenter is None:
-                if backbone is None:
-                    from promptseg.backbone import load_backbone
-
-                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype,
-                                             allow_pickle=run.allow_pickle)
-                segmenter = build_method(run.method, backbone, config)
-                label_filter = build_filter(filter_name, backbone, filter_cfg)
-                refiner = None if refine_name == "none" else build_refiner(refine_name, backbone, refine_cfg)
+            if pipe.method.instance is None:
+                pipe.load()
                 start = time.perf_counter()  # the model's loading is not the first image's cost
-            result = segment_filtered(segmenter, label_filter, image, labels, prompt=run.prompt, refiner=refiner)
+            result = pipe.segment(image, labels, prompt=run.prompt)
             write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
             record.update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
                           annotations=image_annotations(result, categories, int(run.min_area)),

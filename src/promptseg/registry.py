@@ -20,10 +20,12 @@ class Registry:
     Args:
         kind (`str`): what the entries are, for messages ("unknown method 'x'").
         load_builtins (`Callable`): imports the built-in entries (they register themselves on import).
+        default (`str`, *optional*): the entry used when neither the caller nor the model names one.
     """
 
-    def __init__(self, kind: str, load_builtins: Callable[[], None]):
+    def __init__(self, kind: str, load_builtins: Callable[[], None], default: str | None = None):
         self.kind = kind
+        self.default = default
         self._load_builtins = load_builtins
         self._entries: dict[str, tuple[type, type]] = {}
 
@@ -55,11 +57,11 @@ class Registry:
         self._load_builtins()
         return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in sorted(self._entries.items())}
 
-    def resolve(self, model_settings: dict, name: str | None, overrides: dict, default: str, choice_key: str,
+    def resolve(self, model_settings: dict, name: str | None, overrides: dict, choice_key: str,
                 settings_key: str) -> tuple[str, dict]:
-        """(name, settings): `name`, or else what the model recommends under `choice_key`, or else `default`; the
-        settings are the model's for it (under `settings_key`), changed by `overrides`."""
-        chosen = name or model_settings.get(choice_key) or default
+        """(name, settings): `name`, or else what the model recommends under `choice_key`, or else the registry's
+        default; the settings are the model's for it (under `settings_key`), changed by `overrides`."""
+        chosen = name or model_settings.get(choice_key) or self.default
         return chosen, {**(model_settings.get(settings_key) or {}).get(chosen, {}), **overrides}
 
     def build(self, name: str, backbone=None, config=None, **overrides):

@@ -9,7 +9,6 @@ skips what is done, the shards' counts are summed (`ReferScores.as_array`), the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from promptseg import __version__
-from promptseg.backbone import DEFAULT_MODEL
 from promptseg.data import get_refer_dataset
 from promptseg.eval.refer_metrics import ReferScores
-from promptseg.runs import Shard, atomic_write, check_run_file
+from promptseg.eval.runs import Shard, atomic_write, check_run_file
+from promptseg.models import DEFAULT_MODEL
 
 
 @dataclass
@@ -47,21 +46,18 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
     Raises:
         ValueError: a method without `refer`, nothing to evaluate, or an OUT written with other settings.
     """
-    from promptseg.methods import build_method
-    from promptseg.methods.base import config_for_model, require_refer
+    from promptseg.pipeline import Pipeline
 
-    require_refer(run.method)
+    pipe = Pipeline(run.model, run.method, settings=run.settings, task="refer", device=run.device, dtype=run.dtype,
+                    backbone=backbone)
     dataset = get_refer_dataset(run.dataset, run.root, run.split, run.limit)
-    config = config_for_model(run.method, run.model, **run.settings)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:
         raise ValueError(f"nothing to evaluate: limit {run.limit}, dataset size {len(dataset)}")
     out = Path(run.out)
     records = out / "samples"
     shard = Shard()
-    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    signature = {"task": "refer", "dataset": run.dataset, "split": run.split, "method": run.method,
-                 "model": run.model, "settings": settings}
+    signature = {"task": "refer", "dataset": run.dataset, "split": run.split, **pipe.signature}
     if shard.is_main:
         records.mkdir(parents=True, exist_ok=True)
         check_run_file(out, signature)
@@ -72,7 +68,6 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
     kinds = [k for k in dict.fromkeys(getattr(dataset, "kinds", [])[:n]) if k is not None]  # scenes_ref's kinds
     per_kind = {kind: np.zeros_like(totals.as_array()) for kind in kinds}
     seconds = 0.0
-    segmenter = None
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -84,14 +79,8 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
         if path.exists():
             record = json.loads(path.read_text())
         else:
-            if segmenter is None:
-                if backbone is None:
-                    from promptseg.backbone import load_backbone
-
-                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
-                segmenter = build_method(run.method, backbone, config)
             start = time.perf_counter()
-            result = segmenter.refer(segmenter.prepare(sample.image), sample.expression)
+            result = pipe.refer(sample.image, sample.expression)
             elapsed = time.perf_counter() - start
             one = ReferScores()
             iou = one.add(result.mask, sample.mask)
@@ -129,7 +118,7 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
         "model": run.model,
         **summary,
         "seconds_per_expression": float(summed[-1] / max(summary["n_samples"], 1)),
-        "settings": settings,
+        "settings": pipe.method.settings,
         "processes": shard.world,
         "promptseg_version": __version__,
     }

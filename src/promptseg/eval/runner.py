@@ -12,7 +12,6 @@ process. All processes must see the same OUT folder for resuming; the sum itself
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from promptseg import __version__
-from promptseg.backbone import DEFAULT_MODEL
 from promptseg.data import get_dataset
 from promptseg.eval.metrics import confusion, scores
-from promptseg.runs import Shard, atomic_write, check_run_file
+from promptseg.eval.runs import Shard, atomic_write, check_run_file
+from promptseg.models import DEFAULT_MODEL
 from promptseg.text import parse_labels
 
 NAME_MODES = ("oracle", "all")
@@ -98,14 +97,12 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
     `backbone`, if given, is used instead of loading `run.model` (it must be that model: sweeps reuse one load).
     """
-    from promptseg.backbone import model_settings
-    from promptseg.filters import build_filter, filter_config, resolve_filter, segment_filtered
-    from promptseg.methods import build_method
-    from promptseg.methods.base import config_for_model
-    from promptseg.refiners import build_refiner, refiner_config, resolve_refiner
+    from promptseg.pipeline import Pipeline
 
     dataset = get_dataset(run.dataset, run.root, run.class_names_file, **({"split": run.split} if run.split else {}))
-    config = config_for_model(run.method, run.model, **run.settings)
+    pipe = Pipeline(run.model, run.method, settings=run.settings, filter=run.filter, filter_settings=run.filter_settings,
+                    refine=run.refine, refine_settings=run.refine_settings, labels_known=run.names == "oracle",
+                    device=run.device, dtype=run.dtype, backbone=backbone)
     candidates = _candidates(run, dataset)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:
@@ -116,28 +113,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     out = Path(run.out)
     per_image = out / "images"
     shard = Shard()
-    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # tuples -> lists, as reread
-    if run.filter is None and run.names == "oracle":
-        filter_name, filter_overrides = "none", dict(run.filter_settings)
-    else:
-        filter_name, filter_overrides = resolve_filter(model_settings(run.model), run.filter, run.filter_settings)
-    filter_cfg = filter_config(filter_name, **filter_overrides)
-    filter_settings = json.loads(json.dumps(dataclasses.asdict(filter_cfg), default=str))
-    refine_name, refine_overrides = resolve_refiner(model_settings(run.model), run.refine, run.refine_settings)
-    refine_cfg = refiner_config(refine_name, **refine_overrides)
-    refine_settings = json.loads(json.dumps(dataclasses.asdict(refine_cfg), default=str))
-    signature = {
-        "dataset": run.dataset,
-        "split": run.split,
-        "method": run.method,
-        "model": run.model,
-        "names": run.names,
-        "settings": settings,
-        "filter": filter_name,
-        "filter_settings": filter_settings,
-        "class_names": dataset.class_names,
-        **({} if refine_name == "none" else {"refine": refine_name, "refine_settings": refine_settings}),
-    }
+    signature = {"dataset": run.dataset, "split": run.split, "names": run.names, **pipe.signature,
+                 "class_names": dataset.class_names}
     if shard.is_main:
         per_image.mkdir(parents=True, exist_ok=True)
         check_run_file(out, signature)
@@ -147,7 +124,6 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     total = np.zeros(shape, np.int64)
     seconds = 0.0
     filter_counts = np.zeros(5)  # true positives, kept, present, sum of per-image precision, of per-image recall
-    segmenter = label_filter = refiner = None
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -160,14 +136,6 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         if record_path.exists():
             record = json.loads(record_path.read_text())
         else:
-            if segmenter is None:
-                if backbone is None:
-                    from promptseg.backbone import load_backbone
-
-                    backbone = load_backbone(run.model, device=run.device, dtype=run.dtype)
-                segmenter = build_method(run.method, backbone, config)
-                label_filter = build_filter(filter_name, backbone, filter_cfg)
-                refiner = None if refine_name == "none" else build_refiner(refine_name, backbone, refine_cfg)
             if candidates is not None:
                 class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
             elif run.names == "oracle":
@@ -177,8 +145,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
             start = time.perf_counter()
             kept = []
             if class_ids:
-                result = segment_filtered(segmenter, label_filter, sample.image, [labels[c] for c in class_ids],
-                                          refiner=refiner)
+                result = pipe.segment(sample.image, [labels[c] for c in class_ids])
                 ids = {labels[c].name: c for c in class_ids}
                 kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
                 bg = dataset.background if dataset.background is not None else dataset.ignore_index
@@ -227,15 +194,15 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "per_class_iou": {name: _num(v) for name, v in zip(names, result.iou)},
         "per_class_acc": {name: _num(v) for name, v in zip(names, result.acc)},
         "seconds_per_image": float(seconds / max(count, 1)),
-        "settings": settings,
-        "filter": filter_name,
-        "filter_settings": filter_settings,
-        "refine": refine_name,
-        "refine_settings": refine_settings,
+        "settings": pipe.method.settings,
+        "filter": pipe.filter.name,
+        "filter_settings": pipe.filter.settings,
+        "refine": pipe.refiner.name,
+        "refine_settings": pipe.refiner.settings,
         **_filter_scores(filter_counts, count),
         "processes": shard.world,
         "promptseg_version": __version__,
-        **_seen_unseen(run.method, config, names, result.iou),
+        **_seen_unseen(run.method, pipe.method.config, names, result.iou),
     }
     atomic_write(out / "report.json", json.dumps(report, indent=1))
     atomic_write(out / "report.md", markdown_report(report))

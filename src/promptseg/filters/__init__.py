@@ -7,8 +7,6 @@ from promptseg.filters.base import (
     filter_config,
     list_filters,
     register_filter,
-    resolve_filter,
-    segment_filtered,
 )
 
 __all__ = [
@@ -18,6 +16,4 @@ __all__ = [
     "filter_config",
     "list_filters",
     "register_filter",
-    "resolve_filter",
-    "segment_filtered",
 ]

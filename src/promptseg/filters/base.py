@@ -1,4 +1,4 @@
-"""What every class filter shares: the decision type, the registry, the keep/drop rule, and filtered segmentation.
+"""What every class filter shares: the decision type, the registry, the keep/drop rule.
 
 A filter answers "which of these labels are in this image?" before a method segments it. The published diffusion
 segmenters all have this stage (DiffSegmenter and InvSeg: BLIP captions + CLIP; FA-Seg: per-image candidate
@@ -21,10 +21,11 @@ import numpy as np
 from promptseg.registry import Registry
 from promptseg.text import Label
 
-FILTERS = Registry("filter", lambda: _import_builtin_filters())
-"""Every class filter by name, with its settings dataclass."""
 DEFAULT_FILTER = "diffusion"
 """The filter used when the model recommends none: it needs no second model, so it works with any backbone."""
+FILTERS = Registry("filter", lambda: _import_builtin_filters(), default=DEFAULT_FILTER)
+"""Every class filter by name, with its settings dataclass. `promptseg.pipeline` resolves which one runs (the
+caller's, else the model's `"filter"` with its `"filters": {name: settings}`, else `DEFAULT_FILTER`)."""
 
 
 @dataclass
@@ -83,16 +84,6 @@ def filter_config(name: str, **overrides):
     return FILTERS.config(name, **overrides)
 
 
-def resolve_filter(model_settings: dict, name: str | None, overrides: dict) -> tuple[str, dict]:
-    """(name, settings) of the filter to use: `name`, or else the filter the model recommends, or else
-    `DEFAULT_FILTER`; its settings are the model's for that filter, changed by `overrides`.
-
-    A model folder recommends in `promptseg_settings.json`: `"filter": "clip"` and
-    `"filters": {"clip": {"model": "shapes-clip", "threshold": 0.32}, "diffusion": {...}}`.
-    """
-    return FILTERS.resolve(model_settings, name, overrides, DEFAULT_FILTER, "filter", "filters")
-
-
 def build_filter(name: str, backbone=None, config=None, **overrides):
     """An instance of filter `name` (on `backbone` where it needs the diffusion model), with `config` or the
     defaults changed by `overrides`."""
@@ -126,38 +117,6 @@ def decide(labels: list[Label], scores: np.ndarray, threshold: float, min_keep: 
         scores={label.name: float(s) for label, s in zip(labels, scores)},
         warnings=warnings,
     )
-
-
-def segment_filtered(method, label_filter, image, labels, prompt: str | None = None, refiner=None):
-    """Filter `labels` for `image`, segment it into the kept ones, then refine the label map with `refiner` (a
-    `promptseg.refiners` instance; None: no refinement).
-
-    The result's `extra["filter"]` holds the decision (kept, dropped with reasons, scores) and its warnings join
-    the result's. A filter caption, if any, becomes the method's prompt unless `prompt` is given or the method
-    learns its own (`takes_prompt = False`, InvSeg). When every label is dropped (only possible with
-    `min_keep=0`) the result is all background, with a warning.
-    """
-    from promptseg.methods.base import as_labels, empty_result, to_pil
-
-    labels = as_labels(labels)
-    pil = to_pil(image)
-    decision = label_filter(pil, labels) if label_filter is not None else FilterDecision(kept=list(labels))
-    if prompt is None and getattr(method, "takes_prompt", True):
-        prompt = decision.caption
-    if decision.kept:
-        result = method(pil, decision.kept, prompt=prompt) if prompt is not None else method(pil, decision.kept)
-    else:
-        result = empty_result((pil.height, pil.width))
-    result.warnings = list(decision.warnings) + result.warnings
-    if decision.dropped:
-        result.warnings.append(f"filter dropped {sorted(decision.dropped)}: see extra['filter']['dropped']")
-    result.extra["filter"] = decision.as_dict()
-    result.timings["filter"] = decision.seconds
-    if decision.kept and refiner is not None:
-        from promptseg.refiners import apply_refiner
-
-        result = apply_refiner(refiner, pil, result)
-    return result
 
 
 class Timer:

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from promptseg.parts import load_pretrained
+from promptseg.models.hub import load_pretrained
 
 
 def _words(text: str) -> list[str]:

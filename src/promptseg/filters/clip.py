@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from promptseg.clip import DEFAULT_CLIP
 from promptseg.filters.base import Timer, decide, register_filter
+from promptseg.models.clip import DEFAULT_CLIP
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ClipFilter:
     """Zero-shot presence from CLIP (and a captioner's nouns): DiffSegmenter's and InvSeg's class filter."""
 
     def __init__(self, backbone=None, config: ClipFilterConfig | None = None):
-        from promptseg.clip import load_clip
+        from promptseg.models.clip import load_clip
 
         self.config = config or ClipFilterConfig()
         device = backbone.device if backbone is not None else None

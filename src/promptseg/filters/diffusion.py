@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from promptseg.capture import select_layers
+from promptseg.diffusion.attention import attention_pass, resolve_weights
+from promptseg.diffusion.capture import select_layers
+from promptseg.diffusion.encode import prepare_pixels
+from promptseg.diffusion.noise import noised_latents
 from promptseg.filters.base import FilterDecision, Timer, decide, register_filter
-from promptseg.methods.base import prepare_pixels, resolve_weights
-from promptseg.methods.baseline import attention_pass, noised_latents
-from promptseg.methods.fastseg import predicted_noise
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
 CRITERIA = ("denoising", "attention")
@@ -136,8 +136,8 @@ class DiffusionFilter:
             noisy, noise = noised_latents(self.backbone, latents, timestep, c.seed * 1000 + i)
             batch = noisy.expand(len(text), -1, -1, -1)
             t = torch.full((len(text),), timestep, device=latents.device)
-            output = self.backbone.unet(batch, t, encoder_hidden_states=text.to(self.backbone.dtype)).sample
-            eps = predicted_noise(self.backbone, output, batch, timestep)
+            output = self.backbone.predict(batch, t, text)
+            eps = self.backbone.noise_from_output(output, batch, timestep)
             error = (eps.float() - noise.float()).pow(2).mean(1).flatten(1)  # (P + 1, cells)
             change = change + sign * (error[1:] - error[:1]) / error[0].mean()
         change = change / len(c.timesteps)

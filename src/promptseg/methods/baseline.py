@@ -16,18 +16,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from promptseg.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
-from promptseg.methods.base import (
-    PreparedImage,
-    ReferResult,
-    SegmentationResult,
-    as_labels,
-    finish,
-    plan_attention,
-    prepare_pixels,
-    register_method,
-)
-from promptseg.refine import (
+from promptseg.diffusion.attention import attention_pass, plan_attention
+from promptseg.diffusion.encode import PreparedImage, prepare_pixels
+from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.readout import (
     maps_to_tokens,
     minmax,
     mix_self_attention,
@@ -36,6 +28,7 @@ from promptseg.refine import (
     tokens_to_maps,
     weighted_sum,
 )
+from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, finish, register_method
 from promptseg.text import build_prompt, label_scores, span_positions, split_to_fit
 
 
@@ -72,31 +65,6 @@ class BaselineConfig:
             raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
-
-
-def noised_latents(backbone, latents: torch.Tensor, timestep: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`latents` noised to `timestep` with seeded Gaussian noise: (noisy, noise)."""
-    if not 0 <= timestep < backbone.num_train_timesteps:
-        raise ValueError(f"timestep must be in [0, {backbone.num_train_timesteps}), got {timestep}")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    t = torch.tensor([timestep], device=latents.device)
-    return backbone.scheduler.add_noise(latents, noise, t), noise
-
-
-def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False,
-                   self_products: int = 1):
-    """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the last
-    of them (nothing after it is read); returns the store.
-
-    `self_products`: how many times the reader multiplies the self-attention (refinement iterations); it decides
-    whether large grids are kept lazily (`promptseg.capture.lazy_tokens_for`)."""
-    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries,
-                           lazy_self_tokens=lazy_tokens_for(self_products))
-    t = torch.full((latents.shape[0],), timestep, device=latents.device)
-    with torch.no_grad(), capture(backbone.unet, layers, store, stop_after_last=True):
-        run_until_captured(backbone.unet, latents, t, encoder_hidden_states=text.to(backbone.dtype))
-    return store
 
 
 @register_method("baseline", BaselineConfig)
@@ -179,10 +147,10 @@ class Baseline:
 
     def refer(self, prepared: PreparedImage, expression: str) -> ReferResult:
         """The baseline's answer to a referring expression: the UNet sees the expression; the mean map of the target's
-        head noun phrase (head and bound modifiers, from `promptseg.language`; every word when spaCy is missing)
+        head noun phrase (head and bound modifiers, from `promptseg.text.language`; every word when spaCy is missing)
         is refined like a label's and thresholded at `background_threshold` (0.5 when None). Never empty: it has
         no notion of an absent referent, relations or number, which is what Segment Anyword adds."""
-        from promptseg.language import parse_expression
+        from promptseg.text.language import parse_expression
 
         if self.config.conditioning == "prompt":
             raise ValueError("baseline.refer needs conditioning='labels' (the expression is the prompt)")

@@ -22,17 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from promptseg.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
-from promptseg.methods.base import (
-    PreparedImage,
-    SegmentationResult,
-    as_labels,
-    finish,
-    plan_attention,
-    prepare_pixels,
-    register_method,
-)
-from promptseg.refine import hierarchical_refine, tokens_to_maps, weighted_sum
+from promptseg.diffusion.attention import plan_attention
+from promptseg.diffusion.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
+from promptseg.diffusion.encode import PreparedImage, prepare_pixels
+from promptseg.diffusion.noise import ddim_invert_step
+from promptseg.diffusion.readout import hierarchical_refine, tokens_to_maps, weighted_sum
+from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
 from promptseg.text import build_prompt, label_scores, split_to_fit
 
 
@@ -79,30 +74,6 @@ class FastSegConfig:
             raise ValueError(f"tau must be >= 1, got {self.tau}")
         if self.flip_from not in ("pixels", "latents"):
             raise ValueError(f"flip_from must be 'pixels' or 'latents', got {self.flip_from!r}")
-
-
-def predicted_noise(backbone, output: torch.Tensor, sample: torch.Tensor, timestep: int) -> torch.Tensor:
-    """The noise estimate from a UNet output, whatever the backbone's prediction type (eps, v or x0)."""
-    alpha = backbone.scheduler.alphas_cumprod[timestep].to(sample.device, torch.float32)
-    kind = backbone.prediction_type
-    if kind == "epsilon":
-        return output
-    if kind == "v_prediction":
-        return (alpha.sqrt() * output.float() + (1 - alpha).sqrt() * sample.float()).to(output.dtype)
-    if kind == "sample":
-        return ((sample.float() - alpha.sqrt() * output.float()) / (1 - alpha).sqrt()).to(output.dtype)
-    raise ValueError(f"unsupported prediction type {kind!r}")
-
-
-def ddim_invert_step(backbone, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
-    """One deterministic DDIM inversion step from the clean `latents` to `timestep`:
-    z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps(z_0, t, text)."""
-    t = torch.full((latents.shape[0],), timestep, device=latents.device)
-    with torch.no_grad():
-        output = backbone.unet(latents, t, encoder_hidden_states=text).sample
-    eps = predicted_noise(backbone, output, latents, timestep)
-    alpha = backbone.scheduler.alphas_cumprod[timestep].to(latents.device, torch.float32)
-    return (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * eps.float()).to(latents.dtype)
 
 
 @register_method("fastseg", FastSegConfig)

@@ -8,7 +8,6 @@ from promptseg.refiners.base import (
     list_refiners,
     refiner_config,
     register_refiner,
-    resolve_refiner,
 )
 
 __all__ = [
@@ -19,5 +18,4 @@ __all__ = [
     "list_refiners",
     "refiner_config",
     "register_refiner",
-    "resolve_refiner",
 ]

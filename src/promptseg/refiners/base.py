@@ -19,10 +19,11 @@ import numpy as np
 
 from promptseg.registry import Registry
 
-REFINERS = Registry("refiner", lambda: _import_builtin_refiners())
-"""Every refiner by name, with its settings dataclass."""
 DEFAULT_REFINER = "none"
 """The refiner used when the model recommends none: the method's own label map."""
+REFINERS = Registry("refiner", lambda: _import_builtin_refiners(), default=DEFAULT_REFINER)
+"""Every refiner by name, with its settings dataclass. `promptseg.pipeline` resolves which one runs (the caller's,
+else the model's `"refine"` with its `"refiners": {name: settings}`, else `DEFAULT_REFINER`)."""
 
 
 @dataclass
@@ -68,16 +69,6 @@ def refiner_config(name: str, **overrides):
         ValueError: an unknown refiner name or setting.
     """
     return REFINERS.config(name, **overrides)
-
-
-def resolve_refiner(model_settings: dict, name: str | None, overrides: dict) -> tuple[str, dict]:
-    """(name, settings) of the refiner to use: `name`, or else the one the model recommends, or else
-    `DEFAULT_REFINER`; its settings are the model's for that refiner, changed by `overrides`.
-
-    A model folder recommends in `promptseg_settings.json`: `"refine": "sam"` and
-    `"refiners": {"sam": {"sam": "shapes-sam", "mode": "prompts"}, "pamr": {...}}`.
-    """
-    return REFINERS.resolve(model_settings, name, overrides, DEFAULT_REFINER, "refine", "refiners")
 
 
 def build_refiner(name: str, backbone=None, config=None, **overrides):

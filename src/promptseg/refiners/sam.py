@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from promptseg.io.regions import regions as connected_regions
 from promptseg.refiners.base import Refinement, register_refiner
-from promptseg.regions import regions as connected_regions
 from promptseg.text import STUFF_WORDS, is_stuff
 
 
@@ -59,7 +59,7 @@ class SamRefinerConfig:
     classify: str = "scores"
     """How a SAM mask that is a thing gets its label: "scores" (the thing label with the highest mean method score
     over the mask; in "prompts" mode the prompting region's label) or "denoising" (ours: the thing label whose
-    prompt `evidence_template` most lowers the backbone's noise-prediction error over the mask, `promptseg.evidence`;
+    prompt `evidence_template` most lowers the backbone's noise-prediction error over the mask, `promptseg.diffusion.evidence`;
     costs (1 + thing labels) x len(`evidence_timesteps`) UNet items and one more VAE encode per image). Whether a
     mask is a thing or stuff is decided by the method's mean scores either way."""
     evidence_template: str = "a {}"
@@ -148,7 +148,7 @@ class SamRefiner:
     def __init__(self, backbone=None, config: SamRefinerConfig | None = None, predictor=None):
         """`predictor`, if given, is used instead of loading `config.sam` (anything with `SamPredictor`'s `predict`
         and `propose`)."""
-        from promptseg.sam import load_sam_cached
+        from promptseg.models.sam import load_sam_cached
 
         self.config = config or SamRefinerConfig()
         if self.config.classify == "denoising" and backbone is None:
@@ -176,13 +176,13 @@ class SamRefiner:
         return out
 
     def _evidence(self, image, result, things: set[int]) -> np.ndarray | None:
-        """(K, H, W): each thing label's denoising gain (`promptseg.evidence`) at the image's size, -inf elsewhere;
+        """(K, H, W): each thing label's denoising gain (`promptseg.diffusion.evidence`) at the image's size, -inf elsewhere;
         None when there are fewer than two thing labels (nothing to choose)."""
         import torch
 
-        from promptseg.evidence import DenoisingEvidence
-        from promptseg.methods.base import prepare_pixels
-        from promptseg.refine import resize_maps
+        from promptseg.diffusion.encode import prepare_pixels
+        from promptseg.diffusion.evidence import DenoisingEvidence
+        from promptseg.diffusion.readout import resize_maps
 
         if len(things) < 2:
             return None

@@ -4,12 +4,12 @@ model and a promptable mask model.
 For one image and one expression: (1) the expression is the generation condition and only its visual-concept words'
 input token embeddings are learnt, with the diffusion model's own denoising loss on the image (`inversion.py`); (2)
 each concept word's cross-attention, averaged over timesteps with the learnt embeddings and refined by
-self-attention, is read through the shared capture core; (3) the dependency parse (`promptseg.language`) binds
+self-attention, is read through the shared capture core; (3) the dependency parse (`promptseg.text.language`) binds
 modifiers to their head noun, and the bound maps give candidate regions that position, relation, number and presence
-filter (`prompts.py`); (4) each kept region's box goes to SAM (`promptseg.sam`), and the masks' union is the answer.
+filter (`prompts.py`); (4) each kept region's box goes to SAM (`promptseg.models.sam`), and the masks' union is the answer.
 Ours, beyond the paper and off by default: candidate regions may be SAM's own object proposals instead of the map's
 connected parts (`proposals="sam"`), and regions may be ranked, and no-target expressions answered empty, by the
-phrase's denoising evidence (`evidence="denoising"`, `promptseg/evidence.py`); the bundled shapes model recommends both.
+phrase's denoising evidence (`evidence="denoising"`, `promptseg.diffusion.evidence`); the bundled shapes model recommends both.
 
     from promptseg import load_backbone
     from promptseg.methods import build_method

@@ -55,7 +55,7 @@ class AnywordConfig:
     kept."""
     evidence: str = "attention"
     """What ranks and shapes a referent's regions: "attention" (its bound words' cross-attention maps, the paper) or
-    "denoising" (those maps and the phrase's denoising gain, `promptseg/evidence.py`; ours, costs two UNet batches of
+    "denoising" (those maps and the phrase's denoising gain, `promptseg.diffusion.evidence`; ours, costs two UNet batches of
     `evidence_timesteps`)."""
     evidence_timesteps: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800)
     """Timesteps of the denoising evidence, one noise draw each (one UNet batch)."""

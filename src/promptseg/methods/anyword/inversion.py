@@ -13,8 +13,6 @@ import math
 
 import torch
 
-from promptseg.evidence import denoising_target
-
 
 def invert_tokens(
     backbone,
@@ -55,15 +53,15 @@ def invert_tokens(
     for _ in range(steps):
         t = torch.randint(timesteps[0], timesteps[1] + 1, (batch,), generator=generator).to(latents.device)
         noise = torch.randn(clean.shape, generator=generator).to(latents.device, latents.dtype)
-        noisy = backbone.scheduler.add_noise(clean, noise, t)
+        noisy = backbone.add_noise(clean, noise, t)
         optimiser.zero_grad(set_to_none=True)
         total, chunk = 0.0, micro_batch or batch
         for lo in range(0, batch, chunk):
             part = slice(lo, min(batch, lo + chunk))
             n = part.stop - part.start
             text = backbone.encode_text([prompt] * n, token_embeds=(positions, rows))
-            prediction = backbone.unet(noisy[part], t[part], encoder_hidden_states=text.to(backbone.dtype)).sample
-            target = denoising_target(backbone, clean[part], noise[part], t[part]).float()
+            prediction = backbone.predict(noisy[part], t[part], text)
+            target = backbone.denoising_target(clean[part], noise[part], t[part]).float()
             loss = torch.nn.functional.mse_loss(prediction.float(), target) * (n / batch)
             loss.backward()
             total += float(loss.detach())

@@ -8,22 +8,17 @@ import time
 import numpy as np
 import torch
 
-from promptseg.evidence import DenoisingEvidence
+from promptseg.diffusion.attention import attention_pass
+from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
+from promptseg.diffusion.evidence import DenoisingEvidence
+from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.readout import minmax, resize_maps
 from promptseg.methods.anyword.config import AnywordConfig
 from promptseg.methods.anyword.inversion import invert_tokens
 from promptseg.methods.anyword.prompts import Region, add_support, find_regions, mask_regions, referent_map, select
-from promptseg.methods.base import (
-    PreparedImage,
-    ReferResult,
-    SegmentationResult,
-    as_labels,
-    prepare_pixels,
-    register_method,
-    to_pil,
-)
-from promptseg.methods.baseline import Baseline, BaselineConfig, attention_pass, noised_latents
-from promptseg.refine import minmax, resize_maps
-from promptseg.sam import load_sam_cached
+from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, register_method
+from promptseg.methods.baseline import Baseline, BaselineConfig
+from promptseg.models.sam import load_sam_cached
 from promptseg.text import label_scores, span_positions
 
 _STOPWORDS = {"a", "an", "the", "of", "to", "on", "in", "at", "and", "with", "is", "that", "which", "by", "for"}
@@ -101,7 +96,7 @@ class Anyword:
         return minmax((total / len(c.timesteps))[None])[0]
 
     def evidence_for(self, prepared: PreparedImage, grid: tuple[int, int]):
-        """None, or phrase -> its denoising gain on `grid` (`promptseg/evidence.py`; relative error drop) less the reference
+        """None, or phrase -> its denoising gain on `grid` (`promptseg.diffusion.evidence`; relative error drop) less the reference
         word's, cached per image."""
         c = self.config
         if c.evidence != "denoising":
@@ -231,7 +226,7 @@ class Anyword:
 
     def refer(self, prepared: PreparedImage, expression: str) -> ReferResult:
         """Segment what `expression` refers to in the prepared image (possibly nothing)."""
-        from promptseg.language import parse_expression
+        from promptseg.text.language import parse_expression
 
         start = time.perf_counter()
         c = self.config
@@ -277,7 +272,7 @@ class Anyword:
 
     def refer_label(self, prepared: PreparedImage, name: str) -> ReferResult:
         """Every instance of the class `name`: a plural referent whose head is the name (no parse needed)."""
-        from promptseg.language import Referent, Word
+        from promptseg.text.language import Referent, Word
 
         start = time.perf_counter()
         prompt = self.config.template.format(name)

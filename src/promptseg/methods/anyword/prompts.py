@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from promptseg.language import Referent
-from promptseg.regions import connected_components
+from promptseg.io.regions import connected_components
+from promptseg.text.language import Referent
 
 
 @dataclass

@@ -3,13 +3,16 @@
 The one *trained* method of promptseg: a CLIP image encoder and a cost-volume-guided decoder learn from masks of
 some classes and segment any class by its prompts. Files:
 
-    cost.py     R = Avg(V, T) and the cosine cost volume
-    decoder.py  the CVGD decoder (hybrid dilated convolutions, self-attention, deconvolution; visual cost volumes)
-    network.py  image encoder + decoder, their config and weights folder (`load_dpseg`)
     prompts.py  visual prompts drawn by the diffusion backbone and cached on disk; round II's crops
     bank.py     per-class text and visual prompt features from the frozen CLIP
     method.py   the registered method `dpseg` (prepare / segment, two-round inference)
-    train.py    `promptseg train dpseg` (shapes or COCO-Stuff; `accelerate launch` for several GPUs)
+    tiles.py    tiled inference (ours)
+
+and in `promptseg.models.dpseg` (the network, as the other models): `cost.py` (R = Avg(V, T) and the cosine cost
+volume), `decoder.py` (the CVGD decoder: hybrid dilated convolutions, self-attention, deconvolution; visual cost
+volumes), `network.py` (image encoder + decoder, their config and weights folder, `load_dpseg`); its trainer is
+`promptseg.training.dpseg` (`promptseg train dpseg`: shapes, scenes or COCO-Stuff; `accelerate launch` for several
+GPUs).
 
 The paper against the code:
 
@@ -21,7 +24,7 @@ The paper against the code:
 | CVGD: 3 stages of HDC (1/2/4), self-attention, deconvolution | `decoder.CostVolumeDecoder` |
 | multi-scale visual cost volumes F_v^j (encoder features vs prompt features of the same depth) | `NetConfig.visual_layers` (3/4, 1/2, 1/4 of a ViT's depth), `DPSegNet.decode` |
 | Inference II: crops of round-I regions as new visual prompts | `DPSeg._round_two_prompts`, `prompts.crop_region` |
-| pixel BCE, AdamW 2e-4, image encoder + decoder trained | `train.py` (encoder lr x0.1, ours) |
+| pixel BCE, AdamW 2e-4, image encoder + decoder trained | `promptseg.training.dpseg` (encoder lr x0.1, ours) |
 
 Where the paper is silent or its backbone differs (a plain ViT here, ConvNeXt there), ours: the ViT's three
 intermediate layers (one 1/8-resolution grid) are upsampled to each stage's size; the decoder's keys and values are

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from promptseg.methods.dpseg.cost import fuse_prompts
-from promptseg.methods.dpseg.network import PromptFeatures, prompt_image_features
+from promptseg.models.dpseg.cost import fuse_prompts
+from promptseg.models.dpseg.network import PromptFeatures, prompt_image_features
 
 
 class PromptBank:

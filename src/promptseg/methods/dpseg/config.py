@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from promptseg.methods.dpseg.cost import PROMPT_MODES
+from promptseg.models.dpseg.cost import PROMPT_MODES
 
 CROP_FILLS = ("mask", "box", "frame")
 

@@ -19,13 +19,14 @@ import time
 import torch
 from PIL import Image
 
-from promptseg.methods.base import PreparedImage, SegmentationResult, as_labels, finish, register_method, to_pil
+from promptseg.diffusion.encode import PreparedImage, to_pil
+from promptseg.diffusion.readout import resize_maps
+from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
 from promptseg.methods.dpseg.bank import PromptBank
 from promptseg.methods.dpseg.config import DPSegConfig
-from promptseg.methods.dpseg.network import load_dpseg, read_net_config
 from promptseg.methods.dpseg.prompts import VisualPromptCache, crop_region
 from promptseg.methods.dpseg.tiles import merge_tiles, tile_boxes
-from promptseg.refine import resize_maps
+from promptseg.models.dpseg.network import load_dpseg, read_net_config
 
 
 @functools.lru_cache(maxsize=2)

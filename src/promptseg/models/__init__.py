@@ -1,0 +1,41 @@
+"""Every model promptseg loads: diffusion backbones behind one interface, CLIP, SAM, DPSeg's network, and the one
+table of bundled models.
+
+    base.py              `DiffusionBackbone`: the interface a backbone family implements
+    loader.py            `load_backbone`: bundled name, folder, single file or hub id; picks the family
+    unet.py              the UNet family (Stable Diffusion 1.x/2.x, the bundled models)
+    attention_layers.py  a UNet's attention layers: names, places, kinds, grids
+    clip.py  sam.py      CLIP (filters, DPSeg) and SAM (refiner, Segment Anyword)
+    dpseg/               DPSeg's trained network (image encoder + decoder) and its cost volumes
+    hub.py               device and dtype choice, the hub's offline switch, one loader for transformers parts
+    zoo.py               the table of bundled models and the settings a model folder recommends
+    sd_configs.py        Stable Diffusion's architectures (random weights at real size, reduced copies for tests)
+    tokenizers.py        tokenizers built for the bundled models
+"""
+
+from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
+from promptseg.models.clip import ClipModel, load_clip
+from promptseg.models.hub import choose_device, choose_dtype, hub_offline
+from promptseg.models.loader import load_backbone
+from promptseg.models.sam import SamPredictor, load_sam
+from promptseg.models.unet import Backbone, backbone_from_parts
+from promptseg.models.zoo import BUNDLED, SETTINGS_FILE, bundled, model_settings
+
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_MODEL",
+    "SETTINGS_FILE",
+    "Backbone",
+    "ClipModel",
+    "DiffusionBackbone",
+    "SamPredictor",
+    "backbone_from_parts",
+    "bundled",
+    "choose_device",
+    "choose_dtype",
+    "hub_offline",
+    "load_backbone",
+    "load_clip",
+    "load_sam",
+    "model_settings",
+]

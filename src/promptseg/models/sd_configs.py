@@ -1,0 +1,141 @@
+"""Stable Diffusion's architectures with random weights: SD 1.5, SD 2.1 (768 px, v-prediction) and SD 2.1-base.
+
+No SD weights can be downloaded where promptseg is built and tested, so its cost and memory at SD's scale, and
+whether every method runs there, are measured on these: the configs below are written from the published
+`config.json` files of `stable-diffusion-v1-5/stable-diffusion-v1-5`, `stabilityai/stable-diffusion-2-1` and
+`stabilityai/stable-diffusion-2-1-base` (UNet, VAE, CLIP text encoder, scheduler), with CLIP's real tokenizer
+(`build_clip_tokenizer`). `reduced=True` divides every width (keeping head counts, so SD 2.x keeps its per-block
+head numbers) and shortens the text encoder to 2 layers, but keeps the topology: the same resolutions, the same
+count and placement of attention layers, linear projections and upcasting, 77 tokens, the latent size of the native
+image (64x64 for 512 px, 96x96 for 768 px), the prediction type. CI runs the reduced copies; the benchmark
+(`benchmarks/scale.py`) and the tests marked slow run the full ones.
+
+    parts = build_sd("sd15")                       # unet, vae, text_encoder, tokenizer, scheduler
+    save_sd("sd21", "runs/sd21-random", reduced=True)   # a diffusers folder `load_backbone` reads
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+SD_CONFIGS = {
+    "sd15": {
+        "unet": {
+            "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+            "center_input_sample": False, "cross_attention_dim": 768,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+            "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
+            "sample_size": 64,
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        },
+        "vae": {
+            "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+            "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        },
+        "text_encoder": {
+            "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
+            "num_attention_heads": 12, "num_hidden_layers": 12, "projection_dim": 768, "vocab_size": 49408,
+            "layer_norm_eps": 1e-05,
+        },
+        "scheduler": {
+            "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+            "clip_sample": False, "prediction_type": "epsilon",
+        },
+        "pad_token": "<|endoftext|>",
+    },
+    "sd21": {
+        "unet": {
+            "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+            "center_input_sample": False, "cross_attention_dim": 1024,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+            "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+            "norm_num_groups": 32, "out_channels": 4, "sample_size": 96,
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "upcast_attention": True, "use_linear_projection": True,
+        },
+        "vae": {
+            "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+            "sample_size": 768, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        },
+        "text_encoder": {
+            "hidden_act": "gelu", "hidden_size": 1024, "intermediate_size": 4096, "max_position_embeddings": 77,
+            "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512, "vocab_size": 49408,
+            "layer_norm_eps": 1e-05,
+        },
+        "scheduler": {
+            "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+            "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+        },
+        "pad_token": "!",
+    },
+}
+SD_CONFIGS["sd21-base"] = copy.deepcopy(SD_CONFIGS["sd21"])
+SD_CONFIGS["sd21-base"]["unet"].update(sample_size=64, upcast_attention=False)
+SD_CONFIGS["sd21-base"]["vae"].update(sample_size=512)
+SD_CONFIGS["sd21-base"]["scheduler"] = {**SD_CONFIGS["sd15"]["scheduler"]}
+SD_NAMES = tuple(SD_CONFIGS)
+
+
+def configs(name: str, reduced: bool = False) -> dict:
+    """The component configs of SD architecture `name` (see `SD_NAMES`), full or reduced (module docstring).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in SD_CONFIGS:
+        raise ValueError(f"unknown SD architecture {name!r}; choose from {list(SD_CONFIGS)}")
+    out = copy.deepcopy(SD_CONFIGS[name])
+    if not reduced:
+        return out
+    unet, vae, text = out["unet"], out["vae"], out["text_encoder"]
+    heads = unet["attention_head_dim"]
+    # head counts kept: SD 1.x has 8 heads everywhere, SD 2.x 5/10/20/20 heads of 64 channels; 8 channels a head
+    unet["block_out_channels"] = [8 * h for h in heads] if isinstance(heads, list) else [32, 64, 128, 128]
+    unet["norm_num_groups"] = 8
+    text.update(hidden_size=32 if name == "sd15" else 40, intermediate_size=64, num_attention_heads=4,
+                num_hidden_layers=2, projection_dim=32)
+    unet["cross_attention_dim"] = text["hidden_size"]
+    vae.update(block_out_channels=[16, 32, 32, 32], layers_per_block=1, norm_num_groups=8)
+    return out
+
+
+def build_sd(name: str, reduced: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Random-weight components of SD architecture `name`: unet, vae, text_encoder, tokenizer (CLIP's real BPE
+    vocabulary), scheduler, seeded."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from promptseg.models.tokenizers import BOS, EOS, build_clip_tokenizer
+
+    spec = configs(name, reduced)
+    tokenizer = build_clip_tokenizer(model_max_length=77, pad_token=spec["pad_token"])
+    torch.manual_seed(seed)
+    text = CLIPTextModel(CLIPTextConfig(
+        **spec["text_encoder"], bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS), pad_token_id=tokenizer.pad_token_id,
+    )).to(dtype)
+    unet = UNet2DConditionModel(**spec["unet"]).to(dtype)
+    vae = AutoencoderKL(**spec["vae"]).to(dtype)
+    scheduler_spec = dict(spec["scheduler"])
+    scheduler = getattr(diffusers, scheduler_spec.pop("_class_name")).from_config(scheduler_spec)
+    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def save_sd(name: str, folder: str | Path, reduced: bool = False, seed: int = 0) -> Path:
+    """Save `build_sd(name, reduced, seed)` as a diffusers folder (`StableDiffusionPipeline.save_pretrained`)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**build_sd(name, reduced, seed), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)

@@ -1,0 +1,306 @@
+"""The UNet family of backbones: Stable Diffusion 1.x / 2.x-style models (a UNet, a VAE, one CLIP text encoder, a
+DDPM noise schedule), from a diffusers folder, a hub id, a single checkpoint file, or promptseg's packed file.
+
+`promptseg.models.loader.load_backbone` decides where a model comes from and calls `load_folder` or
+`load_single_file` here; `backbone_from_parts` builds the `Backbone` from components in memory. Sizes (latent
+grid, VAE scale factor, text length, heads) and the prediction type are read from the loaded configs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from promptseg.models.attention_layers import AttentionLayer, attention_grids, list_attention_layers
+from promptseg.models.base import DiffusionBackbone
+from promptseg.models.hub import choose_device, choose_dtype, quiet_text_tower
+from promptseg.models.zoo import bundled
+
+_PACKED_FORMAT = "promptseg-packed-v1"
+_COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+@dataclass
+class Backbone(DiffusionBackbone):
+    """A frozen UNet diffusion model's parts, on one device and dtype (the `DiffusionBackbone` interface).
+
+    Attributes:
+        name (`str`): what it was loaded from.
+        unet, vae, text_encoder, tokenizer, scheduler: the diffusers / transformers components (eval mode,
+            `requires_grad` off).
+        device (`torch.device`), dtype (`torch.dtype`): where and how the components run.
+        method_defaults (`dict`): what the model folder recommends (`promptseg_settings.json`): per-method settings
+            ({method: {setting: value}}), which `build_method` starts from (your overrides win), and the class filter
+            ("filter": name, "filters": {name: settings}), which `promptseg.pipeline.Pipeline` reads.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    method_defaults: dict = field(default_factory=dict)
+    family = "unet"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along a side: 2 ** (number of VAE blocks - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """The UNet's native latent grid (h, w)."""
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def text_length(self) -> int:
+        """Padded text length, start and end tokens included (77 for CLIP; read from the tokenizer)."""
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def prediction_type(self) -> str:
+        """"epsilon", "v_prediction" or "sample", from the scheduler config."""
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """Timesteps are integers in [0, num_train_timesteps) (the scheduler's)."""
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def encode_text(self, prompts: list[str] | str, token_embeds: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
+        """Text-encoder output for `prompts`, padded to `text_length`: (B, text_length, D).
+
+        `token_embeds` = (positions, rows (P, D_in)) replaces the *input* token embeddings at those positions before
+        the (frozen) text encoder, differentiably in `rows`: textual inversion's way of learning a word (Segment
+        Anyword's mask-prompt inversion).
+
+        Raises:
+            ValueError: a prompt is longer than the text encoder takes.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.text_length, truncation=False).input_ids
+        too_long = [p for p, i in zip(prompts, ids) if len(i) > self.text_length]
+        if too_long:
+            raise ValueError(f"prompt(s) longer than the text encoder's {self.text_length} tokens: {too_long}")
+        ids = torch.tensor(ids, device=self.device)
+        if token_embeds is None:
+            return self.text_encoder(ids)[0]
+        positions, rows = token_embeds
+
+        def replace(module, args, output):
+            output = output.clone()
+            output[:, positions] = rows.to(output.dtype)
+            return output
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(replace)
+        try:
+            return self.text_encoder(ids)[0]
+        finally:
+            handle.remove()
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image resized to the native size, as (1, 3, H, W) in [-1, 1] on the backbone's device."""
+        h, w = self.image_size
+        array = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.dtype)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE latents (posterior mean, scaled by the VAE's `scaling_factor`) of `pixels` (B, 3, H, W) in [-1, 1]."""
+        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        latents = self.vae.encode(pixels).latent_dist.mean.contiguous()
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [-1, 1] of `latents` scaled as `encode_image` returns them."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        latents = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(latents).sample.clamp(-1, 1)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """DDPM's forward process: sqrt(a_t) latents + sqrt(1 - a_t) noise (the scheduler's `add_noise`)."""
+        return self.scheduler.add_noise(latents, noise, t)
+
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The UNet's output (noise, velocity or sample, as `prediction_type` says) for `noisy` at `t`."""
+        return self.unet(noisy, t, encoder_hidden_states=text.to(self.dtype)).sample
+
+    def noise_from_output(self, output: torch.Tensor, noisy: torch.Tensor, timestep: int) -> torch.Tensor:
+        """The noise estimate from a UNet output, whatever the prediction type (eps, v or x0)."""
+        alpha = self.scheduler.alphas_cumprod[timestep].to(noisy.device, torch.float32)
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return output
+        if kind == "v_prediction":
+            return (alpha.sqrt() * output.float() + (1 - alpha).sqrt() * noisy.float()).to(output.dtype)
+        if kind == "sample":
+            return ((noisy.float() - alpha.sqrt() * output.float()) / (1 - alpha).sqrt()).to(output.dtype)
+        raise ValueError(f"unsupported prediction type {kind!r}")
+
+    def denoising_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to predict for `latents` noised with `noise` at `t`."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, t)
+        if kind == "sample":
+            return latents
+        raise ValueError(f"unsupported prediction type {kind!r}")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet: its attention processors are what capture swaps."""
+        return self.unet
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        """Every self- and cross-attention layer of the UNet, with its place and level."""
+        return list_attention_layers(self.unet)
+
+    def attention_grids(self, kind: str) -> list[tuple[int, int]]:
+        """The distinct (h, w) grids, finest first, at which the UNet has `kind` attention at its native size."""
+        return attention_grids(self.unet, self.latent_size, kind)
+
+
+def _freeze(*modules: torch.nn.Module) -> None:
+    for module in modules:
+        module.eval()
+        module.requires_grad_(False)
+
+
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: str | None = None) -> dict:
+    """The components of a diffusers folder or hub id. A local folder without `text_encoder/` whose settings name
+    a CLIP model (`text_from`: `"text_encoder": "scenes-clip"` in `promptseg_settings.json`) takes that CLIP's text
+    tower and tokenizer: SD's recipe conditions on a CLIP text tower, and the bundle stores it once."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kwargs = {"local_files_only": local_only}
+    text = {"pretrained_model_name_or_path": source, "subfolder": "text_encoder"}
+    words = {"pretrained_model_name_or_path": source, "subfolder": "tokenizer"}
+    whole_clip = text_from is not None and not (Path(source) / "text_encoder").is_dir()
+    if whole_clip:
+        clip = Path(bundled("clip").get(text_from, Path(text_from).expanduser()))
+        if not (clip / "config.json").is_file():
+            raise FileNotFoundError(f"{source} takes its text encoder from the CLIP model {text_from!r}, which is not "
+                                    f"at {clip}; reinstall promptseg or pass that CLIP folder")
+        text = words = {"pretrained_model_name_or_path": str(clip)}
+    # only a whole CLIP's folder leaves weights unused by design; any other folder's report is the user's to see
+    with quiet_text_tower() if whole_clip else contextlib.nullcontext():
+        text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
+        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
+        "text_encoder": text_encoder,
+        "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),
+        "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
+    }
+
+
+def _is_packed(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("format") == _PACKED_FORMAT
+
+
+def _load_packed(path: Path, dtype: torch.dtype) -> dict:
+    """A promptseg packed single file: every component's diffusers state dict, configs in the metadata."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    parts = {c: {k[len(c) + 1 :]: v for k, v in state.items() if k.startswith(c + ".")} for c in _COMPONENTS}
+    unet = UNet2DConditionModel.from_config(json.loads(meta["unet"]))
+    vae = AutoencoderKL.from_config(json.loads(meta["vae"]))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(json.loads(meta["text_encoder"])))
+    for module, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
+        module.load_state_dict(parts[name], strict=True)
+        module.to(dtype)
+    tokenizer_files = json.loads(meta["tokenizer"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for fname, text in tokenizer_files.items():
+            Path(tmp, fname).write_text(text)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    scheduler = DDIMScheduler.from_config(json.loads(meta["scheduler"]))
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def save_packed(backbone: Backbone, path: str | os.PathLike) -> Path:
+    """Write `backbone` as one promptseg packed `.safetensors` file (weights + configs + tokenizer)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for name in _COMPONENTS:
+        for key, value in getattr(backbone, name).state_dict().items():
+            tensors[f"{name}.{key}"] = value.detach().contiguous().cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone.tokenizer.save_pretrained(tmp)
+        tokenizer_files = {p.name: p.read_text() for p in Path(tmp).iterdir() if p.is_file()}
+    meta = {
+        "format": _PACKED_FORMAT,
+        "unet": json.dumps(dict(backbone.unet.config)),
+        "vae": json.dumps(dict(backbone.vae.config)),
+        "text_encoder": backbone.text_encoder.config.to_json_string(),
+        "tokenizer": json.dumps(tokenizer_files),
+        "scheduler": json.dumps(dict(backbone.scheduler.config)),
+    }
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_single_file(path: Path, config: str | None, local_only: bool, dtype: torch.dtype) -> dict:
+    if path.suffix == ".safetensors" and _is_packed(path):
+        return _load_packed(path, dtype)
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    kwargs = {"torch_dtype": dtype, "local_files_only": local_only}
+    if config is not None:
+        kwargs["config"] = config
+    pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    return {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": pipe.tokenizer,
+        "scheduler": DDIMScheduler.from_config(pipe.scheduler.config),
+    }
+
+
+def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None) -> Backbone:
+    """A `Backbone` from components already in memory (unet, vae, text_encoder, tokenizer, scheduler), moved to
+    `device` and `dtype` (chosen as `load_backbone` chooses them when None) and frozen. What `load_backbone` ends
+    with; also how the benchmark at SD's scale runs random-weight architectures without writing gigabytes."""
+    device = choose_device(device)
+    dtype = choose_dtype(dtype, device)
+    backbone = Backbone(name=name, device=device, dtype=dtype, method_defaults=dict(method_defaults or {}), **parts)
+    for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+        module.to(device)
+        if next(module.parameters()).dtype != dtype:  # loaded in `dtype` already unless built in memory
+            module.to(dtype)
+    _freeze(backbone.unet, backbone.vae, backbone.text_encoder)
+    # The VAE is all convolutions at the image's full size: channels-last runs them 18% faster on CPU (SD-1.5's
+    # 512 px encode, 2 threads: 4.9 -> 4.0 s; the same latents to 1e-5) and is what diffusers recommends on GPU
+    backbone.vae.to(memory_format=torch.channels_last)
+    return backbone

@@ -1,0 +1,214 @@
+"""The pipeline: a model, a class filter, a method and a refiner, with their settings resolved once.
+
+    from promptseg.pipeline import Pipeline
+    pipe = Pipeline("shapes", "fastseg", filter="clip", refine="none")   # settings checked, nothing loaded yet
+    pipe.signature                       # what a resumable run compares: model, every stage's name and settings
+    result = pipe.segment(image, ["circle", "square", "grass"])
+    result.extra["filter"], result.extra["refine"]        # what each stage decided
+    answer = Pipeline("shapes", "anyword", task="refer").refer(image, "the red circle left of the square")
+
+An image flows: loading (once) -> class filter (which offered labels are in the image) -> method (scores and label
+map, on the diffusion core) -> refiner (edges redrawn). Each stage's settings are its dataclass's defaults, changed
+by what the model recommends (`promptseg_settings.json`: `{method: {...}}`, `"filter"`/`"filters"`,
+`"refine"`/`"refiners"`), then by the caller's overrides. The image is VAE-encoded once for all stages
+(`promptseg.diffusion.encode.shared_encoding`). Every caller (the Python API, `eval`, `label`, the demo) runs images
+through this class and resolves nothing itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from promptseg.diffusion.encode import shared_encoding, to_pil
+from promptseg.filters.base import FILTERS, FilterDecision
+from promptseg.methods.base import (
+    METHODS,
+    ReferResult,
+    SegmentationResult,
+    as_labels,
+    empty_result,
+    recommended_config,
+    require_refer,
+)
+from promptseg.models import DEFAULT_MODEL, load_backbone, model_settings
+from promptseg.refiners.base import REFINERS, apply_refiner
+
+TASKS = ("segment", "refer")
+NO_FILTER = "none"
+NO_REFINER = "none"
+
+
+def settings_json(config) -> dict:
+    """A settings dataclass as JSON-ready data (tuples become lists), as a run file rereads it."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+@dataclass
+class Stage:
+    """One stage of the pipeline: its registered name, its settings, and (once loaded) its instance.
+
+    Attributes:
+        name (`str`): the registered name ("fastseg", "clip", "none", ...).
+        config: its settings dataclass, resolved (defaults, then the model's, then the caller's).
+        instance: the built stage, None until `Pipeline.load`.
+    """
+
+    name: str
+    config: Any
+    instance: Any = None
+
+    @property
+    def settings(self) -> dict:
+        return settings_json(self.config)
+
+
+class Pipeline:
+    """Model + class filter + method + refiner, settings resolved once, loaded on first use.
+
+    Args:
+        model (`str`, defaults to SD 1.5's hub id): what `load_backbone` takes.
+        method (`str`, defaults to "baseline"): a registered method.
+        settings (`dict`, *optional*): overrides of the method's settings (text values parsed as JSON).
+        filter (`str`, *optional*): a registered class filter, "none", or None for the one the model recommends
+            (with `labels_known`, None means "none").
+        filter_settings (`dict`, *optional*): overrides of the filter's settings.
+        refine (`str`, *optional*): a registered refiner, "none", or None for the one the model recommends.
+        refine_settings (`dict`, *optional*): overrides of the refiner's settings.
+        labels_known (`bool`, defaults to `False`): the labels offered are each image's true classes (`eval
+            --names oracle`): nothing is left for a filter to decide, so none runs unless `filter` names one.
+        task (`str`, defaults to "segment"): "segment" (labels -> label map) or "refer" (a sentence -> a mask; the
+            method must answer expressions, and no filter or refiner runs).
+        device, dtype, allow_pickle: as for `load_backbone`.
+        backbone (*optional*): an already loaded backbone of `model` (sweeps and the demo reuse one load).
+        built (`dict`, *optional*): a cache of built stages shared between pipelines on one backbone (the demo's):
+            a stage with the same kind, name and settings is built once.
+
+    Raises:
+        ValueError: an unknown method, filter, refiner, setting or task, or a method that does not answer
+            expressions for task "refer". Nothing is loaded before these checks.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, method: str = "baseline", *, settings: dict | None = None,
+                 filter: str | None = None, filter_settings: dict | None = None, refine: str | None = None,
+                 refine_settings: dict | None = None, labels_known: bool = False, task: str = "segment",
+                 device=None, dtype=None, allow_pickle: bool = False, backbone=None, built: dict | None = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+        self.model, self.task = str(model), task
+        self.device, self.dtype, self.allow_pickle = device, dtype, allow_pickle
+        self._backbone = backbone
+        self._built = built if built is not None else {}
+        recommended = backbone.method_defaults if backbone is not None else model_settings(self.model)
+        if task == "refer":
+            require_refer(method)
+        self.method = Stage(method, recommended_config(method, recommended, settings or {}))
+        if task == "refer":
+            self.filter = self.refiner = None
+            return
+        if filter is None and labels_known:
+            filter = NO_FILTER
+        self.filter = Stage(*self._resolve(FILTERS, recommended, filter, filter_settings, "filter", "filters"))
+        self.refiner = Stage(*self._resolve(REFINERS, recommended, refine, refine_settings, "refine", "refiners"))
+
+    @staticmethod
+    def _resolve(registry, recommended: dict, name, overrides, choice_key: str, settings_key: str):
+        chosen, settings = registry.resolve(recommended, name, overrides or {}, choice_key, settings_key)
+        return chosen, registry.config(chosen, **settings)
+
+    @property
+    def stages(self) -> list[tuple[str, Stage]]:
+        """(kind, stage) in the order an image meets them."""
+        pairs = [("filter", self.filter), ("method", self.method), ("refine", self.refiner)]
+        return [(kind, stage) for kind, stage in pairs if stage is not None]
+
+    @property
+    def signature(self) -> dict:
+        """What a resumable run compares: the model and every stage's name and settings."""
+        out = {"model": self.model, "method": self.method.name, "settings": self.method.settings}
+        if self.task == "segment":
+            out.update(filter=self.filter.name, filter_settings=self.filter.settings,
+                       refine=self.refiner.name, refine_settings=self.refiner.settings)
+        return out
+
+    @property
+    def backbone(self):
+        """The backbone, loaded on first use."""
+        if self._backbone is None:
+            self._backbone = load_backbone(self.model, device=self.device, dtype=self.dtype,
+                                           allow_pickle=self.allow_pickle)
+        return self._backbone
+
+    def load(self) -> Pipeline:
+        """Load the backbone and build every stage (once); returns the pipeline."""
+        registries = {"filter": FILTERS, "method": METHODS, "refine": REFINERS}
+        for kind, stage in self.stages:
+            if stage.instance is None:
+                key = (kind, stage.name, json.dumps(stage.settings, sort_keys=True))
+                if key not in self._built:
+                    self._built[key] = registries[kind].build(stage.name, self.backbone, stage.config)
+                stage.instance = self._built[key]
+        return self
+
+    def segment(self, image, labels, prompt: str | None = None) -> SegmentationResult:
+        """Filter `labels` for `image` (PIL or HxWx3 uint8), segment it into the kept ones, refine the label map.
+
+        The result records every stage's decision: `extra["filter"]` (kept, dropped with reasons, scores) and
+        `extra["refine"]` (the refiner's name, the regions it redrew, labels it erased); see `run_stages`.
+        """
+        if self.task != "segment":
+            raise ValueError("this pipeline answers referring expressions (task='refer'): call refer()")
+        self.load()
+        return run_stages(self.method.instance, self.filter.instance, image, labels, prompt=prompt,
+                          refiner=self.refiner.instance)
+
+    def refer(self, image, expression: str) -> ReferResult:
+        """What `expression` refers to in `image`: the method's `refer` (built with task="refer")."""
+        if self.task != "refer":
+            raise ValueError("this pipeline segments labels (task='segment'): build it with task='refer' to refer")
+        check_expression(expression)
+        self.load()
+        method = self.method.instance
+        with shared_encoding():
+            return method.refer(method.prepare(image), expression)
+
+
+def check_expression(expression: str) -> None:
+    """Raise a ValueError for an empty referring expression (before any model loads)."""
+    if not expression or not expression.strip():
+        raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
+
+
+def run_stages(method, label_filter, image, labels, prompt: str | None = None, refiner=None) -> SegmentationResult:
+    """Filter `labels` for `image`, segment it into the kept ones, then refine the label map with `refiner`.
+
+    `label_filter` and `refiner` are built stages or None (no filter: every label is kept; no refiner: nothing is
+    recorded under `extra["refine"]`). The result's `extra["filter"]` holds the filter's decision and its warnings
+    join the result's. A filter caption, if any, becomes the method's prompt unless `prompt` is given or the method
+    learns its own (`takes_prompt = False`, InvSeg). When every label is dropped (only possible with `min_keep=0`)
+    the result is all background, with a warning, and the refiner is recorded with nothing redrawn. The image is
+    encoded once for all stages.
+    """
+    labels = as_labels(labels)
+    pil = to_pil(image)
+    with shared_encoding():
+        decision = label_filter(pil, labels) if label_filter is not None else FilterDecision(kept=list(labels))
+        if prompt is None and getattr(method, "takes_prompt", True):
+            prompt = decision.caption
+        if decision.kept:
+            result = method(pil, decision.kept, prompt=prompt) if prompt is not None else method(pil, decision.kept)
+        else:
+            result = empty_result((pil.height, pil.width))
+        result.warnings = list(decision.warnings) + result.warnings
+        if decision.dropped:
+            result.warnings.append(f"filter dropped {sorted(decision.dropped)}: see extra['filter']['dropped']")
+        result.extra["filter"] = decision.as_dict()
+        result.timings["filter"] = decision.seconds
+        if refiner is None:
+            return result
+        if decision.kept:
+            return apply_refiner(refiner, pil, result)
+        result.extra["refine"] = {"name": refiner.name, "regions": [], "erased": [], "seconds": 0.0}
+        return result
