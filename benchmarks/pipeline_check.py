@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/pipeline_check")
     args = parser.parse_args()
     backbone = load_backbone("shapes", device="cpu")
-    path = RESULTS / "pipeline_check.json"
+    # each column its own file, so that the two runs may go side by side; the table merges them
+    path = RESULTS / ("pipeline_check.json" if args.column == "now" else f"pipeline_check_{args.column}.json")
     record = json.loads(path.read_text()) if path.exists() else {"n": args.n, "rows": {}}
     for table, row, how, old in committed_rows():
         key = f"{table}: {row}"
@@ -139,7 +140,18 @@ def main() -> None:
         entry[args.column] = run(backbone, how, args.n, Path(args.work) / slug)
         print(key, {c: entry.get(c, {}).get(entry["measure"]) for c in ("committed", "before", "now")}, flush=True)
         path.write_text(json.dumps(record, indent=1))
-        (RESULTS / "pipeline_check.md").write_text(markdown(record))
+        write_markdown()
+
+
+def write_markdown() -> None:
+    """results/pipeline_check.md from every column's file."""
+    merged = {"n": None, "rows": {}}
+    for path in sorted(RESULTS.glob("pipeline_check*.json")):
+        part = json.loads(path.read_text())
+        merged["n"] = merged["n"] or part["n"]
+        for key, entry in part["rows"].items():
+            merged["rows"].setdefault(key, {}).update({k: v for k, v in entry.items() if v is not None})
+    (RESULTS / "pipeline_check.md").write_text(markdown(merged))
 
 
 if __name__ == "__main__":

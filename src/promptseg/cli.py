@@ -99,9 +99,15 @@ def cmd_label(args: argparse.Namespace) -> int:
     if summary is not None:
         for item in summary["skipped"]:
             print(f"skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
+        for item in summary["failed"]:
+            print(f"failed {item['file_name']}: {item['error']}", file=sys.stderr)
         counts = ", ".join(f"{name} {n}" for name, n in summary["per_category"].items())
-        print(f"labelled {summary['images']} image(s), skipped {len(summary['skipped'])}; {summary['annotations']} "
-              f"annotation(s): {counts}; {summary['seconds_per_image']:.2f} s/image -> {summary['out']}/annotations.json")
+        print(f"labelled {summary['images']} image(s), skipped {len(summary['skipped'])}, failed "
+              f"{len(summary['failed'])}; {summary['annotations']} annotation(s): {counts}; "
+              f"{summary['seconds_per_image']:.2f} s/image -> {summary['out']}/annotations.json")
+        if summary["failed"]:
+            print("rerun the same command to try the failed images again", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -140,6 +146,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"({report['n_images']} images, {report['seconds_per_image']:.2f} s/image; filter {report['filter']}: "
               f"precision {100 * report['filter_precision']:.1f}, recall {100 * report['filter_recall']:.1f}) "
               f"-> {args.out}/report.md")
+        for failure in report["failed"]:
+            print(f"failed {failure['id']}: {failure['error']}", file=sys.stderr)
+        if report["failed"]:
+            print(f"{len(report['failed'])} image(s) failed (listed above and in the report); rerun the same command "
+                  "to try them again", file=sys.stderr)
+            return 1
     return 0
 
 

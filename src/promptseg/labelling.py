@@ -11,7 +11,9 @@ What `DATASET` holds at the end:
   grey when the vocabulary has over 255 classes), value = category id, 0 = background; NAME is the image's path
   under the root with the suffix replaced;
 - `classes.txt`: line i names the value i of the semantic maps (line 0: background);
-- `skipped.json`: the files that could not be read, with the reason (every other file is still labelled).
+- `skipped.json`: the files that could not be read, with the reason (every other file is still labelled);
+- `failed.json`: the images the pipeline failed on, with the error (the others are still labelled; `promptseg label`
+  then exits 1, and rerunning the same command tries them again).
 
 Each image's record is written to `DATASET/records/` as soon as it is done, so rerunning the same command after a
 kill labels only the rest; the final files are merged from the records in a fixed order (images sorted by their
@@ -169,7 +171,7 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         check_run_file(out, signature)
     shard.barrier()
 
-    mine = [i for i in shard.indices(len(files)) if not _record_path(out, relative[i]).exists()]
+    mine = [i for i in shard.indices(len(files)) if _to_do(_record_path(out, relative[i]))]
     bar = None
     if progress and shard.is_main:
         from tqdm import tqdm
@@ -186,11 +188,15 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
             if pipe.method.instance is None:
                 pipe.load()
                 start = time.perf_counter()  # the model's loading is not the first image's cost
-            result = pipe.segment(image, labels, prompt=run.prompt)
-            write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
-            record.update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
-                          annotations=image_annotations(result, categories, int(run.min_area)),
-                          warnings=result.warnings)
+            try:
+                result = pipe.segment(image, labels, prompt=run.prompt)
+            except Exception as err:  # one image's failure must not end the run: recorded, reported, retried
+                record["failed"] = f"{type(err).__name__}: {err}"
+            else:
+                write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
+                record.update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
+                              annotations=image_annotations(result, categories, int(run.min_area)),
+                              warnings=result.warnings)
         record["seconds"] = time.perf_counter() - start
         atomic_write(_record_path(out, relative[i]), json.dumps(record))
         if bar is not None:
@@ -203,15 +209,24 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
     return _merge(out, root, relative, categories, signature, assemble)
 
 
+def _to_do(path: Path) -> bool:
+    """Whether an image still needs labelling: no record yet, or one whose segmentation failed."""
+    return not path.exists() or "failed" in json.loads(path.read_text())
+
+
 def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], signature: dict, assemble) -> dict:
-    """Write annotations.json, classes.txt and skipped.json from the records of `relative`; the summary."""
-    images, annotations, skipped = [], [], []
+    """Write annotations.json, classes.txt, skipped.json and failed.json from the records of `relative`; the
+    summary."""
+    images, annotations, skipped, failed = [], [], [], []
     seconds = 0.0
     for name in relative:
         record = json.loads(_record_path(out, name).read_text())
         seconds += record["seconds"]
         if "error" in record:
             skipped.append({"file_name": name, "reason": record["error"]})
+            continue
+        if "failed" in record:
+            failed.append({"file_name": name, "error": record["failed"]})
             continue
         images.append({"file_name": name, "width": record["width"], "height": record["height"],
                        "semantic_file": record["semantic_file"]})
@@ -222,10 +237,12 @@ def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], s
     atomic_write(out / "annotations.json", json.dumps(dataset))
     atomic_write(out / "classes.txt", "\n".join(["background"] + [c["name"] for c in categories]) + "\n")
     atomic_write(out / "skipped.json", json.dumps(skipped, indent=1))
+    atomic_write(out / "failed.json", json.dumps(failed, indent=1))
     per_category = Counter(a["category_id"] for a in dataset["annotations"])
     return {
         "images": len(images),
         "skipped": skipped,
+        "failed": failed,
         "annotations": len(dataset["annotations"]),
         "per_category": {c["name"]: per_category.get(c["id"], 0) for c in categories},
         "seconds_per_image": seconds / max(len(relative), 1),

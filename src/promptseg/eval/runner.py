@@ -8,6 +8,10 @@ rerun after a crash or kill skips the images already done and ends with exactly 
 run. Under `accelerate` (or `torchrun`), each process takes a contiguous shard of the images (each image exactly
 once, no padding) and the confusion matrices are summed across processes before the report is written by the main
 process. All processes must see the same OUT folder for resuming; the sum itself goes through torch.distributed.
+
+An image the pipeline fails on (an error of any kind) is recorded with its error and the run goes on; the report
+lists the failures (`n_failed`, `failed`: id and error) and its numbers cover the other images; `promptseg eval`
+then exits 1. A rerun tries the failed images again.
 """
 
 from __future__ import annotations
@@ -130,63 +134,57 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
 
         bar = tqdm(total=len(mine), unit="image", desc=f"{run.method} on {run.dataset}", dynamic_ncols=True)
     vis_dir = out / "vis"
+    failures = []
     for i in mine:
         sample = dataset[i]
         record_path = per_image / f"{sample.id}.json"
-        if record_path.exists():
-            record = json.loads(record_path.read_text())
-        else:
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        if record is None or "error" in record:  # a resumed run tries a failed image again
             if candidates is not None:
                 class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
             elif run.names == "oracle":
                 class_ids = dataset.present_classes(sample.label)
             else:
                 class_ids = list(range(num_classes))
-            start = time.perf_counter()
-            kept = []
-            if class_ids:
-                result = pipe.segment(sample.image, [labels[c] for c in class_ids])
-                ids = {labels[c].name: c for c in class_ids}
-                kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
-                bg = dataset.background if dataset.background is not None else dataset.ignore_index
-                lut = np.array([ids.get(name, bg if name == "background" else dataset.ignore_index) for name in result.labels])
-                pred = lut[result.label_map]
-            else:  # no candidate: nothing predicted
-                pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
-            elapsed = time.perf_counter() - start
-            matrix = confusion(pred, sample.label, num_classes, dataset.ignore_index)
-            record = {
-                "id": sample.id, "seconds": elapsed, "classes": class_ids, "kept": kept,
-                "present": dataset.present_classes(sample.label), "confusion": _sparse(matrix),
-            }
+            try:
+                record, pred = _evaluate_image(pipe, sample, dataset, labels, class_ids)
+            except Exception as err:  # one image's failure must not end the run: it is recorded and reported
+                record, pred = {"id": sample.id, "error": f"{type(err).__name__}: {err}"}, None
             atomic_write(record_path, json.dumps(record))
-            if i < run.save_vis:
+            if pred is not None and i < run.save_vis:
                 from promptseg.eval.vis import save_comparison
 
                 vis_dir.mkdir(exist_ok=True)
                 save_comparison(sample.image, sample.label, pred, vis_dir / f"{sample.id}.png")
+        if bar is not None:
+            bar.update(1)
+        if "error" in record:
+            failures.append({"id": record["id"], "error": record["error"]})
+            continue
         total += _dense(record["confusion"], shape)
         seconds += record["seconds"]
         filter_counts += _filter_counts(record)
-        if bar is not None:
-            bar.update(1)
     if bar is not None:
         bar.close()
+    atomic_write(out / f"failures.{shard.rank}.json", json.dumps(failures))
 
     total = shard.sum(total).round().astype(np.int64)
-    seconds, count = shard.sum(np.array([seconds, len(mine)]))
+    seconds, count = shard.sum(np.array([seconds, len(mine) - len(failures)]))
     filter_counts = shard.sum(filter_counts)
     shard.barrier()
     if not shard.is_main:
         return None
     result = scores(total)
     names = [label.name for label in labels]
+    failed = [f for rank in range(shard.world) for f in json.loads((out / f"failures.{rank}.json").read_text())]
     report = {
         "dataset": run.dataset,
         "split": getattr(dataset, "split", run.split),
         "method": run.method,
         "model": run.model,
         "n_images": int(count),
+        "n_failed": len(failed),
+        "failed": failed,
         "names": run.names,
         "miou": result.miou,
         "macc": result.macc,
@@ -207,6 +205,27 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     atomic_write(out / "report.json", json.dumps(report, indent=1))
     atomic_write(out / "report.md", markdown_report(report))
     return report
+
+
+def _evaluate_image(pipe, sample, dataset, labels, class_ids: list[int]) -> tuple[dict, np.ndarray]:
+    """One image through the pipeline: its record (confusion matrix, seconds, classes offered and kept) and the
+    predicted map in dataset class ids."""
+    start = time.perf_counter()
+    kept = []
+    if class_ids:
+        result = pipe.segment(sample.image, [labels[c] for c in class_ids])
+        ids = {labels[c].name: c for c in class_ids}
+        kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
+        bg = dataset.background if dataset.background is not None else dataset.ignore_index
+        lut = np.array([ids.get(name, bg if name == "background" else dataset.ignore_index) for name in result.labels])
+        pred = lut[result.label_map]
+    else:  # no candidate: nothing predicted
+        pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
+    elapsed = time.perf_counter() - start
+    matrix = confusion(pred, sample.label, len(dataset.class_names), dataset.ignore_index)
+    record = {"id": sample.id, "seconds": elapsed, "classes": class_ids, "kept": kept,
+              "present": dataset.present_classes(sample.label), "confusion": _sparse(matrix)}
+    return record, pred
 
 
 def _seen_unseen(method: str, config, names: list[str], iou: np.ndarray) -> dict:
@@ -261,6 +280,8 @@ def markdown_report(report: dict) -> str:
         "",
         f"- model: `{report['model']}`; class names offered: {report['names']}; promptseg {report['promptseg_version']}",
         f"- images: {report['n_images']}; seconds per image: {report['seconds_per_image']:.3f}",
+        *([f"- **{report['n_failed']} image(s) failed** and are not counted: "
+           + "; ".join(f"{f['id']} ({f['error']})" for f in report["failed"][:10])] if report.get("n_failed") else []),
         f"- **mIoU {pct(report['miou'])}**, mAcc {pct(report['macc'])}, pixel accuracy {pct(report['aacc'])}",
         f"- class filter: `{report['filter']}`; per-image precision {pct(report['filter_precision'])}, recall "
         f"{pct(report['filter_recall'])} (kept classes against the ground truth's)",

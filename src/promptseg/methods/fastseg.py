@@ -28,7 +28,7 @@ from promptseg.diffusion.encode import PreparedImage, prepare_pixels
 from promptseg.diffusion.noise import ddim_invert_step
 from promptseg.diffusion.readout import hierarchical_refine, tokens_to_maps, weighted_sum
 from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
-from promptseg.text import build_prompt, label_scores, split_to_fit
+from promptseg.text import build_prompt, fit_words, label_scores, split_to_fit
 
 
 @dataclass
@@ -104,18 +104,30 @@ class FastSeg:
         return prepared
 
     def conditioning_prompt(self, labels, caption: str | None) -> str:
-        """The caption (if any) followed by the class names, cut to the text encoder's length."""
-        names = self.config.joiner.join(s for label in labels for s in label.synonyms)
-        return f"{caption}{self.config.caption_separator}{names}" if caption else names
+        """The caption (if any) followed by the class names, as many as fit the text encoder (`fit_conditioning`)."""
+        return self.fit_conditioning(labels, caption)[0]
+
+    def fit_conditioning(self, labels, caption: str | None) -> tuple[str, list[str]]:
+        """(prompt, warnings): the caption (if any), then every synonym of every label; words that do not fit the
+        text encoder are dropped from the end and named in a warning (their maps still come from the class prompt,
+        which the conditioning prompt only shapes). A caption too long alone is cut."""
+        words = [s for label in labels for s in label.synonyms]
+        c = self.config
+        prompt, dropped, cut = fit_words(self.backbone.tokenizer, caption or "", words, c.caption_separator, c.joiner)
+        warnings = []
+        if dropped:
+            warnings.append(f"the conditioning prompt holds {self.backbone.text_length} tokens: left out of it "
+                            f"{dropped} (their maps still come from the class prompt)")
+        if cut:
+            warnings.append(f"the caption alone is longer than the text encoder takes; cut to {prompt!r}")
+        return prompt, warnings
 
     def record(self, prepared: PreparedImage, prompt: str) -> AttentionStore:
         """Invert one DDIM step (with `invert`) and run one recording UNet pass conditioned on `prompt`; returns
         the store."""
         backbone = self.backbone
-        ids = backbone.tokenizer(prompt, padding="max_length", max_length=backbone.text_length, truncation=True,
-                                 return_tensors="pt").input_ids.to(backbone.device)
         with torch.no_grad():
-            text = backbone.text_encoder(ids)[0].expand(prepared.latents.shape[0], -1, -1)
+            text = backbone.encode_text(prompt).expand(prepared.latents.shape[0], -1, -1)
             if self.config.invert:
                 noisy = ddim_invert_step(backbone, prepared.latents, self.config.timestep, text)
             else:
@@ -151,10 +163,11 @@ class FastSeg:
         """Segment into `labels`; `caption` (optional) describes the image and starts the conditioning prompt."""
         start = time.perf_counter()
         labels = as_labels(labels)
-        store = self.record(prepared, self.conditioning_prompt(labels, caption))
+        prompt, warnings = self.fit_conditioning(labels, caption)
+        store = self.record(prepared, prompt)
         scores = self.view_scores(store, labels).mean(dim=0)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
-        return finish(scores, labels, prepared.size, self.config.background_threshold, timings)
+        return finish(scores, labels, prepared.size, self.config.background_threshold, timings, warnings)
 
     def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:
         """`segment(prepare(image), labels, caption=prompt)`."""

@@ -11,7 +11,9 @@ from promptseg.text.labels import (
     Label,
     PromptTokens,
     build_prompt,
+    fit_prompt,
     fit_synonyms,
+    fit_words,
     is_stuff,
     label_scores,
     parse_labels,
@@ -19,5 +21,5 @@ from promptseg.text.labels import (
     split_to_fit,
 )
 
-__all__ = ["STUFF_WORDS", "Label", "PromptTokens", "build_prompt", "fit_synonyms", "is_stuff", "label_scores",
+__all__ = ["STUFF_WORDS", "Label", "PromptTokens", "build_prompt", "fit_prompt", "fit_synonyms", "fit_words", "is_stuff", "label_scores",
            "parse_labels", "span_positions", "split_to_fit"]

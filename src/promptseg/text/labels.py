@@ -171,6 +171,49 @@ def fit_synonyms(tokenizer, label: Label, template: str = "{}", joiner: str = " 
     raise AssertionError("unreachable")
 
 
+def fit_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and "
+               ) -> tuple[list[Label], dict[str, list[str]]]:
+    """`labels` with synonyms dropped until one prompt holds them all: each time the last synonym of the label with
+    the most synonyms (the first such label on a tie). Returns the labels and the dropped synonyms by label name
+    ({} when all fit). Every label keeps its name; when even one word each does not fit, the result holds one word
+    each and still does not fit (split it with `split_to_fit`).
+
+    For a method that needs every label in one prompt (InvSeg compares each class with every other): VOC's
+    "background" line of 27 words fits SD's 77 tokens only without most of them.
+    """
+    fitted = list(labels)
+    dropped: dict[str, list[str]] = {}
+    while True:
+        try:
+            build_prompt(tokenizer, fitted, template, joiner)
+            return fitted, dropped
+        except ValueError:
+            most = max(range(len(fitted)), key=lambda i: (len(fitted[i].synonyms), -i))
+            label = fitted[most]
+            if len(label.synonyms) == 1:
+                return fitted, dropped
+            dropped.setdefault(label.name, []).insert(0, label.synonyms[-1])
+            fitted[most] = Label(label.name, label.synonyms[:-1])
+
+
+def fit_words(tokenizer, head: str, words: Sequence[str], separator: str, joiner: str
+              ) -> tuple[str, list[str], bool]:
+    """`head` + `separator` + `words` joined by `joiner`, with words dropped from the end until the text fits the
+    text encoder (start and end tokens included); returns the text, the words dropped, and whether `head` itself
+    had to be cut to the tokens that fit (its last tokens go first).
+
+    For a conditioning prompt that starts with a caption and lists the class names after it (FastSeg's).
+    """
+    length = int(tokenizer.model_max_length)
+    words = list(words)
+    for keep in range(len(words), -1, -1):
+        text = separator.join(t for t in (head, joiner.join(words[:keep])) if t)
+        if len(_pieces(tokenizer, text)) + 2 <= length:
+            return text, words[keep:], False
+    pieces = _pieces(tokenizer, head)[: length - 2]
+    return tokenizer.decode(pieces).strip(), words, True
+
+
 def split_to_fit(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> list[list[Label]]:
     """Split `labels`, in order, into groups whose prompts each fit the text encoder (one group when all fit). A
     label whose synonyms alone do not fit one prompt keeps the first synonyms that do (`fit_synonyms`).

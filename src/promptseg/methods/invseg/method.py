@@ -52,7 +52,7 @@ from promptseg.methods.base import SegmentationResult, as_labels, finish, regist
 from promptseg.methods.baseline import Baseline, BaselineConfig
 from promptseg.methods.invseg.augment import crop_resize, crop_resize_scaled, random_crop_box, uncrop
 from promptseg.methods.invseg.losses import cluster_loss, entropy_loss, symmetric_kl
-from promptseg.text import build_prompt, label_scores
+from promptseg.text import build_prompt, fit_prompt, label_scores, split_to_fit
 
 
 @dataclass
@@ -265,19 +265,37 @@ class InvSeg:
     def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
         """Invert the prompt of `labels` on the prepared image, then segment with the optimised embeddings.
 
-        All labels must fit one prompt (the clustering loss compares every class with every other).
+        The clustering loss compares every class with every other, so all labels go into one prompt: where they do
+        not fit the text encoder, synonyms are dropped first (`fit_prompt`, the last synonym of the label with the
+        most first); where even one word each does not fit (ADE's 150 names), the labels are split into prompts that
+        do, each inverted on its own (classes are then compared within a prompt only). Both are said in warnings.
         """
         start = time.perf_counter()
-        labels = as_labels(labels)
-        tokens = build_prompt(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
-        text, log = self.invert(prepared, tokens)
-        optimised = time.perf_counter()
-        with torch.no_grad():
-            label_cross, self_attn = self.readout.read_attention(prepared, tokens, text)
-            scores = self.readout.scores(self_attn, label_cross)
-        timings = {**prepared.timings, "invert": optimised - start, "segment": time.perf_counter() - start}
-        result = finish(scores[0], labels, prepared.size, self.config.background_threshold, timings, log["warnings"])
-        result.extra = {k: log[k] for k in ("loss", "cluster", "entropy", "grad_norm", "change")}
+        c = self.config
+        labels, dropped = fit_prompt(self.backbone.tokenizer, as_labels(labels), c.template, c.joiner)
+        groups = split_to_fit(self.backbone.tokenizer, labels, c.template, c.joiner)
+        warnings = []
+        if dropped:
+            warnings.append(f"the prompt holds {self.backbone.text_length} tokens: dropped the synonyms {dropped}")
+        if len(groups) > 1:
+            warnings.append(f"{len(labels)} labels do not fit one prompt even with one word each: inverted in "
+                            f"{len(groups)} prompts of {[len(g) for g in groups]} labels, classes compared within one")
+        scores, logs, inverting = [], [], 0.0
+        for group in groups:
+            tokens = build_prompt(self.backbone.tokenizer, group, c.template, c.joiner)
+            before = time.perf_counter()
+            text, log = self.invert(prepared, tokens)
+            inverting += time.perf_counter() - before
+            with torch.no_grad():
+                label_cross, self_attn = self.readout.read_attention(prepared, tokens, text)
+                scores.append(self.readout.scores(self_attn, label_cross)[0])
+            logs.append(log)
+            warnings += log["warnings"]
+        timings = {**prepared.timings, "invert": inverting, "segment": time.perf_counter() - start}
+        result = finish(torch.cat(scores), labels, prepared.size, c.background_threshold, timings, warnings)
+        keys = ("loss", "cluster", "entropy", "grad_norm", "change")
+        result.extra = {k: logs[0][k] for k in keys} if len(logs) == 1 else {"groups": [{k: g[k] for k in keys}
+                                                                                         for g in logs]}
         return result
 
     def __call__(self, image, labels, prompt: str | None = None):
