@@ -115,7 +115,7 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         # the dataset's lines, as the eval runner reads them: ADE20K-847 shares synonyms across lines ("screen")
         names = parse_labels(bundled_class_names("ade847")[:n_labels], shared_synonyms=True)
         settings = {"anyword": {"sam": None},
-                    "dpseg": {"weights": "shapes-dpseg", "generation_steps": 1, "prompt_images": 1,
+                    "dpseg": {"weights": "shapes-dpseg", "other_backbone": True, "generation_steps": 1, "prompt_images": 1,
                               "cache_dir": tempfile.mkdtemp(prefix="scale_dpseg_")}}
         pipe = Pipeline(backbone.name, method, settings={**settings.get(method, {}), **(extra or {})},
                         filter=None if label_filter == "default" else label_filter, refine="none",

@@ -394,3 +394,16 @@ def test_train_command_on_scenes_holds_out_three_things_and_a_stuff_class(tiny_f
     assert sum(name in STUFF for name in held_out) == 1 and sum(name not in STUFF for name in held_out) == 3
     assert config["trained_classes"] == [n for n in CLASS_NAMES if n not in held_out]
     assert config["training"]["dataset"] == "scenes" and (out / "model.safetensors").is_file()
+
+
+def test_weights_refuse_a_backbone_that_did_not_draw_their_visual_prompts(tiny, tmp_path):
+    """shapes-dpseg learnt the visual prompts the shapes model draws; on another backbone it is refused by name."""
+    from promptseg.methods import build_method
+    from promptseg.methods.dpseg.method import same_model
+
+    with pytest.raises(ValueError, match=r"drawn by 'shapes' \(and encoded by the CLIP 'shapes-clip'\), not by this "
+                                         r"backbone '.*tiny_sd.*'.*other_backbone=true"):
+        build_method("dpseg", tiny, weights="shapes-dpseg", cache_dir=str(tmp_path))
+    method = build_method("dpseg", tiny, weights="shapes-dpseg", cache_dir=str(tmp_path), other_backbone=True)
+    assert method.net.config.training["diffusion_model"] == "shapes"
+    assert same_model(str(tmp_path), str(tmp_path / ".." / tmp_path.name)) and not same_model("shapes", "scenes")

@@ -119,7 +119,7 @@ def check_result(result, size, labels):
 
 METHOD_SETTINGS = {  # the defaults, made cheap where a default is a loop count; SAM off (none can load here)
     "baseline": {}, "fastseg": {}, "invseg": {"steps": 2}, "anyword": {"sam": None, "steps": 2},
-    "dpseg": {"weights": "shapes-dpseg", "generation_steps": 2, "rounds": 1},
+    "dpseg": {"weights": "shapes-dpseg", "generation_steps": 2, "rounds": 1, "other_backbone": True},
 }
 IN_CI = ("baseline", "fastseg")  # one UNet pass or two; the optimising methods cost minutes at 64x64 latents
 

@@ -51,6 +51,10 @@ class DPSegConfig:
     """Seed of the first visual prompt of each template (then seed + 1, ...)."""
     cache_dir: str | None = None
     """Visual-prompt cache folder; None: $PROMPTSEG_CACHE/visual_prompts or ~/.cache/promptseg/visual_prompts."""
+    other_backbone: bool = False
+    """Run weights whose visual prompts were drawn by another diffusion model than this backbone (the weights record
+    theirs, `training.diffusion_model`). Off: such weights are refused, since the decoder learnt the visual prompts
+    of that model; on: for cost measurements, or when you know the two models draw alike."""
     background_threshold: float | None = None
     """Pixels whose best class probability is below this become "background"; None: every pixel gets a class
     (the open-vocabulary protocol offers a background class by name where the dataset has one)."""

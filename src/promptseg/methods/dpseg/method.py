@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -35,6 +36,14 @@ def _load(weights: str, device: torch.device, dtype: torch.dtype):
     return load_dpseg(weights, device=device, dtype=dtype)
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names (bundled names, hub ids or folders) name the same model: equal, or the same folder."""
+    if str(a) == str(b):
+        return True
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 @register_method("dpseg", DPSegConfig)
 class DPSeg:
     """DPSeg: CLIP cost volume of text + diffusion-generated visual prompts, trained decoder, two-round inference."""
@@ -51,6 +60,13 @@ class DPSeg:
         self.backbone = backbone
         self.net, self.clip = _load(str(self.config.weights), backbone.device, backbone.dtype)
         net_config = self.net.config
+        drawn_by = net_config.training.get("diffusion_model")
+        if drawn_by is not None and not self.config.other_backbone and not same_model(drawn_by, backbone.name):
+            raise ValueError(
+                f"the DPSeg weights {self.config.weights!r} were trained on visual prompts drawn by {drawn_by!r} (and "
+                f"encoded by the CLIP {net_config.clip!r}), not by this backbone {backbone.name!r}: use --model "
+                f"{drawn_by}, weights trained for this model (`promptseg train dpseg --model ...`), or --set "
+                "other_backbone=true if you know the two draw alike")
         images = self.config.prompt_images or int(net_config.training.get("prompt_images", 4))
         cache = VisualPromptCache(backbone, self.config.cache_dir, images=images, steps=self.config.generation_steps,
                                   guidance=self.config.guidance_scale, seed=self.config.seed)
