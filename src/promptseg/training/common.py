@@ -61,6 +61,14 @@ def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def set_warm_cosine_lr(opt, step: int, base: float, total: int, warmup: int = 200) -> None:
+    """The CLIP scripts' schedule on every parameter group: cosine decay from `base` over `total` steps, scaled by a
+    linear warm-up over the first `warmup` steps."""
+    warm = min(1.0, (step + 1) / warmup)
+    for group in opt.param_groups:
+        group["lr"] = base * warm * 0.5 * (1 + np.cos(np.pi * step / total))
+
+
 def report(state: dict, phase: str, total: int, running: float, t0: float) -> float:
     """Print and log progress every 50 steps; returns the new reference time."""
     if state["step"] % 50:

@@ -140,9 +140,7 @@ def train(args: argparse.Namespace) -> None:
     t0, running = time.time(), None
     while state["step"] < args.steps:
         step = state["step"]
-        warm = min(1.0, (step + 1) / 200)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * warm * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+        common.set_warm_cosine_lr(opt, step, args.lr, args.steps)
         idx = rng.integers(0, args.n_train, args.batch)
         texts, needs = zip(*(describe(*scenes[i], rng) for i in idx))
         truth = torch.tensor([[is_true_of(n, scenes[i]) for n in needs] for i in idx])
