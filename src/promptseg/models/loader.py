@@ -35,7 +35,8 @@ def family_of(folder: Path) -> str:
 
     Raises:
         FileNotFoundError: not a diffusers folder.
-        ValueError: a family promptseg cannot load yet (diffusion transformers: SD3, FLUX, PixArt).
+        ValueError: a family promptseg cannot load yet (diffusion transformers: SD3, FLUX, PixArt; SDXL's UNet with
+            two text encoders), named, instead of a traceback from deep inside a method.
     """
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
@@ -44,6 +45,10 @@ def family_of(folder: Path) -> str:
                          f"the {', '.join(FAMILIES)} family only so far: use a Stable Diffusion 1.x/2.x model")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
+    if "XL" in pipeline or (folder / "text_encoder_2").is_dir():
+        raise ValueError(f"{folder} holds an SDXL-style model ({pipeline or 'text_encoder_2/'}): its UNet is "
+                         "conditioned on two text encoders and size ids, which promptseg does not load yet; use a "
+                         "Stable Diffusion 1.x/2.x model")
     return "unet"
 
 
@@ -120,4 +125,7 @@ def load_backbone(
                 parts = unet.load_folder(key, local_files_only, dtype)
             except Exception as err:  # hub, cache and network errors all come here
                 raise _hub_error(key, err) from err
+    if parts["unet"].config.get("addition_embed_type") == "text_time":  # a hub id or a single file of SDXL
+        raise ValueError(f"{key} is an SDXL-style model: its UNet is conditioned on two text encoders and size ids, "
+                         "which promptseg does not load yet; use a Stable Diffusion 1.x/2.x model")
     return unet.backbone_from_parts(key, parts, device=device, dtype=dtype, method_defaults=model_settings(key))

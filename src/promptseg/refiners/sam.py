@@ -60,7 +60,8 @@ class SamRefinerConfig:
     """How a SAM mask that is a thing gets its label: "scores" (the thing label with the highest mean method score
     over the mask; in "prompts" mode the prompting region's label) or "denoising" (ours: the thing label whose
     prompt `evidence_template` most lowers the backbone's noise-prediction error over the mask, `promptseg.diffusion.evidence`;
-    costs (1 + thing labels) x len(`evidence_timesteps`) UNet items and one more VAE encode per image). Whether a
+    costs (1 + thing labels) x len(`evidence_timesteps`) UNet items; inside a pipeline the image's latents are the
+    method's, not encoded again). Whether a
     mask is a thing or stuff is decided by the method's mean scores either way."""
     evidence_template: str = "a {}"
     """With classify="denoising": the prompt each thing label is read with."""
