@@ -15,13 +15,13 @@ what val chose (recommended by the shapes model in `promptseg_settings.json`) be
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 from promptseg import load_backbone
 from promptseg.eval.runner import EvalRun, evaluate
+from promptseg.pipeline import settings_json
 from promptseg.refiners import refiner_config
 
 HERE = Path(__file__).parent
@@ -71,7 +71,7 @@ def run_row(backbone, method: str, split: str, n: int, refine, settings: dict, w
     for it never leaks into a row; `refine` None is the model's recommendation as it stands."""
     dpseg = method == "dpseg"
     if refine is not None:
-        defaults = json.loads(json.dumps(dataclasses.asdict(refiner_config(refine)), default=str))
+        defaults = settings_json(refiner_config(refine))
         settings = {**defaults, **settings}
     report = evaluate(
         EvalRun(dataset="shapes", split=split, method=method, model="shapes", out=str(work), limit=n, names="all",

@@ -110,8 +110,11 @@ class DemoSession:
                         built=self._built).load()
 
     def method(self, name: str):
-        """The built method `name` (with the model's settings)."""
-        return self.pipeline(name, task="segment").method.instance
+        """The built method `name` (with the model's settings), the instance every request with `name` uses; no
+        filter or refiner is built for it."""
+        from promptseg.pipeline import NO_FILTER, NO_REFINER
+
+        return self.pipeline(name, NO_FILTER, NO_REFINER).method.instance
 
     def run(self, path: str | None, labels_text: str, method: str, filter_name: str, progress=None,
             refine_name: str = MODEL_DEFAULT) -> DemoOutput:

@@ -2,6 +2,8 @@
 
 The schedule's maths (how a timestep mixes latents and noise, what the denoiser's output means) belongs to the
 backbone family (`add_noise`, `noise_from_output`, `denoising_target`); what is here is shared by every method.
+`ddim_invert_step` still reads the DDPM schedule (`alphas_cumprod`) itself, in float32: it serves the UNet family
+only, and a flow-matching family needs its own inversion step.
 """
 
 from __future__ import annotations
