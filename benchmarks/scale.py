@@ -50,6 +50,11 @@ FULL = QUICK + [  # the issue's ADE-847 bound first, then resolution, then vocab
 ]
 
 
+DIT = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fastseg", 1024, 5, "none"),
+       ("fastseg", 1024, 5, "none", {"flip": False})]
+"""SD3-medium's transformer at 1024 px (`--arch sd3`): a forward is ~2B parameters over 4,429 tokens, minutes on this
+CPU, so the rows are the one-pass methods; T5 is not built (its 256 rows are the pipeline's zeros)."""
+
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
 
@@ -80,19 +85,26 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
 
     from promptseg.data.base import bundled_class_names
     from promptseg.diffusion.encode import prepare_pixels
-    from promptseg.models import backbone_from_parts
+    from promptseg.models import backbone_from_parts, mmdit
+    from promptseg.models.dit_configs import DIT_NAMES, build_dit
     from promptseg.models.sd_configs import build_sd
     from promptseg.pipeline import Pipeline
     from promptseg.text import parse_labels
 
-    parts = build_sd(arch)
-    # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD at
-    # 256 or 768 px, as its users run it, rather than a larger image resized to 512
-    parts["unet"].register_to_config(sample_size=side // 8)
-    backbone = backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
+    if arch in DIT_NAMES:  # a diffusion transformer: SD3-medium's, 1024 px native
+        parts = build_dit(arch)
+        parts["transformer"].register_to_config(sample_size=side // 8)
+        backbone = mmdit.backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
+    else:
+        parts = build_sd(arch)
+        # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD
+        # at 256 or 768 px, as its users run it, rather than a larger image resized to 512
+        parts["unet"].register_to_config(sample_size=side // 8)
+        backbone = backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
     assert backbone.image_size == (side, side), backbone.image_size
     image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8))
-    latents = torch.randn(1, 4, side // 8, side // 8)
+    channels = 16 if arch in DIT_NAMES else 4
+    latents = torch.randn(1, channels, side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
 
@@ -100,7 +112,7 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         with torch.no_grad():
             for _ in range(3):
                 start = time.perf_counter()
-                backbone.unet(latents, torch.tensor([100]), encoder_hidden_states=text)
+                backbone.predict(latents, torch.tensor([100]), text)
                 forwards.append(time.perf_counter() - start)
 
     bare_forwards()
@@ -155,7 +167,7 @@ def main() -> None:
         row = json.loads(args.row)
         print("ROW " + json.dumps(one_row(*row[:4], args.arch, *row[4:])))
         return
-    stem = "scale_quick" if args.quick else "scale"
+    stem = ("scale_quick" if args.quick else "scale") + ("" if args.arch == "sd15" else f"_{args.arch}")
     journal = RESULTS / f"{stem}_rows.jsonl"  # one line a finished row: a stopped run resumes where it was
     done_rows = {}
     if journal.exists() and not args.fresh:
@@ -163,7 +175,7 @@ def main() -> None:
             r = json.loads(line)
             done_rows[json.dumps(r["row"])] = r
     rows = []
-    for row in QUICK if args.quick else FULL:
+    for row in (DIT if args.arch in ("sd3", "sd35") else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue
@@ -183,12 +195,13 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}` on this 2-core CPU. Unit: the median "
-             "of six bare UNet forwards in the same process, three before the method and three after"
+             "of six bare denoiser forwards in the same process, three before the method and three after"
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
              "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "
              "encode, one bare forward).",
-             "", "| method | side | labels | filter | seconds | UNet-forward equiv. | peak RSS (GB) | x reference memory |",
+             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') else 'UNet'}"
+             "-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:

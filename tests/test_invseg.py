@@ -199,3 +199,38 @@ def test_non_finite_loss_keeps_the_last_finite_prompt(tiny, image, monkeypatch):
     # the kept prompt is the last one whose loss was finite: the one step 2 evaluated, i.e. after one update
     one = build_method("invseg", tiny, steps=1, **TINY_LOSS)(image, ["cat", "dog"])
     assert np.allclose(result.scores, one.scores, atol=1e-5)
+
+
+def test_small_updates_survive_a_bf16_backbone(tiny_folder, image):
+    from promptseg.diffusion.precision import loss_scaler
+    from promptseg.models import load_backbone
+
+    half = load_backbone(str(tiny_folder), device="cpu", dtype="bf16")
+    method = build_method("invseg", half, steps=3, lr=1e-4, **TINY_LOSS)
+    seen = {}
+    real_step = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        seen["dtype"] = self.param_groups[0]["params"][0].dtype
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = record
+    try:
+        result = method(image, ["cat", "dog"])
+    finally:
+        torch.optim.Adam.step = real_step
+    assert seen["dtype"] == torch.float32  # the learnt embeddings are float32 on a bf16 backbone
+    # three Adam steps of 1e-4 each moved the float32 embeddings; in bf16 each would round away
+    assert 0 < result.extra["change"][-1] < 1e-2
+    rows = torch.linspace(0.5, 2.0, 100)
+    assert torch.equal((rows.bfloat16() + 1e-4).float(), rows.bfloat16().float())
+    assert not loss_scaler(half).is_enabled()  # bf16: no loss scaling; fp16 would scale
+
+
+def test_fp16_backbones_get_loss_scaling(tiny):
+    from types import SimpleNamespace
+
+    from promptseg.diffusion.precision import loss_scaler
+
+    fp16 = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16)
+    assert loss_scaler(fp16).is_enabled() and not loss_scaler(tiny).is_enabled()

@@ -7,41 +7,44 @@ has, `plan_attention` selects the layers to record, `attention_pass` runs the de
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from promptseg.diffusion.capture import (
-    AttentionStore,
-    attention_grids,
-    capture,
-    lazy_tokens_for,
-    run_until_captured,
-    select_layers,
-)
+from promptseg.diffusion.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
 
 
-def resolve_weights(weights: dict[float, float], unet, latent_hw, kind: str) -> dict[tuple[int, int], float]:
-    """Map {fraction of the latent side: weight} onto the grids where the UNet has `kind` attention.
+def resolve_weights(weights: dict[float, float], backbone, kind: str) -> dict[tuple[int, int], float]:
+    """Map {fraction of the latent side: weight} onto the grids where the backbone's denoiser has `kind` attention.
 
     A fraction f means the grid whose side is f times the latent side (SD 1.5's 16x16 cross-attention is 0.25 of
-    its 64x64 latent). Fractions with no such grid in this UNet are dropped.
+    its 64x64 latent; a transformer with 2x2 patches has every block at 0.5). Fractions with no such grid in this
+    denoiser are dropped; when *none* exists (SD-1.5's weights on SDXL, whose attention is at 1/2 and 1/4 of the
+    latent only, or on a transformer, whose blocks share one grid), each fraction goes to the nearest grid there is
+    (in log scale; weights landing on one grid add up), so a method's defaults run on every denoiser.
 
     Raises:
-        ValueError: no requested grid exists in this UNet (the message lists the grids that do).
+        ValueError: every weight is zero, or the denoiser has no `kind` attention.
     """
-    available = attention_grids(unet, latent_hw, kind)
+    latent_hw = backbone.latent_size
+    available = backbone.attention_grids(kind)
     out: dict[tuple[int, int], float] = {}
     for fraction, weight in weights.items():
         side = latent_hw[0] * float(fraction)
         for grid in available:
             if abs(grid[0] - side) < 0.5 and weight > 0:
                 out[grid] = out.get(grid, 0.0) + float(weight)
+    if not out and available:
+        for fraction, weight in weights.items():
+            if weight > 0:
+                nearest = min(available, key=lambda g: abs(math.log(g[0] / (latent_hw[0] * float(fraction)))))
+                out[nearest] = out.get(nearest, 0.0) + float(weight)
     if not out:
         fractions = [round(g[0] / latent_hw[0], 4) for g in available]
         raise ValueError(
             f"none of the {kind}-attention resolutions {sorted(weights)} (fractions of the latent side) exists in this "
-            f"UNet; it has {kind}-attention at fractions {fractions}"
+            f"{backbone.family}; it has {kind}-attention at fractions {fractions}"
         )
     return out
 
@@ -64,24 +67,23 @@ class AttentionPlan:
 
 
 def plan_attention(backbone, cross_weights: dict, self_weights: dict, places) -> AttentionPlan:
-    """Resolve {fraction: weight} settings on this backbone's UNet and select the layers to record."""
-    latent_hw = backbone.latent_size
-    cross = resolve_weights(cross_weights, backbone.unet, latent_hw, "cross")
-    self_grids = resolve_weights(self_weights, backbone.unet, latent_hw, "self")
-    layers = select_layers(backbone.unet, latent_hw, self_grids=self_grids, cross_grids=cross, places=places)
+    """Resolve {fraction: weight} settings on this backbone's denoiser and select the layers to record."""
+    cross = resolve_weights(cross_weights, backbone, "cross")
+    self_grids = resolve_weights(self_weights, backbone, "self")
+    layers = backbone.select_layers(self_grids, cross, places)
     return AttentionPlan(cross=cross, self=self_grids, target=max(self_grids, key=lambda g: g[0] * g[1]), layers=layers)
 
 
 def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False,
                    self_products: int = 1):
-    """One UNet forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the last
-    of them (nothing after it is read); returns the store.
+    """One denoiser forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the
+    last of them (nothing after it is read); returns the store.
 
     `self_products`: how many times the reader multiplies the self-attention (refinement iterations); it decides
     whether large grids are kept lazily (`promptseg.diffusion.capture.lazy_tokens_for`)."""
     store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries,
                            lazy_self_tokens=lazy_tokens_for(self_products))
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
-    with torch.no_grad(), capture(backbone.unet, layers, store, stop_after_last=True):
-        run_until_captured(backbone.unet, latents, t, encoder_hidden_states=text.to(backbone.dtype))
+    with torch.no_grad(), capture(backbone.denoiser, layers, store, stop_after_last=True):
+        run_until_captured(backbone.predict, latents, t, text)
     return store

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from promptseg.diffusion.attention import attention_pass, resolve_weights
-from promptseg.diffusion.capture import select_layers
 from promptseg.diffusion.encode import prepare_pixels
 from promptseg.diffusion.noise import noised_latents
 from promptseg.filters.base import FilterDecision, Timer, decide, register_filter
+from promptseg.models.attention_layers import PLACES
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
 CRITERIA = ("denoising", "attention")
@@ -90,8 +90,8 @@ class DiffusionFilter:
             if not 0 <= t < backbone.num_train_timesteps:
                 raise ValueError(f"timesteps must be in [0, {backbone.num_train_timesteps}), got {t}")
         if self.config.criterion == "attention":
-            self.cross = resolve_weights(self.config.cross_weights, backbone.unet, backbone.latent_size, "cross")
-            self.layers = select_layers(backbone.unet, backbone.latent_size, self_grids={}, cross_grids=self.cross)
+            self.cross = resolve_weights(self.config.cross_weights, backbone, "cross")
+            self.layers = backbone.select_layers({}, self.cross, PLACES)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:

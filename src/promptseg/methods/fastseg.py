@@ -13,6 +13,11 @@ Design (the paper gives its abstract only; the published FA-Seg code fills in th
 5. Cross-attention is mixed over resolutions; hierarchical attention refinement (HARD) propagates it with every
    resolution's self-attention raised to the power `tau`, and mixes the min-max normalised results.
 6. The flipped view's maps are flipped back and averaged with the others'; background is a score threshold.
+
+On a diffusion transformer (`backbone.text_keys_reusable` False) step 4 cannot be done: the text keys are made
+inside the joint forward, from a text stream the image has already changed, so kept queries cannot be read against
+a second prompt. There the class maps are read from the class names' own tokens in the conditioning prompt
+(caption, separator, class names: the same string FA-Seg conditions on), one pass per group of labels that fits it.
 """
 
 from __future__ import annotations
@@ -122,9 +127,9 @@ class FastSeg:
             warnings.append(f"the caption alone is longer than the text encoder takes; cut to {prompt!r}")
         return prompt, warnings
 
-    def record(self, prepared: PreparedImage, prompt: str) -> AttentionStore:
-        """Invert one DDIM step (with `invert`) and run one recording UNet pass conditioned on `prompt`; returns
-        the store."""
+    def record(self, prepared: PreparedImage, prompt: str, keep_queries: bool = True) -> AttentionStore:
+        """Invert one DDIM step (with `invert`) and run one recording denoiser pass conditioned on `prompt`; returns
+        the store (with the cross-attention layers' queries when `keep_queries`)."""
         backbone = self.backbone
         with torch.no_grad():
             text = backbone.encode_text(prompt).expand(prepared.latents.shape[0], -1, -1)
@@ -133,11 +138,11 @@ class FastSeg:
             else:
                 noisy = prepared.latents
             # HARD multiplies by each grid's self-attention tau times
-            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=True,
+            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=keep_queries,
                                    lazy_self_tokens=lazy_tokens_for(self.config.tau))
             t = torch.full((noisy.shape[0],), self.config.timestep, device=noisy.device)
-            with capture(backbone.unet, self.layers, store, stop_after_last=True):
-                run_until_captured(backbone.unet, noisy, t, encoder_hidden_states=text)
+            with capture(backbone.denoiser, self.layers, store, stop_after_last=True):
+                run_until_captured(backbone.predict, noisy, t, text)
         return store
 
     def view_scores(self, store: AttentionStore, labels) -> torch.Tensor:
@@ -151,10 +156,33 @@ class FastSeg:
                 class_text = self.backbone.encode_text(tokens.prompt)  # the dual prompt's class-name half
                 for g in self.cross_grids:
                     per_grid[g].append(label_scores(store.cross_attention_for(class_text, g), tokens.positions))
-            maps = {g: tokens_to_maps(torch.cat(parts, dim=-1), g) for g, parts in per_grid.items()}
-            cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (V, K, H, W)
-            self_attn = {g: store.self_attention(g) for g in self.hard_grids}
-            scores = hierarchical_refine(self_attn, cross.flatten(2).transpose(1, 2), self.hard_grids, self.target, c.tau)
+            return self.refined(per_grid, {g: store.self_attention(g) for g in self.hard_grids})
+
+    def joint_view_scores(self, prepared: PreparedImage, labels, caption: str | None) -> torch.Tensor:
+        """`view_scores` on a transformer: each group of labels that fits one conditioning prompt (caption,
+        separator, class names) gets a recording pass, and its class names' own tokens give their maps; the
+        self-attention is the first pass's."""
+        c = self.config
+        tokenizer = self.backbone.tokenizer
+        head = (caption or "").replace("{}", "") + c.caption_separator if caption else ""
+        template = head + c.class_template
+        per_grid, self_attn = {g: [] for g in self.cross_grids}, None
+        for group in split_to_fit(tokenizer, labels, template, c.joiner):
+            tokens = build_prompt(tokenizer, group, template, c.joiner)
+            store = self.record(prepared, tokens.prompt, keep_queries=False)
+            for g in self.cross_grids:
+                per_grid[g].append(label_scores(store.mean("cross", g), tokens.positions))
+            if self_attn is None:
+                self_attn = {g: store.self_attention(g) for g in self.hard_grids}
+        with torch.no_grad():
+            return self.refined(per_grid, self_attn)
+
+    def refined(self, per_grid: dict, self_attn: dict) -> torch.Tensor:
+        """HARD on per-grid label cross-attention (lists of (V, N, k) parts), flipped views flipped back."""
+        c = self.config
+        maps = {g: tokens_to_maps(torch.cat(parts, dim=-1), g) for g, parts in per_grid.items()}
+        cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (V, K, H, W)
+        scores = hierarchical_refine(self_attn, cross.flatten(2).transpose(1, 2), self.hard_grids, self.target, c.tau)
         if c.flip:
             scores = torch.cat([scores[:1], scores[1:].flip(-1)])
         return scores
@@ -163,9 +191,11 @@ class FastSeg:
         """Segment into `labels`; `caption` (optional) describes the image and starts the conditioning prompt."""
         start = time.perf_counter()
         labels = as_labels(labels)
-        prompt, warnings = self.fit_conditioning(labels, caption)
-        store = self.record(prepared, prompt)
-        scores = self.view_scores(store, labels).mean(dim=0)
+        if self.backbone.text_keys_reusable:
+            prompt, warnings = self.fit_conditioning(labels, caption)
+            scores = self.view_scores(self.record(prepared, prompt), labels).mean(dim=0)
+        else:
+            scores, warnings = self.joint_view_scores(prepared, labels, caption).mean(dim=0), []
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores, labels, prepared.size, self.config.background_threshold, timings, warnings)
 

@@ -1,9 +1,14 @@
-"""Which attention layers of a UNet to record: names, places, kinds and grid sizes.
+"""Which attention layers to record: names, places, kinds and grid sizes.
 
 A layer is named by its diffusers processor path, e.g. ``down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor``.
-Its *place* is ``down``, ``mid`` or ``up``; its *kind* is ``self`` (``attn1``) or ``cross`` (``attn2``); its *level*
-is how many times the latent was halved before it (0 = the latent grid). Grid sizes are read from the latent size
-given at run time, never assumed (SD 1.5's 64x64 latent has levels 64/32/16/8; the bundled model's 16x16 has 16/8/4).
+In a UNet its *place* is ``down``, ``mid`` or ``up``; its *kind* is ``self`` (``attn1``) or ``cross`` (``attn2``); its
+*level* is how many times the latent was halved before it (0 = the latent grid). Grid sizes are read from the latent
+size given at run time, never assumed (SD 1.5's 64x64 latent has levels 64/32/16/8; the bundled model's 16x16 has
+16/8/4).
+
+A diffusion transformer's joint-attention block is one module that is both: its image-to-text slice is the
+"cross" layer and its image-to-image slice the "self" layer, two `AttentionLayer`s with one name, place
+``joint`` (SD3's blocks, FLUX's double-stream) or ``single`` (FLUX's single-stream), and `block` its index.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ KINDS = ("self", "cross")
 
 @dataclass(frozen=True)
 class AttentionLayer:
-    """One attention layer of a UNet.
+    """One attention layer of a denoiser.
 
     Attributes:
         name (`str`): the processor path, a key of `unet.attn_processors`.
-        place (`str`): "down", "mid" or "up".
+        place (`str`): "down", "mid" or "up" in a UNet; "joint" or "single" in a transformer.
         kind (`str`): "self" or "cross".
         level (`int`): number of halvings of the latent grid before this layer.
     """
@@ -31,6 +36,8 @@ class AttentionLayer:
     place: str
     kind: str
     level: int
+    block: int | None = None
+    """A transformer block's index (None in a UNet)."""
 
 
 def grid_at_level(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:

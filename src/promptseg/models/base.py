@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -38,7 +39,12 @@ class DiffusionBackbone(abc.ABC):
     """
 
     family: str = ""
-    """The family's name ("unet")."""
+    """The family's name ("unet", "mmdit")."""
+    text_keys_reusable: bool = True
+    """Whether a cross-attention layer's keys depend on the text alone, so that kept queries can be read against any
+    other text (`AttentionStore.cross_attention_for`: FastSeg's dual prompt, the baseline's "prompt" conditioning).
+    True in a UNet; False in a joint-attention transformer, whose text keys come from a text stream the image has
+    changed."""
 
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
@@ -72,17 +78,27 @@ class DiffusionBackbone(abc.ABC):
         """What the denoiser predicts: "epsilon", "v_prediction", "sample" (or a family's own, e.g. "flow")."""
 
     # -- images -----------------------------------------------------------------------------------------------
-    @abc.abstractmethod
+    # Both families decode with a diffusers `AutoencoderKL` at `self.vae`: these defaults serve them (shift and
+    # scale from the VAE's config: SD3/FLUX have a shift, SD 1.x/2.x none).
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image at the native size as (1, 3, H, W) in [-1, 1] on the backbone's device."""
+        h, w = self.image_size
+        array = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.dtype)
 
-    @abc.abstractmethod
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) latents of (B, 3, H, W) pixels in [-1, 1], scaled as the denoiser expects them."""
+        """(B, C, h, w) latents (the VAE posterior's mean, shifted and scaled as the denoiser expects them) of
+        (B, 3, H, W) pixels in [-1, 1]."""
+        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        latents = self.vae.encode(pixels).latent_dist.mean.contiguous()
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
 
-    @abc.abstractmethod
     def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels in [-1, 1] of latents scaled as `encode_image` returns them."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        latents = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(latents).sample.clamp(-1, 1)
 
     # -- text -------------------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -120,3 +136,23 @@ class DiffusionBackbone(abc.ABC):
     @abc.abstractmethod
     def attention_grids(self, kind: str) -> list[tuple[int, int]]:
         """The distinct (h, w) grids, finest first, at which the denoiser has `kind` ("self"/"cross") attention."""
+
+    @abc.abstractmethod
+    def select_layers(self, self_grids, cross_grids, places) -> list:
+        """The layers to record: `kind` attention on the given grids, in `places` (a UNet's "down"/"mid"/"up"; a
+        transformer's blocks, "block9"). Raises ValueError naming what exists when a grid or place does not."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[str], steps: int, guidance: float, generators: list) -> list[Image.Image]:
+        """Sample one image per prompt at the native size (`steps` sampler steps, classifier-free `guidance`, one
+        seeded `torch.Generator` per image): DPSeg's visual prompts."""
+
+    def invert_step(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+        """One deterministic inversion step from clean `latents` to `timestep`: the latents noised with the
+        denoiser's own noise estimate at them (DDIM's z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps(z_0, t) on a UNet;
+        x_t = (1 - sigma) x_0 + sigma eps(x_0, t) under flow matching)."""
+        t = torch.full((latents.shape[0],), timestep, device=latents.device)
+        with torch.no_grad():
+            output = self.predict(latents, t, text)
+        eps = self.noise_from_output(output, latents, timestep)
+        return self.add_noise(latents, eps, t)

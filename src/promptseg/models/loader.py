@@ -6,7 +6,7 @@
     backbone = load_backbone("/models/sd15.safetensors", config="/models/sd15")  # single file
 
 This module decides where a model comes from and which family it is (`family_of`); the family's module loads its
-components (`promptseg.models.unet` today). Device and dtype are chosen when not given: CUDA if present (bfloat16
+components (`promptseg.models.unet`: SD 1.x/2.x; `promptseg.models.mmdit`: SD3/3.5-style transformers). Device and dtype are chosen when not given: CUDA if present (bfloat16
 where supported, else float16), float32 on CPU.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+import promptseg.models.mmdit as mmdit
 import promptseg.models.unet as unet
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
 from promptseg.models.hub import choose_device, choose_dtype, hub_offline
@@ -25,24 +26,27 @@ from promptseg.models.zoo import BUNDLED, bundled, model_settings
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
-FAMILIES = ("unet",)
+FAMILIES = ("unet", "mmdit")
 """The backbone families promptseg can load."""
-_TRANSFORMER_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+_UNLOADED_TRANSFORMERS = ("FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+_GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
 
 
 def family_of(folder: Path) -> str:
-    """The family of the diffusers folder `folder`, from its `model_index.json` and subfolders.
+    """The family of the diffusers folder `folder` ("unet" or "mmdit"), from its `model_index.json` and subfolders.
 
     Raises:
         FileNotFoundError: not a diffusers folder.
-        ValueError: a family promptseg cannot load yet (diffusion transformers: SD3, FLUX, PixArt; SDXL's UNet with
-            two text encoders), named, instead of a traceback from deep inside a method.
+        ValueError: a family promptseg cannot load yet (FLUX, PixArt; SDXL's UNet with two text encoders), named,
+            instead of a traceback from deep inside a method.
     """
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
-    if pipeline in _TRANSFORMER_PIPELINES or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
-        raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}); promptseg loads "
-                         f"the {', '.join(FAMILIES)} family only so far: use a Stable Diffusion 1.x/2.x model")
+    if pipeline in mmdit.PIPELINES:
+        return "mmdit"
+    if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
+        raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
+                         "not load yet; it loads Stable Diffusion 1.x/2.x (UNet) and SD3/SD3.5 (MMDiT) models")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
     if "XL" in pipeline or (folder / "text_encoder_2").is_dir():
@@ -52,9 +56,28 @@ def family_of(folder: Path) -> str:
     return "unet"
 
 
+class UnsupportedModel(ValueError):
+    """A model of a family promptseg does not load (yet), named."""
+
+
+def _hub_family(name: str, local_only: bool) -> str:
+    """The family of a hub id, from its `model_index.json` (FLUX/PixArt refused by name)."""
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.load_config(name, local_files_only=local_only).get("_class_name", "")
+    if pipeline in mmdit.PIPELINES:
+        return "mmdit"
+    if pipeline in _UNLOADED_TRANSFORMERS:
+        raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
+                         "1.x/2.x (UNet) and SD3/SD3.5 (MMDiT) models")
+    return "unet"
+
+
 def _hub_error(name: str, err: Exception) -> OSError:
+    gated = ("\nSD3 and FLUX.1-dev repositories are gated: accept the licence on the model's page and log in "
+             "(`huggingface-cli login`, or set HF_TOKEN) before downloading.") if name.startswith(_GATED) else ""
     return OSError(
-        f"could not load the diffusion model {name!r}: {err}\n"
+        f"could not load the diffusion model {name!r}: {err}{gated}\n"
         "To fix: download it once where the Hugging Face Hub is reachable (`huggingface-cli download "
         f"{name}`), then set HF_HUB_OFFLINE=1 to load it from the cache; or pass a local diffusers folder or "
         f"a .safetensors file; or use a bundled model ({', '.join(sorted(bundled('diffusion')))})."
@@ -70,7 +93,7 @@ def load_backbone(
     allow_pickle: bool = False,
     local_files_only: bool | None = None,
 ) -> DiffusionBackbone:
-    """Load a Stable-Diffusion-style backbone, frozen, on `device` in `dtype`.
+    """Load a diffusion backbone (SD 1.x/2.x UNet, SD3/3.5 MMDiT), frozen, on `device` in `dtype`.
 
     Args:
         name (`str`, defaults to SD 1.5's hub id): a bundled name ("shapes"), a local diffusers folder, a single
@@ -99,12 +122,17 @@ def load_backbone(
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
                                     f"train it: {BUNDLED[key].trained_by}")
+        if family_of(folder) == "mmdit":
+            return mmdit.backbone_from_parts(key, mmdit.load_folder(str(folder), True, dtype, model_settings(key)),
+                                             device=device, dtype=dtype, method_defaults=model_settings(key))
         parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"))
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
-            family_of(path)
+            if family_of(path) == "mmdit":
+                return mmdit.backbone_from_parts(key, mmdit.load_folder(str(path), True, dtype, model_settings(key)),
+                                                 device=device, dtype=dtype, method_defaults=model_settings(key))
             parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"))
         elif path.is_file():
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -122,7 +150,12 @@ def load_backbone(
             )
         else:
             try:
+                if _hub_family(key, local_files_only) == "mmdit":
+                    return mmdit.backbone_from_parts(key, mmdit.load_folder(key, local_files_only, dtype),
+                                                     device=device, dtype=dtype, method_defaults=model_settings(key))
                 parts = unet.load_folder(key, local_files_only, dtype)
+            except UnsupportedModel:
+                raise
             except Exception as err:  # hub, cache and network errors all come here
                 raise _hub_error(key, err) from err
     if parts["unet"].config.get("addition_embed_type") == "text_time":  # a hub id or a single file of SDXL

@@ -14,11 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from promptseg.models.attention_layers import AttentionLayer, attention_grids, list_attention_layers
+from promptseg.models.attention_layers import AttentionLayer, attention_grids, list_attention_layers, select_layers
 from promptseg.models.base import DiffusionBackbone
 from promptseg.models.hub import choose_device, choose_dtype, quiet_text_tower
 from promptseg.models.zoo import bundled
@@ -50,6 +48,7 @@ class Backbone(DiffusionBackbone):
     device: torch.device
     dtype: torch.dtype
     method_defaults: dict = field(default_factory=dict)
+    _sampler: object = field(default=None, repr=False)
     family = "unet"
 
     @property
@@ -110,25 +109,6 @@ class Backbone(DiffusionBackbone):
         finally:
             handle.remove()
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image resized to the native size, as (1, 3, H, W) in [-1, 1] on the backbone's device."""
-        h, w = self.image_size
-        array = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.dtype)
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """VAE latents (posterior mean, scaled by the VAE's `scaling_factor`) of `pixels` (B, 3, H, W) in [-1, 1]."""
-        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        latents = self.vae.encode(pixels).latent_dist.mean.contiguous()
-        shift = self.vae.config.get("shift_factor") or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
-
-    def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) pixels in [-1, 1] of `latents` scaled as `encode_image` returns them."""
-        shift = self.vae.config.get("shift_factor") or 0.0
-        latents = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor + shift
-        return self.vae.decode(latents).sample.clamp(-1, 1)
-
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """DDPM's forward process: sqrt(a_t) latents + sqrt(1 - a_t) noise (the scheduler's `add_noise`)."""
         return self.scheduler.add_noise(latents, noise, t)
@@ -172,6 +152,29 @@ class Backbone(DiffusionBackbone):
     def attention_grids(self, kind: str) -> list[tuple[int, int]]:
         """The distinct (h, w) grids, finest first, at which the UNet has `kind` attention at its native size."""
         return attention_grids(self.unet, self.latent_size, kind)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], steps: int, guidance: float, generators: list) -> list:
+        """Images from diffusers' `StableDiffusionPipeline` over these components (with a fresh scheduler of the same
+        kind: sampling sets its timesteps)."""
+        if self._sampler is None:
+            from diffusers import StableDiffusionPipeline
+
+            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+            self._sampler = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder,
+                                                    tokenizer=self.tokenizer, unet=self.unet, scheduler=scheduler,
+                                                    safety_checker=None, feature_extractor=None,
+                                                    requires_safety_checker=False)
+            self._sampler.set_progress_bar_config(disable=True)
+        h, w = self.image_size
+        result = self._sampler(list(prompts), height=h, width=w, num_inference_steps=steps, guidance_scale=guidance,
+                               generator=generators, output_type="pil")
+        return [image.convert("RGB") for image in result.images]
+
+    def select_layers(self, self_grids, cross_grids, places) -> list[AttentionLayer]:
+        """The UNet's layers of each kind on the given grids, in `places` ("down", "mid", "up")."""
+        return select_layers(self.unet, self.latent_size, self_grids=self_grids, cross_grids=cross_grids,
+                             places=places)
 
 
 def _freeze(*modules: torch.nn.Module) -> None:

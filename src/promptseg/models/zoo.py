@@ -1,6 +1,7 @@
 """The one table of models bundled with promptseg, and the settings a model folder recommends.
 
-Every bundled model, whatever its kind, is named here once: the diffusion backbones (`shapes`, `scenes`), the CLIP
+Every bundled model, whatever its kind, is named here once: the diffusion backbones (`shapes`, `scenes`: UNets;
+`shapes-dit`: an SD3-style transformer on the shapes world), the CLIP
 models their filters and DPSeg read (`shapes-clip`, `scenes-clip`), the mask model (`shapes-sam`) and DPSeg's
 trained weights (`shapes-dpseg`, `scenes-dpseg`). Each lives in `promptseg/zoo/NAME/` with its weights, its model
 card (`README.md`) and, for a backbone, the settings it recommends (`promptseg_settings.json`); the scripts that
@@ -49,6 +50,7 @@ def _entry(name: str, kind: str, trained_by: str) -> BundledModel:
 BUNDLED: dict[str, BundledModel] = {m.name: m for m in (
     _entry("shapes", "diffusion", "python -m promptseg.training.shapes"),
     _entry("scenes", "diffusion", "python -m promptseg.training.scenes"),
+    _entry("shapes-dit", "diffusion", "python -m promptseg.training.shapes_dit"),
     _entry("shapes-clip", "clip", "python -m promptseg.training.shapes_clip"),
     _entry("scenes-clip", "clip", "python -m promptseg.training.scenes_clip"),
     _entry("shapes-sam", "sam", "python -m promptseg.training.shapes_sam"),
@@ -66,16 +68,26 @@ def bundled(kind: str) -> dict[str, Path]:
 
 
 def model_settings(name: str | os.PathLike) -> dict:
-    """The per-method settings a bundled model or local folder recommends ({} when it has none, or for hub ids).
+    """The per-method settings a bundled model, local folder or (cached) hub id recommends ({} when none).
 
-    Read from `promptseg_settings.json` beside `model_index.json`: {"method": {"setting": value}}.
+    The profile of its architecture (`promptseg.models.profiles`: recognised from the denoiser's config, e.g.
+    SD3-medium's grounding block), overridden per method by the folder's `promptseg_settings.json` beside
+    `model_index.json`: {"method": {"setting": value}}.
     """
+    from promptseg.models.profiles import architecture_profile
+
     entry = BUNDLED.get(str(name))
     folder = entry.folder if entry is not None else Path(str(name)).expanduser()
+    profile = architecture_profile(folder if entry is not None else name)
+    settings = json.loads(json.dumps(profile.settings)) if profile is not None else {}
     path = Path(folder) / SETTINGS_FILE
     if not path.is_file():
-        return {}
+        return settings
     try:
-        return json.loads(path.read_text())
+        own = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+    for key, value in own.items():
+        merge = isinstance(value, dict) and isinstance(settings.get(key), dict)
+        settings[key] = {**settings[key], **value} if merge else value
+    return settings

@@ -1,4 +1,4 @@
-"""The one attention-capture core: ``with capture(unet, layers, store):``.
+"""The one attention-capture core: ``with capture(denoiser, layers, store):``.
 
 Recording layers get a `RecordingProcessor`, which runs diffusers' own `AttnProcessor` (so the attention maths
 is diffusers', never a hand copy) and reads the probabilities it computes through `Attention.get_attention_scores`.
@@ -8,6 +8,15 @@ original processors are put back. A UNet under capture refuses a second capture.
 Self-attention on a large grid (`AttentionStore.wants_lazy`) is not recorded as probabilities: the layer runs
 diffusers' SDPA processor (`AttnProcessor2_0`) and its query and key are read from forward hooks on the layer's
 own `to_q` / `to_k` (head-split, `norm_q` / `norm_k` applied as the processor applies them).
+
+A transformer's joint-attention block (SD3's `JointAttnProcessor2_0`) keeps its own processor too: a
+`JointRecordingProcessor` runs it and reads the image queries, image keys and text keys from hooks on `to_q`,
+`to_k` and `add_k_proj` (normed as the processor norms them). The "cross" record is the image-to-text block of
+the joint softmax (over image and text keys together: Seg4Diff's I2T attention, `SOFTMAX: True` in its eval
+config), or with `cross_softmax="text"` the softmax over the text keys alone (the attention the image would pay
+the text if it saw nothing else, a UNet's cross-attention); the transformer's `promptseg_cross_softmax` attribute
+chooses (the MMDiT family sets it from the model's settings). The "self" record is softmax(q k_image^T scale) over
+the image keys (lazily as query and key on large grids, as a UNet's).
 """
 
 from __future__ import annotations
@@ -90,9 +99,80 @@ class RecordingProcessor:
         return out
 
 
+def _heads(x: torch.Tensor, heads: int, norm) -> torch.Tensor:
+    """(B, N, heads * d) -> (B * heads, N, d), with the processor's per-head norm applied."""
+    x = x.unflatten(-1, (heads, -1)).transpose(1, 2)
+    if norm is not None:
+        x = norm(x)
+    return x.flatten(0, 1)
+
+
+class JointRecordingProcessor:
+    """Runs a joint-attention block's own processor and records its image-to-text ("cross") and image-to-image
+    ("self") attention (see the module docstring).
+
+    Args:
+        store (`AttentionStore`): where the maps go.
+        kinds (`set[str]`): which of "cross" and "self" to record.
+        stock: the processor the block had.
+        on_recorded (`callable`, *optional*): called after each call (early stopping).
+    """
+
+    def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_softmax: str = "joint"):
+        if cross_softmax not in ("joint", "text"):
+            raise ValueError(f"cross_softmax must be 'joint' or 'text', got {cross_softmax!r}")
+        self.store, self.kinds, self.stock, self.on_recorded = store, set(kinds), stock, on_recorded
+        self.cross_softmax = cross_softmax
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if encoder_hidden_states is None:
+            raise ValueError("JointRecordingProcessor records joint (image + text) attention; this call had no text")
+        seen = {}
+        hooks = [getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+                 for name in ("to_q", "to_k", "add_k_proj")]
+        try:
+            out = self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        store = self.store
+        if not store.keep_graph:
+            seen = {k: v.detach() for k, v in seen.items()}
+        query = _heads(seen["to_q"], attn.heads, attn.norm_q)
+        if "cross" in self.kinds:
+            if store.keep_queries:
+                raise ValueError("a transformer's text keys are made inside its joint forward: cross-attention "
+                                 "against other text cannot be read from kept queries; condition the pass on that text")
+            text_key = _heads(seen["add_k_proj"], attn.heads, attn.norm_added_k)
+            key = _heads(seen["to_k"], attn.heads, attn.norm_k)
+            store.add("cross", self._cross(query, key, text_key, attn.scale), attn.heads)
+        if "self" in self.kinds:
+            key = _heads(seen["to_k"], attn.heads, attn.norm_k)
+            if store.wants_lazy("self", query.shape[1]):
+                store.add_self_qk(query.contiguous(), key.contiguous(), attn.heads, attn.scale)
+            else:
+                store.add("self", (query @ key.transpose(1, 2) * attn.scale).softmax(dim=-1), attn.heads)
+        if self.on_recorded is not None:
+            self.on_recorded()
+        return out
+
+
+    def _cross(self, query, key, text_key, scale) -> torch.Tensor:
+        """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys; the
+        joint normaliser is summed in chunks of heads, so no (B * heads, N, N) matrix is held at once."""
+        text_logits = query @ text_key.transpose(1, 2) * scale
+        if self.cross_softmax == "text":
+            return text_logits.softmax(dim=-1)
+        chunk = max(1, 2 ** 25 // (query.shape[1] * key.shape[1]))
+        image_lse = torch.cat([(query[i:i + chunk] @ key[i:i + chunk].transpose(1, 2) * scale).logsumexp(dim=-1)
+                               for i in range(0, query.shape[0], chunk)])
+        total = torch.logaddexp(image_lse, text_logits.logsumexp(dim=-1))
+        return (text_logits - total[..., None]).exp()
+
+
 @contextmanager
 def capture(
-    unet: torch.nn.Module,
+    denoiser: torch.nn.Module,
     layers: Sequence[AttentionLayer],
     store: AttentionStore,
     *,
@@ -101,9 +181,9 @@ def capture(
     """Record attention of `layers` into `store` for every UNet forward inside the block.
 
     Args:
-        unet: a diffusers `UNet2DConditionModel` (anything with `attn_processors` / `set_attn_processor`).
+        denoiser: a diffusers `UNet2DConditionModel` or transformer (anything with `set_processor` modules).
         layers (`Sequence[AttentionLayer]`): the layers to record (see `select_layers`); the rest keep their
-            processors.
+            processors. A transformer's joint block appears once per kind, with one name: it is recorded once.
         store (`AttentionStore`): receives the maps.
         stop_after_last (`bool`, defaults to `False`): raise `StopForward` inside a forward as soon as every
             recorded layer has run once, so the rest of the UNet (and its backward pass) is skipped. Call the UNet
@@ -113,17 +193,21 @@ def capture(
         RuntimeError: the UNet is already under capture.
         ValueError: no layers were given, or a layer name is not in the UNet.
     """
-    if getattr(unet, _ACTIVE_FLAG, False):
+    if getattr(denoiser, _ACTIVE_FLAG, False):
         raise RuntimeError("this UNet is already under capture(); leave the first `with capture(...)` block first")
     if not layers:
         raise ValueError("capture() needs at least one layer; see promptseg.diffusion.capture.select_layers")
-    modules = _attention_modules(unet)
+    modules = _attention_modules(denoiser)
     unknown = [layer.name for layer in layers if layer.name not in modules]
     if unknown:
         raise ValueError(f"layers not in this UNet: {unknown}")
 
+    kinds: dict[str, set[str]] = {}
+    for layer in layers:
+        kinds.setdefault(layer.name, set()).add(layer.kind)
+    joint = {layer.name for layer in layers if layer.place in ("joint", "single")}
     seen = {"n": 0}
-    n_layers = len(layers)
+    n_layers = len(kinds)
 
     def count_and_stop() -> None:
         seen["n"] += 1
@@ -134,16 +218,22 @@ def capture(
     hook = count_and_stop if stop_after_last else None
     # Only the recorded layers' processors are swapped (diffusers' per-module `set_processor`); the rest are
     # never touched, so they keep whatever they had (SDPA by default).
-    originals = {layer.name: modules[layer.name].processor for layer in layers}
-    setattr(unet, _ACTIVE_FLAG, True)
+    originals = {name: modules[name].processor for name in kinds}
+    setattr(denoiser, _ACTIVE_FLAG, True)
     try:
-        for layer in layers:
-            modules[layer.name].set_processor(RecordingProcessor(store, layer.kind, hook))
+        for name, names_kinds in kinds.items():
+            if name in joint:
+                processor = JointRecordingProcessor(store, names_kinds, originals[name], hook,
+                                                    getattr(denoiser, "promptseg_cross_softmax", "joint"))
+            else:
+                (kind,) = names_kinds
+                processor = RecordingProcessor(store, kind, hook)
+            modules[name].set_processor(processor)
         yield store
     finally:
         for name, processor in originals.items():
             modules[name].set_processor(processor)
-        setattr(unet, _ACTIVE_FLAG, False)
+        setattr(denoiser, _ACTIVE_FLAG, False)
 
 
 def _attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -155,10 +245,11 @@ def _attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return cached
 
 
-def run_until_captured(unet: torch.nn.Module, *args, **kwargs) -> None:
-    """Call `unet(*args, **kwargs)` under a `capture(..., stop_after_last=True)`, ending at the last recorded layer."""
+def run_until_captured(forward, *args, **kwargs) -> None:
+    """Call `forward(*args, **kwargs)` (the denoiser, or `backbone.predict`) under a
+    `capture(..., stop_after_last=True)`, ending at the last recorded layer."""
     try:
-        unet(*args, **kwargs)
+        forward(*args, **kwargs)
     except StopForward:
         return
-    raise RuntimeError("the UNet finished without reaching every recorded layer; was stop_after_last set?")
+    raise RuntimeError("the denoiser finished without reaching every recorded layer; was stop_after_last set?")

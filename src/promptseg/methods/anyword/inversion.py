@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from promptseg.diffusion.precision import loss_scaler
+
 
 def invert_tokens(
     backbone,
@@ -45,8 +47,9 @@ def invert_tokens(
     if steps == 0 or not positions:
         with torch.no_grad():
             return backbone.encode_text(prompt), log
-    rows = torch.nn.Parameter(start.clone())
+    rows = torch.nn.Parameter(start.clone())  # float32 whatever the backbone's dtype
     optimiser = torch.optim.Adam([rows], lr=lr)
+    scaler = loss_scaler(backbone)  # fp16 backbones: loss scaling (`promptseg.diffusion.precision`)
     generator = torch.Generator().manual_seed(seed)
     clean = latents.expand(batch, -1, -1, -1)
     last = rows.detach().clone()
@@ -63,7 +66,7 @@ def invert_tokens(
             prediction = backbone.predict(noisy[part], t[part], text)
             target = backbone.denoising_target(clean[part], noise[part], t[part]).float()
             loss = torch.nn.functional.mse_loss(prediction.float(), target) * (n / batch)
-            loss.backward()
+            scaler.scale(loss).backward()
             total += float(loss.detach())
         if not math.isfinite(total):
             log["warnings"].append(f"non-finite denoising loss at step {len(log['loss'])}; kept the last embeddings")
@@ -71,7 +74,8 @@ def invert_tokens(
                 rows.copy_(last)
             break
         last = rows.detach().clone()
-        optimiser.step()
+        scaler.step(optimiser)
+        scaler.update()
         log["loss"].append(total)
         log["change"].append(float((rows.detach() - start).norm() / start.norm().clamp_min(1e-12)))
         if on_step is not None:

@@ -54,7 +54,6 @@ class VisualPromptCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.images_per_prompt, self.steps, self.guidance, self.seed = images, steps, guidance, seed
         self.stats = CacheStats()
-        self._pipe = None
 
     def key(self, prompt: str, index: int) -> str:
         """The file stem of image `index` of `prompt`."""
@@ -95,26 +94,9 @@ class VisualPromptCache:
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
 
-    @torch.no_grad()
     def _generate(self, prompt: str, indices: list[int]) -> list[Image.Image]:
-        pipe = self._pipeline()
         generators = [torch.Generator("cpu").manual_seed(self.seed + i) for i in indices]
-        h, w = self.backbone.image_size
-        result = pipe([prompt] * len(indices), height=h, width=w, num_inference_steps=self.steps,
-                      guidance_scale=self.guidance, generator=generators, output_type="pil")
-        return [image.convert("RGB") for image in result.images]
-
-    def _pipeline(self):
-        if self._pipe is None:
-            from diffusers import StableDiffusionPipeline
-
-            b = self.backbone
-            scheduler = type(b.scheduler).from_config(b.scheduler.config)  # its own: sampling sets timesteps
-            self._pipe = StableDiffusionPipeline(vae=b.vae, text_encoder=b.text_encoder, tokenizer=b.tokenizer,
-                                                 unet=b.unet, scheduler=scheduler, safety_checker=None,
-                                                 feature_extractor=None, requires_safety_checker=False)
-            self._pipe.set_progress_bar_config(disable=True)
-        return self._pipe
+        return self.backbone.generate([prompt] * len(indices), self.steps, self.guidance, generators)
 
 
 def crop_region(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int] | None = None,

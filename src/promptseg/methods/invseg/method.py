@@ -40,6 +40,7 @@ import torch
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.encode import PreparedImage, to_pil
+from promptseg.diffusion.precision import loss_scaler
 from promptseg.diffusion.readout import (
     maps_to_tokens,
     minmax,
@@ -206,8 +207,9 @@ class InvSeg:
         with torch.no_grad():
             text0 = backbone.encode_text(tokens.prompt).float()  # (1, T, D)
         index = sorted({i for spans in tokens.positions for span in spans for i in span})
-        learn = torch.nn.Parameter(text0[0, index].clone())  # P: the only trainable tensor
+        learn = torch.nn.Parameter(text0[0, index].clone())  # P: the only trainable tensor, float32 always
         optimiser = torch.optim.Adam([learn], lr=c.lr)
+        scaler = loss_scaler(backbone)  # fp16 backbones: loss scaling (`promptseg.diffusion.precision`)
         original = prepared.extra["original"]
         image_hw = tuple(original.shape[-2:])
         pool = None
@@ -231,9 +233,9 @@ class InvSeg:
             text[:, index] = learn  # differentiable in `learn` only
             store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True)
             timesteps = torch.full((len(boxes),), t, device=noisy.device)
-            with capture(backbone.unet, self.loss_layers, store, stop_after_last=c.stop_forward_early):
+            with capture(backbone.denoiser, self.loss_layers, store, stop_after_last=c.stop_forward_early):
                 if c.stop_forward_early:
-                    run_until_captured(backbone.unet, noisy, timesteps, encoder_hidden_states=text.to(backbone.dtype))
+                    run_until_captured(backbone.predict, noisy, timesteps, text)
                 else:
                     backbone.predict(noisy, timesteps, text)
             maps, attn = self._loss_maps(store, tokens.positions)
@@ -248,9 +250,11 @@ class InvSeg:
             log["cluster"].append(parts["cluster"])
             log["entropy"].append(parts["entropy"])
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimiser)
             log["grad_norm"].append(float(learn.grad.norm()))
-            optimiser.step()
+            scaler.step(optimiser)
+            scaler.update()
             log["change"].append(float((learn.detach() - text0[0, index]).norm()) / max(start_norm, 1e-12))
             if self.on_step is not None:
                 self.on_step(len(log["loss"]), c.steps)

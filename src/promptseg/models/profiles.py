@@ -1,0 +1,91 @@
+"""Settings profiles of real architectures, recognised from a model's configs (not its name, so a local copy or a
+fine-tune of the same architecture gets them), each value with its source.
+
+A profile holds settings in the shape of a model folder's `promptseg_settings.json` ({method: {setting: value}} and
+backbone-level keys such as "blocks"); `promptseg.models.zoo.model_settings` starts from the profile of the model's
+architecture and lets the folder's own file override it. Only values a paper or its published code gives are here;
+everything else stays at the method's dataclass default (whose docstrings name their sources).
+
+    architecture_profile(Path("/models/sd3-medium"))    # Profile("sd3-medium", ...) or None
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One architecture's settings.
+
+    Attributes:
+        name (`str`): the architecture ("sd3-medium").
+        denoiser (`str`): the subfolder whose `config.json` identifies it ("transformer" or "unet").
+        signature (`dict`): config values that identify it (all must match).
+        settings (`dict`): what it runs with, as a `promptseg_settings.json`.
+        sources (`dict`): "method.setting" (or a backbone-level key) -> where the value comes from.
+    """
+
+    name: str
+    denoiser: str
+    signature: dict
+    settings: dict
+    sources: dict = field(default_factory=dict)
+
+    def matches(self, config: dict) -> bool:
+        return all(config.get(key) == value for key, value in self.signature.items())
+
+
+_SEG4DIFF = "Seg4Diff (arXiv 2509.18096), configs/eval_ovss.yaml of cvlab-kaist/Seg4Diff"
+PROFILES = (
+    Profile(
+        name="sd3-medium",
+        denoiser="transformer",
+        # SD3-medium and SD3.5-medium share this topology (24 joint blocks, 2x2 patches, 16 latent channels)
+        signature={"num_layers": 24, "patch_size": 2, "in_channels": 16},
+        settings={"blocks": [9], "baseline": {"timestep": 515}},
+        sources={
+            "blocks": f"{_SEG4DIFF}: ATTENTION_LAYERS [9], the 'semantic grounding expert' block",
+            "baseline.timestep": f"{_SEG4DIFF}: NOISE_STEPS 8 of NUM_INFERENCE_STEPS 28 with SD3's shift 3, i.e. "
+                                 "the scheduler's timesteps[-8] = 515 (sigma 0.515)",
+        },
+    ),
+)
+"""Every profile, first match wins."""
+
+
+def _config(source: str | Path, subfolder: str) -> dict | None:
+    """`subfolder/config.json` of a local folder, or of a hub id from the local Hugging Face cache (never the
+    network); None when there is none."""
+    path = Path(str(source)).expanduser() / subfolder / "config.json"
+    if not path.is_file():
+        if str(source).count("/") != 1 or Path(str(source)).exists():
+            return None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(source), f"{subfolder}/config.json")
+        except Exception:  # a malformed id: no profile
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def architecture_profile(source: str | Path) -> Profile | None:
+    """The profile of the model at `source` (a folder, or a hub id in the local cache), recognised from its
+    denoiser's config; None when no profile matches or no config can be read."""
+    configs: dict[str, dict | None] = {}
+    for profile in PROFILES:
+        if profile.denoiser not in configs:
+            configs[profile.denoiser] = _config(source, profile.denoiser)
+        config = configs[profile.denoiser]
+        if config is not None and profile.matches(config):
+            return profile
+    return None
