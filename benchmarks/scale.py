@@ -50,10 +50,11 @@ FULL = QUICK + [  # the issue's ADE-847 bound first, then resolution, then vocab
 ]
 
 
-DIT = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fastseg", 1024, 5, "none"),
-       ("fastseg", 1024, 5, "none", {"flip": False})]
-"""SD3-medium's transformer at 1024 px (`--arch sd3`): a forward is ~2B parameters over 4,429 tokens, minutes on this
-CPU, so the rows are the one-pass methods; T5 is not built (its 256 rows are the pipeline's zeros)."""
+AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fastseg", 1024, 5, "none"),
+           ("fastseg", 1024, 5, "none", {"flip": False})]
+"""SDXL's UNet (`--arch sdxl`) and SD3-medium's transformer (`--arch sd3`) at their native 1024 px: a forward is
+minutes on this CPU, so the rows are the one-pass methods. SD3's T5 is not built (its 256 rows are the pipeline's
+zeros)."""
 
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
@@ -175,7 +176,7 @@ def main() -> None:
             r = json.loads(line)
             done_rows[json.dumps(r["row"])] = r
     rows = []
-    for row in (DIT if args.arch in ("sd3", "sd35") else QUICK if args.quick else FULL):
+    for row in (AT_1024 if args.arch in ("sdxl", "sd3", "sd35") else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue

@@ -135,13 +135,42 @@ def run_methods(backbone, methods, tmp_path):
         check_result(result, (300, 400), ["pottedplant", "person", "sky"])
 
 
-@pytest.mark.parametrize("name", ["sd15", "sd21-base", pytest.param("sd21", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["sd15", "sd21-base", pytest.param("sd21", marks=pytest.mark.slow),
+                                  pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_one_pass_methods_run_on_each_architecture_at_its_native_size(reduced_folders, name, tmp_path):
-    """sd21 (768 px: 9,216-token self-attention maps) takes minutes even at reduced width: slow."""
+    """sd21 (768 px: 9,216-token self-attention maps) and sdxl (1024 px) take minutes even at reduced width: slow."""
     from promptseg import load_backbone
 
     backbone = load_backbone(str(reduced_folders[name]), device="cpu", dtype="fp32")
-    assert backbone.image_size == ((768, 768) if name == "sd21" else (512, 512))
+    assert backbone.image_size == {"sd21": (768, 768), "sdxl": (1024, 1024)}.get(name, (512, 512))
+    run_methods(backbone, IN_CI, tmp_path)
+
+
+def test_sdxl_is_conditioned_on_both_encoders_the_pooled_vector_and_size_ids(reduced_folders, tmp_path):
+    """Reduced SDXL, run at 512 px in CI (its UNet takes any size; 1024 px is the slow test above)."""
+    from promptseg import load_backbone
+
+    backbone = load_backbone(str(reduced_folders["sdxl"]), device="cpu", dtype="fp32")
+    assert backbone.text_encoder_2 is not None and backbone.attention_grids("cross") == [(64, 64), (32, 32)]
+    text = backbone.encode_text(["a cat", "a dog"])
+    widths = backbone.text_encoder.config.hidden_size + backbone.text_encoder_2.config.hidden_size
+    assert text.shape == (2, 78, widths) and backbone.context_of(text).shape == (2, 77, widths)
+    seen = {}
+    real = backbone.unet.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    backbone.unet.forward = spy
+    try:
+        backbone.predict(torch.randn(2, 4, 128, 128), torch.tensor([10, 10]), text)
+    finally:
+        del backbone.unet.forward
+    assert seen["encoder_hidden_states"].shape == (2, 77, widths)
+    assert torch.equal(seen["added_cond_kwargs"]["time_ids"][0], torch.tensor([1024.0, 1024, 0, 0, 1024, 1024]))
+    assert seen["added_cond_kwargs"]["text_embeds"].shape == (2, backbone.text_encoder_2.config.projection_dim)
+    backbone.unet.register_to_config(sample_size=64)  # 512 px: the UNet is convolutional
     run_methods(backbone, IN_CI, tmp_path)
 
 
@@ -166,7 +195,7 @@ def test_bf16_weights_run_on_the_cpu(reduced_folders, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SD_NAMES)
+@pytest.mark.parametrize("name", [n for n in SD_NAMES if n != "sdxl"])  # SDXL at full size: the scale benchmark
 def test_full_size_architectures_run_every_method(name, tmp_path):
     from promptseg.models import backbone_from_parts
     from promptseg.models.sd_configs import build_sd

@@ -130,7 +130,8 @@ class Baseline:
             cross = {g: store.mean("cross", g) for g in self.cross_grids}
         else:
             store = prepared.extra["store"]
-            cross = {g: store.cross_attention_for(text, g) for g in self.cross_grids}
+            context = self.backbone.context_of(text)
+            cross = {g: store.cross_attention_for(context, g) for g in self.cross_grids}
         label_cross = {g: label_scores(c, tokens.positions) for g, c in cross.items()}
         return label_cross, {g: store.self_attention(g) for g in self.self_grids}
 

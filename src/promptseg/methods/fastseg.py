@@ -153,7 +153,7 @@ class FastSeg:
         with torch.no_grad():
             for group in split_to_fit(tokenizer, labels, c.class_template, c.joiner):
                 tokens = build_prompt(tokenizer, group, c.class_template, c.joiner)
-                class_text = self.backbone.encode_text(tokens.prompt)  # the dual prompt's class-name half
+                class_text = self.backbone.context_of(self.backbone.encode_text(tokens.prompt))  # the class-name half
                 for g in self.cross_grids:
                     per_grid[g].append(label_scores(store.cross_attention_for(class_text, g), tokens.positions))
             return self.refined(per_grid, {g: store.self_attention(g) for g in self.hard_grids})

@@ -106,6 +106,11 @@ class DiffusionBackbone(abc.ABC):
         """(B, text_length, D) conditioning of `prompts`; `token_embeds` = (positions, rows) replaces input token
         embeddings at those positions, differentiably in `rows`."""
 
+    def context_of(self, text: torch.Tensor) -> torch.Tensor:
+        """The rows of an `encode_text` result that cross-attention keys read (a family that appends a pooled row
+        to the token states, SDXL's or SD3's, drops it)."""
+        return text
+
     # -- noise and prediction ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

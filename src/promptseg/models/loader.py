@@ -33,12 +33,13 @@ _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
 
 
 def family_of(folder: Path) -> str:
-    """The family of the diffusers folder `folder` ("unet" or "mmdit"), from its `model_index.json` and subfolders.
+    """The family of the diffusers folder `folder` ("unet": SD 1.x/2.x and SDXL; "mmdit": SD3/SD3.5), from its
+    `model_index.json` and subfolders.
 
     Raises:
         FileNotFoundError: not a diffusers folder.
-        ValueError: a family promptseg cannot load yet (FLUX, PixArt; SDXL's UNet with two text encoders), named,
-            instead of a traceback from deep inside a method.
+        ValueError: a family promptseg cannot load yet (FLUX, PixArt), named, instead of a traceback from deep
+            inside a method.
     """
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
@@ -46,13 +47,9 @@ def family_of(folder: Path) -> str:
         return "mmdit"
     if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
         raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
-                         "not load yet; it loads Stable Diffusion 1.x/2.x (UNet) and SD3/SD3.5 (MMDiT) models")
+                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet) and SD3/SD3.5 (MMDiT) models")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
-    if "XL" in pipeline or (folder / "text_encoder_2").is_dir():
-        raise ValueError(f"{folder} holds an SDXL-style model ({pipeline or 'text_encoder_2/'}): its UNet is "
-                         "conditioned on two text encoders and size ids, which promptseg does not load yet; use a "
-                         "Stable Diffusion 1.x/2.x model")
     return "unet"
 
 
@@ -69,7 +66,7 @@ def _hub_family(name: str, local_only: bool) -> str:
         return "mmdit"
     if pipeline in _UNLOADED_TRANSFORMERS:
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
-                         "1.x/2.x (UNet) and SD3/SD3.5 (MMDiT) models")
+                               "1.x/2.x and SDXL (UNet) and SD3/SD3.5 (MMDiT) models")
     return "unet"
 
 
@@ -93,7 +90,7 @@ def load_backbone(
     allow_pickle: bool = False,
     local_files_only: bool | None = None,
 ) -> DiffusionBackbone:
-    """Load a diffusion backbone (SD 1.x/2.x UNet, SD3/3.5 MMDiT), frozen, on `device` in `dtype`.
+    """Load a diffusion backbone (SD 1.x/2.x and SDXL UNets, SD3/3.5 MMDiT), frozen, on `device` in `dtype`.
 
     Args:
         name (`str`, defaults to SD 1.5's hub id): a bundled name ("shapes"), a local diffusers folder, a single
@@ -158,7 +155,7 @@ def load_backbone(
                 raise
             except Exception as err:  # hub, cache and network errors all come here
                 raise _hub_error(key, err) from err
-    if parts["unet"].config.get("addition_embed_type") == "text_time":  # a hub id or a single file of SDXL
-        raise ValueError(f"{key} is an SDXL-style model: its UNet is conditioned on two text encoders and size ids, "
-                         "which promptseg does not load yet; use a Stable Diffusion 1.x/2.x model")
+    if parts["unet"].config.get("addition_embed_type") == "text_time" and "text_encoder_2" not in parts:
+        raise ValueError(f"{key} is an SDXL-style model given as a single file: load SDXL from its diffusers folder "
+                         "or hub id (both text encoders are needed)")
     return unet.backbone_from_parts(key, parts, device=device, dtype=dtype, method_defaults=model_settings(key))

@@ -154,6 +154,9 @@ class DiTBackbone(DiffusionBackbone):
         pooled_dim = int(self.transformer.config.pooled_projection_dim)
         return text[:, :-1], text[:, -1, :pooled_dim]
 
+    def context_of(self, text: torch.Tensor) -> torch.Tensor:
+        return self.split_text(text)[0]
+
     # -- noise and prediction ---------------------------------------------------------------------------------
     def _sigma(self, t, like: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=like.device, dtype=torch.float32).reshape(-1)

@@ -1,5 +1,12 @@
 """The UNet family of backbones: Stable Diffusion 1.x / 2.x-style models (a UNet, a VAE, one CLIP text encoder, a
-DDPM noise schedule), from a diffusers folder, a hub id, a single checkpoint file, or promptseg's packed file.
+DDPM noise schedule) and SDXL (two CLIP encoders, pooled and size conditioning), from a diffusers folder, a hub id,
+a single checkpoint file, or promptseg's packed file.
+
+SDXL's conditioning, as `StableDiffusionXLPipeline.encode_prompt` builds it: both encoders' penultimate hidden
+states concatenated along channels (768 + 1280 = 2048), the second encoder's projected pooled vector and six size
+ids (original size, crop corner, target size: the native size, no crop) as `added_cond_kwargs`. `encode_text`
+returns the token states with the pooled vector as one last row (B, 77 + 1, 2048), so every method passes one
+tensor as for SD 1.x; `predict` splits it, and `context_of` gives the rows the cross-attention keys read.
 
 `promptseg.models.loader.load_backbone` decides where a model comes from and calls `load_folder` or
 `load_single_file` here; `backbone_from_parts` builds the `Backbone` from components in memory. Sizes (latent
@@ -48,6 +55,8 @@ class Backbone(DiffusionBackbone):
     device: torch.device
     dtype: torch.dtype
     method_defaults: dict = field(default_factory=dict)
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object = None
     _sampler: object = field(default=None, repr=False)
     family = "unet"
 
@@ -94,20 +103,28 @@ class Backbone(DiffusionBackbone):
         if too_long:
             raise ValueError(f"prompt(s) longer than the text encoder's {self.text_length} tokens: {too_long}")
         ids = torch.tensor(ids, device=self.device)
-        if token_embeds is None:
-            return self.text_encoder(ids)[0]
-        positions, rows = token_embeds
+        if self.text_encoder_2 is None:
+            return run_text_encoder(self.text_encoder, ids, token_embeds).last_hidden_state
+        ids_2 = torch.tensor(self.tokenizer_2(list(prompts), padding="max_length", max_length=self.text_length,
+                                              truncation=True).input_ids, device=self.device)
+        first = run_text_encoder(self.text_encoder, ids, token_embeds).hidden_states[-2]
+        second = run_text_encoder(self.text_encoder_2, ids_2, None)
+        states = torch.cat([first, second.hidden_states[-2]], dim=-1)
+        pooled = torch.nn.functional.pad(second.text_embeds, (0, states.shape[-1] - second.text_embeds.shape[-1]))
+        return torch.cat([states, pooled[:, None].to(states.dtype)], dim=1)
 
-        def replace(module, args, output):
-            output = output.clone()
-            output[:, positions] = rows.to(output.dtype)
-            return output
+    def context_of(self, text: torch.Tensor) -> torch.Tensor:
+        """The rows of an `encode_text` result the cross-attention reads (all but SDXL's pooled row)."""
+        return text if self.text_encoder_2 is None else text[:, :-1]
 
-        handle = self.text_encoder.get_input_embeddings().register_forward_hook(replace)
-        try:
-            return self.text_encoder(ids)[0]
-        finally:
-            handle.remove()
+    def _added_conditioning(self, text: torch.Tensor) -> dict | None:
+        """SDXL's `added_cond_kwargs` (pooled text vector, size ids of the native size) for an `encode_text` result."""
+        if self.text_encoder_2 is None:
+            return None
+        pooled = text[:, -1, : self.text_encoder_2.config.projection_dim]
+        h, w = self.image_size
+        ids = torch.tensor([h, w, 0, 0, h, w], device=text.device, dtype=text.dtype)
+        return {"text_embeds": pooled, "time_ids": ids.expand(text.shape[0], -1)}
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """DDPM's forward process: sqrt(a_t) latents + sqrt(1 - a_t) noise (the scheduler's `add_noise`)."""
@@ -115,7 +132,11 @@ class Backbone(DiffusionBackbone):
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The UNet's output (noise, velocity or sample, as `prediction_type` says) for `noisy` at `t`."""
-        return self.unet(noisy, t, encoder_hidden_states=text.to(self.dtype)).sample
+        text = text.to(self.dtype)
+        added = self._added_conditioning(text)
+        if added is not None and added["text_embeds"].shape[0] != noisy.shape[0]:
+            added = {k: v.expand(noisy.shape[0], *v.shape[1:]) for k, v in added.items()}
+        return self.unet(noisy, t, encoder_hidden_states=self.context_of(text), added_cond_kwargs=added).sample
 
     def noise_from_output(self, output: torch.Tensor, noisy: torch.Tensor, timestep: int) -> torch.Tensor:
         """The noise estimate from a UNet output, whatever the prediction type (eps, v or x0)."""
@@ -158,13 +179,17 @@ class Backbone(DiffusionBackbone):
         """Images from diffusers' `StableDiffusionPipeline` over these components (with a fresh scheduler of the same
         kind: sampling sets its timesteps)."""
         if self._sampler is None:
-            from diffusers import StableDiffusionPipeline
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
             scheduler = type(self.scheduler).from_config(self.scheduler.config)
-            self._sampler = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder,
-                                                    tokenizer=self.tokenizer, unet=self.unet, scheduler=scheduler,
-                                                    safety_checker=None, feature_extractor=None,
-                                                    requires_safety_checker=False)
+            common = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                          scheduler=scheduler)
+            if self.text_encoder_2 is not None:
+                self._sampler = StableDiffusionXLPipeline(**common, text_encoder_2=self.text_encoder_2,
+                                                          tokenizer_2=self.tokenizer_2)
+            else:
+                self._sampler = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                                        requires_safety_checker=False)
             self._sampler.set_progress_bar_config(disable=True)
         h, w = self.image_size
         result = self._sampler(list(prompts), height=h, width=w, num_inference_steps=steps, guidance_scale=guidance,
@@ -175,6 +200,25 @@ class Backbone(DiffusionBackbone):
         """The UNet's layers of each kind on the given grids, in `places` ("down", "mid", "up")."""
         return select_layers(self.unet, self.latent_size, self_grids=self_grids, cross_grids=cross_grids,
                              places=places)
+
+
+def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
+    """`encoder(ids)` with every hidden state; `token_embeds` = (positions, rows) replaces its input embeddings at
+    those positions, differentiably in `rows`."""
+    if token_embeds is None:
+        return encoder(ids, output_hidden_states=True)
+    positions, rows = token_embeds
+
+    def replace(module, args, output):
+        output = output.clone()
+        output[:, positions] = rows.to(output.dtype)
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        return encoder(ids, output_hidden_states=True)
+    finally:
+        handle.remove()
 
 
 def _freeze(*modules: torch.nn.Module) -> None:
@@ -203,13 +247,20 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
     # only a whole CLIP's folder leaves weights unused by design; any other folder's report is the user's to see
     with quiet_text_tower() if whole_clip else contextlib.nullcontext():
         text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
-    return {
+    parts = {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
         "text_encoder": text_encoder,
         "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),
         "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
     }
+    if parts["unet"].config.get("addition_embed_type") == "text_time":  # SDXL: the second encoder and tokenizer
+        from transformers import CLIPTextModelWithProjection
+
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", torch_dtype=dtype, **kwargs)
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **kwargs)
+    return parts
 
 
 def _is_packed(path: Path) -> bool:
@@ -298,11 +349,12 @@ def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, meth
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     backbone = Backbone(name=name, device=device, dtype=dtype, method_defaults=dict(method_defaults or {}), **parts)
-    for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+    modules = [m for m in (backbone.unet, backbone.vae, backbone.text_encoder, backbone.text_encoder_2) if m is not None]
+    for module in modules:
         module.to(device)
         if next(module.parameters()).dtype != dtype:  # loaded in `dtype` already unless built in memory
             module.to(dtype)
-    _freeze(backbone.unet, backbone.vae, backbone.text_encoder)
+    _freeze(*modules)
     # The VAE is all convolutions at the image's full size: channels-last runs them 18% faster on CPU (SD-1.5's
     # 512 px encode, 2 threads: 4.9 -> 4.0 s; the same latents to 1e-5) and is what diffusers recommends on GPU
     backbone.vae.to(memory_format=torch.channels_last)
