@@ -167,3 +167,19 @@ def test_architecture_profiles_are_recognised_from_the_config_and_the_folder_ove
     (folder / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": 6}))
     assert architecture_profile(folder) is None
     assert architecture_profile("owner/not-in-the-cache") is None
+
+
+def test_settings_command_names_each_values_origin(tmp_path, capsys):
+    import json
+
+    from promptseg.cli import main
+
+    folder = tmp_path / "sd3-copy"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text(json.dumps({"num_layers": 24, "patch_size": 2, "in_channels": 16}))
+    (folder / "promptseg_settings.json").write_text(json.dumps({"baseline": {"seed": 3}}))
+    assert main(["settings", str(folder), "--method", "baseline"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
+    assert "515" in lines["timestep"] and "profile sd3-medium: Seg4Diff" in lines["timestep"]
+    assert lines["seed"].split()[2] == "3" and lines["seed"].endswith("model folder")
+    assert lines["template"].endswith("default") and "[9]" in lines["blocks"]

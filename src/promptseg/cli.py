@@ -9,6 +9,7 @@ commands) run the bundled example and the tests.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from promptseg import __version__
@@ -193,6 +194,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from promptseg.pipeline import explain_settings
+
+    for row in explain_settings(args.model, args.method):
+        print(f"{row.method:10s} {row.setting:22s} {json.dumps(row.value, default=str):40s} {row.origin}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg.demo import serve
 
@@ -265,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     dpseg_train_arguments(dp)
     dp.set_defaults(func=cmd_train)
 
+    settings = sub.add_parser("settings", help="what each method runs with on a model, and where each value comes from")
+    settings.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="hub id, diffusers folder or bundled name")
+    settings.add_argument("--method", action="append", default=None, help="only this method (repeatable)")
+    settings.set_defaults(func=cmd_settings)
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_listing("methods"))
     demo = sub.add_parser("demo", help="start the web demo (needs the 'demo' extra: pip install 'promptseg[demo]')")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from promptseg.diffusion.encode import shared_encoding, to_pil
@@ -212,3 +214,52 @@ def run_stages(method, label_filter, image, labels, prompt: str | None = None, r
             return apply_refiner(refiner, pil, result)
         result.extra["refine"] = {"name": refiner.name, "regions": [], "erased": [], "seconds": 0.0}
         return result
+
+
+@dataclass
+class SettingOrigin:
+    """One setting a method runs with on a model, and where its value comes from."""
+
+    method: str
+    setting: str
+    value: object
+    origin: str
+    """"default" (the method's dataclass; its docstring names the paper), "profile <name>: <source>" (the model's
+    architecture, `promptseg.models.profiles`) or "model folder" (its `promptseg_settings.json`)."""
+
+
+def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None = None) -> list[SettingOrigin]:
+    """What each method (all registered ones by default) runs with on `model`, without loading it, and the origin of
+    every value: what `promptseg settings MODEL` prints.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    from promptseg.methods import list_methods, method_config
+    from promptseg.models.profiles import architecture_profile
+    from promptseg.models.zoo import BUNDLED
+
+    folder = BUNDLED[model].folder if model in BUNDLED else Path(model).expanduser()
+    profile = architecture_profile(folder if model in BUNDLED else model)
+    settings = model_settings(model)
+    own_file = Path(folder) / "promptseg_settings.json"
+    own = json.loads(own_file.read_text()) if own_file.is_file() else {}
+    rows = []
+    for name in methods or sorted(list_methods()):
+        config = method_config(name, **settings.get(name, {}))
+        for item in dataclasses.fields(config):
+            if item.name in own.get(name, {}):
+                origin = "model folder"
+            elif profile is not None and item.name in profile.settings.get(name, {}):
+                origin = f"profile {profile.name}: {profile.sources.get(f'{name}.{item.name}', '')}".rstrip(": ")
+            else:
+                origin = "default"
+            rows.append(SettingOrigin(name, item.name, getattr(config, item.name), origin))
+    for key in ("blocks", "clip_hidden_layer", "cross_softmax", "filter", "refine"):
+        if key in settings:
+            if key in own:
+                origin = "model folder"
+            else:
+                origin = f"profile {profile.name}: {profile.sources.get(key, '')}" if profile else "default"
+            rows.append(SettingOrigin("(model)", key, settings[key], origin))
+    return rows

@@ -47,15 +47,18 @@ class DiffusionBackbone(abc.ABC):
     changed."""
 
     # -- sizes ------------------------------------------------------------------------------------------------
+    # Read from the loaded configs; both families keep `vae`, `tokenizer`, `scheduler` and a `denoiser` whose config
+    # has `sample_size`, so these defaults serve them.
     @property
-    @abc.abstractmethod
     def latent_size(self) -> tuple[int, int]:
         """The denoiser's native latent grid (h, w)."""
+        size = self.denoiser.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
 
     @property
-    @abc.abstractmethod
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along a side."""
+        """Pixels per latent cell along a side: 2 ** (number of VAE blocks - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -63,14 +66,14 @@ class DiffusionBackbone(abc.ABC):
         return tuple(s * self.vae_scale_factor for s in self.latent_size)
 
     @property
-    @abc.abstractmethod
     def text_length(self) -> int:
-        """Padded prompt length in tokens, start and end tokens included."""
+        """Padded prompt length in tokens, start and end tokens included (77 for CLIP; read from the tokenizer)."""
+        return int(self.tokenizer.model_max_length)
 
     @property
-    @abc.abstractmethod
     def num_train_timesteps(self) -> int:
-        """Timesteps are integers in [0, num_train_timesteps)."""
+        """Timesteps are integers in [0, num_train_timesteps) (the scheduler's)."""
+        return int(self.scheduler.config.num_train_timesteps)
 
     @property
     @abc.abstractmethod
@@ -161,3 +164,22 @@ class DiffusionBackbone(abc.ABC):
             output = self.predict(latents, t, text)
         eps = self.noise_from_output(output, latents, timestep)
         return self.add_noise(latents, eps, t)
+
+
+def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
+    """`encoder(ids)` with every hidden state; `token_embeds` = (positions, rows) replaces its input embeddings at
+    those positions, differentiably in `rows`."""
+    if token_embeds is None:
+        return encoder(ids, output_hidden_states=True)
+    positions, rows = token_embeds
+
+    def replace(module, args, output):
+        output = output.clone()
+        output[:, positions] = rows.to(output.dtype)
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        return encoder(ids, output_hidden_states=True)
+    finally:
+        handle.remove()

@@ -75,20 +75,18 @@ def build_dit(name: str, reduced: bool = False, seed: int = 0, dtype: torch.dtyp
     """Random-weight components of transformer architecture `name`, seeded: transformer, vae, text_encoders,
     tokenizers, scheduler (the parts `promptseg.models.mmdit.backbone_from_parts` takes)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    from promptseg.models.tokenizers import BOS, EOS, build_clip_tokenizer
+    from promptseg.models.sd_configs import clip_text_tower
 
     def cast(module):
         return module if dtype == torch.float32 else module.to(dtype)
 
     spec = dit_configs(name, reduced)
     torch.manual_seed(seed)
-    tokenizers = [build_clip_tokenizer(model_max_length=77, pad_token=pad) for pad in spec["pad_tokens"]]
-    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(
-        **text, bos_token_id=tok.convert_tokens_to_ids(BOS), eos_token_id=tok.convert_tokens_to_ids(EOS),
-        pad_token_id=tok.pad_token_id)) for text, tok in zip(spec["text_encoders"], tokenizers)]
-    encoders = [cast(encoder) for encoder in encoders]
+    towers = [clip_text_tower(text, pad, CLIPTextModelWithProjection, dtype)
+              for text, pad in zip(spec["text_encoders"], spec["pad_tokens"])]
+    encoders, tokenizers = [tower[0] for tower in towers], [tower[1] for tower in towers]
     return {
         "transformer": cast(SD3Transformer2DModel(**spec["transformer"])),
         "vae": cast(AutoencoderKL(**spec["vae"])),

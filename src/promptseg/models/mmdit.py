@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
-from promptseg.models.base import DiffusionBackbone
+from promptseg.models.base import DiffusionBackbone, run_text_encoder
 from promptseg.models.hub import choose_device, choose_dtype
 
 T5_LENGTH = 256
@@ -92,23 +92,6 @@ class DiTBackbone(DiffusionBackbone):
         return int(self.transformer.config.patch_size)
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        size = self.transformer.config.sample_size
-        return (size, size) if isinstance(size, int) else tuple(size)
-
-    @property
-    def text_length(self) -> int:
-        return int(self.tokenizer.model_max_length)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.scheduler.config.num_train_timesteps)
-
-    @property
     def prediction_type(self) -> str:
         return "flow"
 
@@ -131,7 +114,7 @@ class DiTBackbone(DiffusionBackbone):
             too_long = [p for p, row in zip(prompts, ids) if len(row) > length]
             if too_long:
                 raise ValueError(f"prompt(s) longer than the text encoder's {length} tokens: {too_long}")
-            out = _run_encoder(encoder, torch.tensor(ids, device=self.device), token_embeds if i == 0 else None)
+            out = run_text_encoder(encoder, torch.tensor(ids, device=self.device), token_embeds if i == 0 else None)
             states.append(out.hidden_states[-2] if self.clip_hidden_layer == "penultimate" else out.last_hidden_state)
             projected = getattr(out, "text_embeds", None)
             pooled.append(out.pooler_output if projected is None else projected)
@@ -256,23 +239,6 @@ class DiTBackbone(DiffusionBackbone):
                                  f"attends over {self.grid}")
         blocks = set(self.blocks_for(places))
         return [layer for layer in self.attention_layers() if layer.block in blocks and wanted[layer.kind]]
-
-
-def _run_encoder(encoder, ids: torch.Tensor, token_embeds):
-    if token_embeds is None:
-        return encoder(ids, output_hidden_states=True)
-    positions, rows = token_embeds
-
-    def replace(module, args, output):
-        output = output.clone()
-        output[:, positions] = rows.to(output.dtype)
-        return output
-
-    handle = encoder.get_input_embeddings().register_forward_hook(replace)
-    try:
-        return encoder(ids, output_hidden_states=True)
-    finally:
-        handle.remove()
 
 
 def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dict | None = None) -> dict:

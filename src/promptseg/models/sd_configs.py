@@ -150,33 +150,38 @@ def configs(name: str, reduced: bool = False) -> dict:
     return out
 
 
+def clip_text_tower(config: dict, pad_token: str, cls, dtype: torch.dtype = torch.float32):
+    """A random-weight CLIP text encoder of class `cls` (`CLIPTextModel` or `CLIPTextModelWithProjection`) with
+    `config`, and CLIP's real tokenizer padding with `pad_token`: (encoder, tokenizer)."""
+    from transformers import CLIPTextConfig
+
+    from promptseg.models.tokenizers import BOS, EOS, build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(model_max_length=77, pad_token=pad_token)
+    encoder = cls(CLIPTextConfig(**config, bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+                                 eos_token_id=tokenizer.convert_tokens_to_ids(EOS), pad_token_id=tokenizer.pad_token_id))
+    return (encoder if dtype == torch.float32 else encoder.to(dtype)), tokenizer
+
+
 def build_sd(name: str, reduced: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     """Random-weight components of SD architecture `name`: unet, vae, text_encoder, tokenizer (CLIP's real BPE
     vocabulary), scheduler, seeded."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from promptseg.models.tokenizers import BOS, EOS, build_clip_tokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     spec = configs(name, reduced)
     torch.manual_seed(seed)
 
-    def text_tower(config: dict, pad: str, cls):
-        tokenizer = build_clip_tokenizer(model_max_length=77, pad_token=pad)
-        return cls(CLIPTextConfig(**config, bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-                                  eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-                                  pad_token_id=tokenizer.pad_token_id)).to(dtype), tokenizer
-
-    text, tokenizer = text_tower(spec["text_encoder"], spec["pad_token"], CLIPTextModel)
+    text, tokenizer = clip_text_tower(spec["text_encoder"], spec["pad_token"], CLIPTextModel, dtype)
     unet = UNet2DConditionModel(**spec["unet"]).to(dtype)
     vae = AutoencoderKL(**spec["vae"]).to(dtype)
     scheduler_spec = dict(spec["scheduler"])
     scheduler = getattr(diffusers, scheduler_spec.pop("_class_name")).from_config(scheduler_spec)
     parts = {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tokenizer, "scheduler": scheduler}
     if "text_encoder_2" in spec:
-        parts["text_encoder_2"], parts["tokenizer_2"] = text_tower(spec["text_encoder_2"], spec["pad_token_2"],
-                                                                   CLIPTextModelWithProjection)
+        parts["text_encoder_2"], parts["tokenizer_2"] = clip_text_tower(spec["text_encoder_2"], spec["pad_token_2"],
+                                                                        CLIPTextModelWithProjection, dtype)
     return parts
 
 

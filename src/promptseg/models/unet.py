@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from promptseg.models.attention_layers import AttentionLayer, attention_grids, list_attention_layers, select_layers
-from promptseg.models.base import DiffusionBackbone
+from promptseg.models.base import DiffusionBackbone, run_text_encoder
 from promptseg.models.hub import choose_device, choose_dtype, quiet_text_tower
 from promptseg.models.zoo import bundled
 
@@ -61,30 +61,9 @@ class Backbone(DiffusionBackbone):
     family = "unet"
 
     @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along a side: 2 ** (number of VAE blocks - 1)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        """The UNet's native latent grid (h, w)."""
-        size = self.unet.config.sample_size
-        return (size, size) if isinstance(size, int) else tuple(size)
-
-    @property
-    def text_length(self) -> int:
-        """Padded text length, start and end tokens included (77 for CLIP; read from the tokenizer)."""
-        return int(self.tokenizer.model_max_length)
-
-    @property
     def prediction_type(self) -> str:
         """"epsilon", "v_prediction" or "sample", from the scheduler config."""
         return self.scheduler.config.get("prediction_type", "epsilon")
-
-    @property
-    def num_train_timesteps(self) -> int:
-        """Timesteps are integers in [0, num_train_timesteps) (the scheduler's)."""
-        return int(self.scheduler.config.num_train_timesteps)
 
     def encode_text(self, prompts: list[str] | str, token_embeds: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
         """Text-encoder output for `prompts`, padded to `text_length`: (B, text_length, D).
@@ -200,25 +179,6 @@ class Backbone(DiffusionBackbone):
         """The UNet's layers of each kind on the given grids, in `places` ("down", "mid", "up")."""
         return select_layers(self.unet, self.latent_size, self_grids=self_grids, cross_grids=cross_grids,
                              places=places)
-
-
-def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
-    """`encoder(ids)` with every hidden state; `token_embeds` = (positions, rows) replaces its input embeddings at
-    those positions, differentiably in `rows`."""
-    if token_embeds is None:
-        return encoder(ids, output_hidden_states=True)
-    positions, rows = token_embeds
-
-    def replace(module, args, output):
-        output = output.clone()
-        output[:, positions] = rows.to(output.dtype)
-        return output
-
-    handle = encoder.get_input_embeddings().register_forward_hook(replace)
-    try:
-        return encoder(ids, output_hidden_states=True)
-    finally:
-        handle.remove()
 
 
 def _freeze(*modules: torch.nn.Module) -> None:
