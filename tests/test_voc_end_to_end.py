@@ -1,7 +1,7 @@
 """The README's VOC21 evaluation, end to end, on reduced SD-2.1-base (random weights, SD's topology): every semantic
 method completes on an image holding background + person + sofa + tv monitor (the 27-synonym background line of
 the bundled class names and three more labels overflow one 77-token prompt), with the true names and with the
-whole 21-name vocabulary."""
+whole 21-name vocabulary; and the background is judged as the references judge it."""
 
 import json
 
@@ -43,8 +43,8 @@ CASES = [
     # file whose background line is "background" alone
     ("dpseg", "oracle", ["--set", "weights=shapes-dpseg", "--set", "other_backbone=true", "--set", "prompt_images=1",
                          "--set", "generation_steps=1"]),
-    ("baseline", "all", ["--filter", "none"]),
-    ("fastseg", "all", ["--filter", "none"]),
+    ("baseline", "all", ["--filter", "none", "--background", "prompt"]),  # the 27-synonym line prompted
+    ("fastseg", "all", ["--filter", "none", "--background", "prompt"]),
 ]
 
 
@@ -62,3 +62,18 @@ def test_the_voc21_evaluation_completes(sd21_base, voc_root, tmp_path, method, n
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["n_images"] == 1 and report["n_failed"] == 0, report.get("failed")
     assert 0.0 <= report["miou"] <= 1.0
+
+
+def test_the_background_is_judged_by_the_references_threshold_unless_prompted(sd21_base, voc_root, tmp_path):
+    runs = {}
+    for mode in ("threshold", "prompt"):
+        out = tmp_path / mode
+        assert main(["eval", "--dataset", "voc21", "--root", str(voc_root), "--method", "fastseg", "--model",
+                     str(sd21_base), "--out", str(out), "--device", "cpu", "--refine", "none", "--background", mode]) == 0
+        record = json.loads(next((out / "images").glob("*.json")).read_text())
+        runs[mode] = (json.loads((out / "report.json").read_text()), record)
+    report, record = runs["threshold"]
+    assert record["classes"] == [15, 18, 20]  # background (0) is not prompted: the threshold decides it
+    assert report["settings"]["background_threshold"] == 0.55  # FA-Seg's VOC value
+    report, record = runs["prompt"]
+    assert record["classes"] == [0, 15, 18, 20]

@@ -136,7 +136,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
-        limit=args.limit, names=args.names, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
+        limit=args.limit, names=args.names, background=args.background, settings=_settings(args.settings),
+        device=args.device, dtype=args.dtype,
         class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings),
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default=None, help="dataset split (default: val; shapes: test)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     ev.add_argument("--names", default="oracle", help="class names offered per image: oracle, all, or a JSON file")
+    ev.add_argument("--background", choices=("threshold", "prompt"), default=None,
+                    help="VOC21/Context60/COCO-Object: judge background by the method's threshold (the references; "
+                         "default for methods that have one) or prompt its class line like any class")
     ev.add_argument("--class-names", default=None, help="your own class-name file (one class a line)")
     ev.add_argument("--save-vis", type=int, default=0, help="save prediction pictures of the first N images")
     ev.add_argument("--out", default="eval_out", help="output folder (rerun with the same one to resume)")

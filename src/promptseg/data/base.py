@@ -83,6 +83,9 @@ class SegDataset:
     name: str = ""
     class_names: list[str] = []
     background: int | None = None
+    reference_background_threshold: float | None = None
+    """FA-Seg's background threshold for this dataset (its published code: 0.55 VOC, 0.5 Context, 0.6 COCO-Object),
+    what `eval` gives FastSeg when the background is judged by threshold and no threshold was set."""
     ignore_index: int = IGNORE_INDEX
 
     def __len__(self) -> int:

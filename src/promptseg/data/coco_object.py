@@ -131,6 +131,8 @@ class COCOObjectDataset(SegDataset):
     Samples come in sorted id order; each is `Sample(image=RGB PIL image, label=HxW uint8 array, id=file stem)`.
     """
 
+    reference_background_threshold = 0.6  # FA-Seg's value for this dataset
+
     name = "coco_object"
     background = 0
 

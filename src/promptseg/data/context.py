@@ -30,6 +30,8 @@ class ContextDataset(VOCDataset):
     Each sample is `Sample(image=RGB PIL image, label=HxW uint8 array, id=file stem)`.
     """
 
+    reference_background_threshold = 0.5  # FA-Seg's value for this dataset
+
     year_dir = "VOC2010"
     label_dir = "SegmentationClassContext"
     split_dir = "ImageSets/SegmentationContext"

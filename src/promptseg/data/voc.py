@@ -95,6 +95,8 @@ class VOCDataset(SegDataset):
     Each sample is `Sample(image=RGB PIL image, label=HxW uint8 array, id=file stem)`.
     """
 
+    reference_background_threshold = 0.55  # FA-Seg's value for this dataset
+
     year_dir = "VOC2012"
     label_dir = "SegmentationClass"
     split_dir = "ImageSets/Segmentation"

@@ -46,6 +46,12 @@ class EvalRun:
     split: str | None = None
     limit: int | None = None
     names: str = "oracle"
+    background: str | None = None
+    """How a dataset with a background class (VOC21, Context60, COCO-Object) judges it: "threshold" (the
+    references' protocol: the background line is not prompted, and a pixel whose best score is below the method's
+    `background_threshold` is background; FastSeg gets the dataset's FA-Seg value unless one is set) or "prompt"
+    (the background line is offered like any class). None: "threshold" for a method that has a threshold, "prompt"
+    for one that has none (DPSeg). Datasets without a background class ignore it."""
     settings: dict = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
@@ -87,6 +93,30 @@ def _candidates(run: EvalRun, dataset) -> dict[str, list[str]] | None:
     return table
 
 
+def background_protocol(run: EvalRun, dataset, config) -> tuple[str | None, dict]:
+    """(how the background is judged: "threshold", "prompt" or None for a dataset without one; the method's
+    settings for the run) as `EvalRun.background` describes; `config` is the method's settings as the pipeline
+    resolved them (defaults, the model's, the caller's)."""
+    import dataclasses
+
+    settings = dict(run.settings)
+    if dataset.background is None:
+        return None, settings
+    if run.background not in (None, "threshold", "prompt"):
+        raise ValueError(f"background must be 'threshold' or 'prompt', got {run.background!r}")
+    threshold = getattr(config, "background_threshold", None)
+    mode = run.background or ("threshold" if threshold is not None else "prompt")
+    if mode == "prompt":
+        return mode, settings
+    default = {f.name: f.default for f in dataclasses.fields(config)}.get("background_threshold")
+    if run.method == "fastseg" and "background_threshold" not in settings and threshold == default:
+        settings["background_threshold"] = threshold = dataset.reference_background_threshold
+    if threshold is None:
+        raise ValueError(f"background='threshold' needs a background_threshold for {run.method}: set one "
+                         "(--set background_threshold=0.5) or use --background prompt")
+    return mode, settings
+
+
 def _class_ids_for(names: list[str], dataset) -> list[int]:
     """Dataset class indices for names that match any synonym of a class line."""
     lookup = {}
@@ -104,9 +134,16 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     from promptseg.pipeline import Pipeline
 
     dataset = get_dataset(run.dataset, run.root, run.class_names_file, **({"split": run.split} if run.split else {}))
-    pipe = Pipeline(run.model, run.method, settings=run.settings, filter=run.filter, filter_settings=run.filter_settings,
-                    refine=run.refine, refine_settings=run.refine_settings, labels_known=run.names == "oracle",
-                    device=run.device, dtype=run.dtype, backbone=backbone)
+
+    def pipeline(settings: dict) -> Pipeline:
+        return Pipeline(run.model, run.method, settings=settings, filter=run.filter,
+                        filter_settings=run.filter_settings, refine=run.refine, refine_settings=run.refine_settings,
+                        labels_known=run.names == "oracle", device=run.device, dtype=run.dtype, backbone=backbone)
+
+    pipe = pipeline(run.settings)
+    background, settings = background_protocol(run, dataset, pipe.method.config)
+    if settings != run.settings:
+        pipe = pipeline(settings)
     candidates = _candidates(run, dataset)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:
@@ -117,7 +154,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     out = Path(run.out)
     per_image = out / "images"
     shard = Shard()
-    signature = {"dataset": run.dataset, "split": run.split, "names": run.names, **pipe.signature,
+    signature = {"dataset": run.dataset, "split": run.split, "names": run.names, "background": background,
+                 **pipe.signature,
                  "class_names": dataset.class_names}
     if shard.is_main:
         per_image.mkdir(parents=True, exist_ok=True)
@@ -146,6 +184,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
                 class_ids = dataset.present_classes(sample.label)
             else:
                 class_ids = list(range(num_classes))
+            if background == "threshold":  # the method's threshold says background; its line is not prompted
+                class_ids = [c for c in class_ids if c != dataset.background]
             try:
                 record, pred = _evaluate_image(pipe, sample, dataset, labels, class_ids)
             except Exception as err:  # one image's failure must not end the run: it is recorded and reported
