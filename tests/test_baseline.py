@@ -147,3 +147,24 @@ def test_without_refinement_self_attention_is_not_recorded(tiny, image):
     refined = build_method("baseline", tiny, refine_iterations=1)(image, ["cat", "dog"])
     assert result.scores.shape == refined.scores.shape
     assert not np.allclose(result.scores, refined.scores, atol=1e-3)
+
+
+def test_per_class_prompts_run_one_pass_a_label(tiny, monkeypatch):
+    import promptseg.methods.baseline as baseline_module
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    prompts = []
+    real = baseline_module.attention_pass
+
+    def spy(backbone, latents, timestep, text, layers, **kwargs):
+        prompts.append(text.shape[0])
+        return real(backbone, latents, timestep, text, layers, **kwargs)
+
+    monkeypatch.setattr(baseline_module, "attention_pass", spy)
+    joint = build_method("baseline", tiny, template="a {}")(image, ["cat", "dog", "sky"])
+    assert len(prompts) == 1
+    per_class = build_method("baseline", tiny, template="a {}", prompt_mode="per_class")(image, ["cat", "dog", "sky"])
+    assert len(prompts) == 1 + 3 and per_class.labels == joint.labels
+    assert not np.allclose(per_class.scores, joint.scores)  # each word attended alone reads differently
+    with pytest.raises(ValueError, match="prompt_mode must be 'joint' or 'per_class'"):
+        build_method("baseline", tiny, prompt_mode="each")

@@ -48,6 +48,11 @@ class BaselineConfig:
     """Prompt template; `{}` becomes the labels joined by `joiner` (DiffSegmenter's "a photograph of")."""
     joiner: str = " and "
     """Text between label names in the prompt."""
+    prompt_mode: str = "joint"
+    """"joint": every label in one prompt, one pass per image (InvSeg's description of the baseline, whose Table 1
+    this method is); "per_class": one prompt and one pass per label (DiffSegmenter's protocol, which prompts each
+    candidate class alone; its BLIP caption continuation is not added). Labels that do not fit one joint prompt
+    are split into passes either way."""
     conditioning: str = "labels"
     """"labels": the UNet sees the label prompt (one pass per label set, the paper's recipe); "prompt": the UNet
     sees the prompt given to `prepare` (default empty) once per image, and any label set is read from the kept
@@ -61,6 +66,8 @@ class BaselineConfig:
     """Seed of the noise added to the latents."""
 
     def __post_init__(self):
+        if self.prompt_mode not in ("joint", "per_class"):
+            raise ValueError(f"prompt_mode must be 'joint' or 'per_class', got {self.prompt_mode!r}")
         if self.conditioning not in ("labels", "prompt"):
             raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
         if self.refine_iterations < 0:
@@ -106,7 +113,11 @@ class Baseline:
         """
         start = time.perf_counter()
         labels = as_labels(labels)
-        groups = split_to_fit(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
+        if self.config.prompt_mode == "per_class":
+            groups = [group for label in labels
+                      for group in split_to_fit(self.backbone.tokenizer, [label], self.config.template, self.config.joiner)]
+        else:
+            groups = split_to_fit(self.backbone.tokenizer, labels, self.config.template, self.config.joiner)
         crosses, self_attn = [], {}
         with torch.no_grad():
             for group in groups:
