@@ -40,8 +40,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[300, 500, 700])
     parser.add_argument("--tag", default="")
+    parser.add_argument("--cross-readout", default=None, choices=("joint", "text", "output"),
+                        help="the cross record's normalisation (default: the model's setting)")
     args = parser.parse_args()
     backbone = load_backbone(args.model, device="cpu")
+    if args.cross_readout:
+        backbone.transformer.promptseg_cross_readout = args.cross_readout
     blocks = len(backbone.transformer.transformer_blocks)
     rows = {}
     for t in args.timesteps:
@@ -51,8 +55,9 @@ def main() -> None:
             print(f"t={t} {place}: {100 * miou:.1f}", flush=True)
     out = HERE / "results" / f"{args.model}_blocks{args.tag}"
     out.with_suffix(".json").write_text(json.dumps({"n": args.n, "split": "val", "rows": rows}, indent=1))
+    mode = backbone.transformer.promptseg_cross_readout
     lines = [f"# {args.model}: the baseline read from one block (val, {args.n} images, oracle names, no filter, "
-             "no refiner; mIoU)", "", "| block | " + " | ".join(f"t={t}" for t in args.timesteps) + " |",
+             f"no refiner, cross_readout={mode}; mIoU)", "", "| block | " + " | ".join(f"t={t}" for t in args.timesteps) + " |",
              "| --- |" + " --- |" * len(args.timesteps)]
     for place, by_t in rows.items():
         name = "all blocks (mean)" if place == "joint" else place

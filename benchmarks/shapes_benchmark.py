@@ -2,6 +2,7 @@
 
     python benchmarks/shapes_benchmark.py --n 300                 # all methods, 300 test images
     python benchmarks/shapes_benchmark.py --methods fastseg       # rerun one method, keep the others' rows
+    python benchmarks/shapes_benchmark.py --model shapes-dit --poor-words 0   # the transformer: shapes-dit.{json,md}
 
 What it measures, all in one process on this machine:
 - mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset) in
@@ -12,8 +13,8 @@ What it measures, all in one process on this machine:
 - two references computed from the ground truth: "all background" (every pixel the image's true background word)
   and "present classes, random" (each pixel a uniformly random class among those present; oracle knowledge of
   which classes, none of where);
-- seconds per image, and the cost in UNet-forward equivalents: one bare UNet forward (batch 1, no capture) on the
-  same input is timed in the same run and counts 1;
+- seconds per image, and the cost in forward equivalents of the model's own denoiser: one bare UNet (or
+  transformer) forward (batch 1, no capture) on the same input is timed in the same run and counts 1;
 - the capture overhead: one UNet forward under capture of the baseline's layers against the bare forward.
 
 Every row runs without a refiner (`refine="none"`): the refiners' rows are `benchmarks/refine_benchmark.py`'s.
@@ -66,22 +67,22 @@ def references(n: int, seed: int = 0) -> dict:
 
 
 def unet_timings(backbone, repeats: int = 20, rounds: int = 7) -> dict:
-    """Seconds of one bare UNet forward (batch 1) and of one under the baseline's capture.
+    """Seconds of one bare denoiser forward (batch 1) and of one under the baseline's capture.
 
     The two are timed in alternating rounds of `repeats` calls and each takes the median round, so a burst of
     load on the shared machine hits both alike instead of skewing their ratio.
     """
     method = build_method("baseline", backbone)
-    latents = torch.randn(1, backbone.unet.config.in_channels, *backbone.latent_size)
+    latents = torch.randn(1, backbone.denoiser.config.in_channels, *backbone.latent_size)
     text = backbone.encode_text("a circle")
     t = torch.tensor([100])
 
     def bare():
-        backbone.unet(latents, t, encoder_hidden_states=text)
+        backbone.predict(latents, t, text)
 
     def captured():
-        with capture(backbone.unet, method.layers, AttentionStore(latent_hw=backbone.latent_size)):
-            backbone.unet(latents, t, encoder_hidden_states=text)
+        with capture(backbone.denoiser, method.layers, AttentionStore(latent_hw=backbone.latent_size)):
+            backbone.predict(latents, t, text)
 
     samples = {"bare_forward": [], "captured_forward": []}
     with torch.no_grad():
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--poor-words", type=float, default=1.0,
                         help="also run baseline and invseg with every class word's embedding pushed by this x its norm "
                              "(0: skip)")
+    parser.add_argument("--with-refiner", action="store_true",
+                        help="also each method in the vocabulary setting with the refiner the model recommends")
     parser.add_argument("--all-filters", default="baseline,fastseg",
                         help="methods also run with every other filter (and none) in the vocabulary setting")
     args = parser.parse_args()
@@ -139,7 +142,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model, device="cpu")
-    previous = json.loads((out / "shapes.json").read_text()) if (out / "shapes.json").exists() else {}
+    stem = "shapes" if args.model == "shapes" else args.model  # shapes.{json,md}; shapes-dit.{json,md}
+    previous = json.loads((out / f"{stem}.json").read_text()) if (out / f"{stem}.json").exists() else {}
     record = {
         "model": args.model,
         "n_images": args.n,
@@ -159,23 +163,27 @@ def main() -> None:
                 record[key] = previous[key]
     recommended = Pipeline(args.model, "baseline", backbone=backbone).filter.name
     for name in args.methods.split(","):
-        runs = [("all", recommended)]
+        runs = [("all", recommended, "none")]
         if name in args.all_filters.split(","):
-            runs += [("all", f) for f in list_filters() if f != recommended]
-        runs.append(("oracle", None))
-        for names, label_filter in runs:
+            runs += [("all", f, "none") for f in list_filters() if f != recommended]
+        runs.append(("oracle", None, "none"))
+        if args.with_refiner:
+            runs.append(("all", recommended, None))  # None: the refiner the model recommends
+        for names, label_filter, refine in runs:
             key = f"{name} ({'vocabulary, filter ' + label_filter if names == 'all' else 'oracle'})"
+            if refine is None:
+                key = key[:-1] + ", recommended refiner)"
             work = Path(tempfile.mkdtemp(prefix=f"shapes_{name}_"))
             report = evaluate(
-                EvalRun(refine="none", dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n, device="cpu",
-                        names=names, filter=label_filter),
+                EvalRun(refine=refine, dataset="shapes", method=name, model=args.model, out=str(work), limit=args.n,
+                        device="cpu", names=names, filter=label_filter),
                 progress=True,
                 backbone=backbone,
             )
             report["unet_forward_equivalents"] = report["seconds_per_image"] / record["timing"]["bare_forward"]
             record["methods"][key] = report
-            suffix = "" if names == "oracle" else f"_vocabulary_{label_filter}"
-            shutil.copy(work / "report.md", out / f"shapes_{name}{suffix}.md")
+            suffix = ("" if names == "oracle" else f"_vocabulary_{label_filter}") + ("_refined" if refine is None else "")
+            shutil.copy(work / "report.md", out / f"{stem}_{name}{suffix}.md")
             shutil.rmtree(work)
     if args.poor_words:  # InvSeg's motivation: class words that fit the image poorly (benchmarks/invseg_diagnosis.py)
         from invseg_diagnosis import poor_words
@@ -191,8 +199,8 @@ def main() -> None:
         del backbone.encode_text
     if "invseg" in args.methods.split(","):
         record["invseg_early_stop"] = early_stop_saving(backbone, args.model, min(args.n, 20))
-    (out / "shapes.json").write_text(json.dumps(record, indent=1))
-    (out / "shapes.md").write_text(summary(record))
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (out / f"{stem}.md").write_text(summary(record))
     print(summary(record))
 
 
@@ -200,13 +208,14 @@ def summary(record: dict) -> str:
     """A markdown table of all methods and references."""
     classes = list(record["references"]["all_background"]["per_class_iou"])
     shapes = ["circle", "square", "triangle"]
+    denoiser = "transformer" if "dit" in record["model"] else "UNet"
     head = ("| method (setting) | mIoU | shape mIoU | " + " | ".join(classes)
-            + " | filter P / R | s/image | UNet-forward equiv. |")
+            + f" | filter P / R | s/image | {denoiser}-forward equiv. |")
     lines = [
         f"# shapes benchmark ({record['n_images']} test images, model `{record['model']}`, promptseg "
         f"{record['promptseg_version']})",
         "",
-        f"Machine: {record['machine']}, torch {record['torch']}. One bare UNet forward: "
+        f"Machine: {record['machine']}, torch {record['torch']}. One bare {denoiser} forward: "
         f"{1000 * record['timing']['bare_forward']:.1f} ms; under the baseline's capture: "
         f"{1000 * record['timing']['captured_forward']:.1f} ms (x{record['timing']['capture_overhead']:.2f}).",
         "",

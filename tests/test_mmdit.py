@@ -52,9 +52,9 @@ def test_flow_matching_noising_and_its_inverse(sd3):
         assert torch.allclose(sd3.noise_from_output(velocity[i:i + 1], noisy[i:i + 1], step), eps[i:i + 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("cross_softmax", ["joint", "text"])
-def test_joint_capture_records_softmaxed_image_to_text_and_image_to_image_slices(sd3, cross_softmax, monkeypatch):
-    monkeypatch.setattr(sd3.transformer, "promptseg_cross_softmax", cross_softmax, raising=False)
+@pytest.mark.parametrize("cross_readout", ["joint", "text", "output"])
+def test_joint_capture_records_softmaxed_image_to_text_and_image_to_image_slices(sd3, cross_readout, monkeypatch):
+    monkeypatch.setattr(sd3.transformer, "promptseg_cross_readout", cross_readout, raising=False)
     text = sd3.encode_text("a cat on the grass")
     latents = torch.randn(1, 16, 32, 32)
     layers = sd3.select_layers({(16, 16)}, {(16, 16)}, ["block4"])
@@ -78,11 +78,18 @@ def test_joint_capture_records_softmaxed_image_to_text_and_image_to_image_slices
         kt = attn.add_k_proj(c).unflatten(-1, (heads, -1)).transpose(1, 2)
         image_logits, text_logits = (q @ k.transpose(-1, -2)) * attn.scale, (q @ kt.transpose(-1, -2)) * attn.scale
         joint = torch.cat([image_logits, text_logits], dim=-1).softmax(-1)[..., image_logits.shape[-1]:]
-        cross = (joint if cross_softmax == "joint" else text_logits.softmax(-1)).mean(1)
+        cross = (joint if cross_readout == "joint" else text_logits.softmax(-1)).mean(1)
         self_ = image_logits.softmax(-1).mean(1)
+        if cross_readout == "output":  # attention outputs of image and text tokens, dot product, softmax over text
+            qt = attn.add_q_proj(c).unflatten(-1, (heads, -1)).transpose(1, 2)
+            keys = torch.cat([k, kt], 2)
+            values = torch.cat([attn.to_v(x), attn.add_v_proj(c)], 1).unflatten(-1, (heads, -1)).transpose(1, 2)
+            out_i = (torch.cat([image_logits, text_logits], -1).softmax(-1) @ values).transpose(1, 2).flatten(2)
+            out_t = ((qt @ keys.transpose(-1, -2)) * attn.scale).softmax(-1) @ values
+            cross = (out_i @ out_t.transpose(1, 2).flatten(2).transpose(1, 2)).softmax(-1)
     assert torch.allclose(store.mean("cross", (16, 16)), cross, atol=1e-5)
     rows = store.mean("cross", (16, 16)).sum(-1)  # over the text keys alone: 1 only when normalised over them
-    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5) == (cross_softmax == "text")
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5) == (cross_readout != "joint")
     assert torch.allclose(store.mean("self", (16, 16)), self_, atol=1e-5)
     # and capture leaves the forward itself unchanged
     with torch.no_grad():

@@ -255,7 +255,7 @@ def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None =
             else:
                 origin = "default"
             rows.append(SettingOrigin(name, item.name, getattr(config, item.name), origin))
-    for key in ("blocks", "clip_hidden_layer", "cross_softmax", "filter", "refine"):
+    for key in ("blocks", "clip_hidden_layer", "cross_readout", "filter", "refine"):
         if key in settings:
             if key in own:
                 origin = "model folder"

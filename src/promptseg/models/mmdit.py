@@ -15,7 +15,7 @@ What the interface means here (`promptseg.models.base.DiffusionBackbone`):
   last row, zero-padded (B, T + 1, D): one tensor, so every method passes it on as it passes a UNet's; `predict`
   splits it. Word positions are found in the first CLIP encoder's tokens (the first 77 rows);
 - **attention**: each joint block (`transformer_blocks.i.attn`) is one "cross" layer (its image queries against the
-  text keys: the image-to-text block of the joint softmax, as Seg4Diff reads it; `"cross_softmax": "text"` in the
+  text keys: the image-to-text block of the joint softmax, as Seg4Diff reads it; `"cross_readout": "text"` in the
   model's settings renormalises it over the text keys) and one "self" layer (image queries against image keys,
   softmax over them), both at the token grid (latent / patch size); settings
   name blocks through `places` ("block9"; when none is named, the model's `"blocks"` setting, which SD3/SD3.5-medium's
@@ -286,7 +286,7 @@ def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, meth
     modules = [backbone.transformer, backbone.vae, *backbone.text_encoders]
     if backbone.t5_encoder is not None:
         modules.append(backbone.t5_encoder)
-    backbone.transformer.promptseg_cross_softmax = method_defaults.get("cross_softmax", "joint")
+    backbone.transformer.promptseg_cross_readout = method_defaults.get("cross_readout", "joint")
     for module in modules:
         if next(module.parameters()).dtype != dtype or next(module.parameters()).device != torch.device(device):
             module.to(device=device, dtype=dtype)

@@ -13,9 +13,11 @@ A transformer's joint-attention block (SD3's `JointAttnProcessor2_0`) keeps its 
 `JointRecordingProcessor` runs it and reads the image queries, image keys and text keys from hooks on `to_q`,
 `to_k` and `add_k_proj` (normed as the processor norms them). The "cross" record is the image-to-text block of
 the joint softmax (over image and text keys together: Seg4Diff's I2T attention, `SOFTMAX: True` in its eval
-config), or with `cross_softmax="text"` the softmax over the text keys alone (the attention the image would pay
-the text if it saw nothing else, a UNet's cross-attention); the transformer's `promptseg_cross_softmax` attribute
-chooses (the MMDiT family sets it from the model's settings). The "self" record is softmax(q k_image^T scale) over
+config), or with `cross_readout="text"` the softmax over the text keys alone (the attention the image would pay
+the text if it saw nothing else, a UNet's cross-attention), or with `cross_readout="output"` the dot product of the
+image and text tokens' attention *outputs*, softmaxed over the text tokens (ConceptAttention's output space, with
+the prompt's own tokens as concepts); the transformer's `promptseg_cross_readout` attribute chooses (the MMDiT
+family sets it from the model's settings). The "self" record is softmax(q k_image^T scale) over
 the image keys (lazily as query and key on large grids, as a UNet's).
 """
 
@@ -107,6 +109,10 @@ def _heads(x: torch.Tensor, heads: int, norm) -> torch.Tensor:
     return x.flatten(0, 1)
 
 
+CROSS_READOUTS = ("joint", "text", "output")
+"""How a joint block's image-to-text map is read (`JointRecordingProcessor`)."""
+
+
 class JointRecordingProcessor:
     """Runs a joint-attention block's own processor and records its image-to-text ("cross") and image-to-image
     ("self") attention (see the module docstring).
@@ -118,18 +124,20 @@ class JointRecordingProcessor:
         on_recorded (`callable`, *optional*): called after each call (early stopping).
     """
 
-    def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_softmax: str = "joint"):
-        if cross_softmax not in ("joint", "text"):
-            raise ValueError(f"cross_softmax must be 'joint' or 'text', got {cross_softmax!r}")
+    def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_readout: str = "joint"):
+        if cross_readout not in CROSS_READOUTS:
+            raise ValueError(f"cross_readout must be one of {CROSS_READOUTS}, got {cross_readout!r}")
         self.store, self.kinds, self.stock, self.on_recorded = store, set(kinds), stock, on_recorded
-        self.cross_softmax = cross_softmax
+        self.cross_readout = cross_readout
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         if encoder_hidden_states is None:
             raise ValueError("JointRecordingProcessor records joint (image + text) attention; this call had no text")
         seen = {}
+        names = ("to_q", "to_k", "add_k_proj") + (("add_q_proj", "to_v", "add_v_proj") if self.cross_readout == "output"
+                                                  and "cross" in self.kinds else ())
         hooks = [getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
-                 for name in ("to_q", "to_k", "add_k_proj")]
+                 for name in names]
         try:
             out = self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         finally:
@@ -145,7 +153,10 @@ class JointRecordingProcessor:
                                  "against other text cannot be read from kept queries; condition the pass on that text")
             text_key = _heads(seen["add_k_proj"], attn.heads, attn.norm_added_k)
             key = _heads(seen["to_k"], attn.heads, attn.norm_k)
-            store.add("cross", self._cross(query, key, text_key, attn.scale), attn.heads)
+            if self.cross_readout == "output":
+                store.add("cross", self._output_space(attn, seen, query, key, text_key), 1)
+            else:
+                store.add("cross", self._cross(query, key, text_key, attn.scale), attn.heads)
         if "self" in self.kinds:
             key = _heads(seen["to_k"], attn.heads, attn.norm_k)
             if store.wants_lazy("self", query.shape[1]):
@@ -156,12 +167,27 @@ class JointRecordingProcessor:
             self.on_recorded()
         return out
 
+    @staticmethod
+    def _output_space(attn, seen: dict, query, key, text_key) -> torch.Tensor:
+        """(B, N, T): each image token's attention output against each text token's, dot product over the heads'
+        channels, softmaxed over the text tokens (ConceptAttention's output-space map, with the prompt's own tokens
+        as the concepts)."""
+        text_query = _heads(seen["add_q_proj"], attn.heads, attn.norm_added_q)
+        keys = torch.cat([key, text_key], dim=1)
+        values = torch.cat([_heads(seen["to_v"], attn.heads, None), _heads(seen["add_v_proj"], attn.heads, None)], 1)
+        image_out = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+        text_out = torch.nn.functional.scaled_dot_product_attention(text_query, keys, values)
+
+        def merged(x):  # (B * heads, L, d) -> (B, L, heads * d)
+            return x.unflatten(0, (-1, attn.heads)).transpose(1, 2).flatten(2)
+
+        return (merged(image_out) @ merged(text_out).transpose(1, 2)).softmax(dim=-1)
 
     def _cross(self, query, key, text_key, scale) -> torch.Tensor:
         """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys; the
         joint normaliser is summed in chunks of heads, so no (B * heads, N, N) matrix is held at once."""
         text_logits = query @ text_key.transpose(1, 2) * scale
-        if self.cross_softmax == "text":
+        if self.cross_readout == "text":
             return text_logits.softmax(dim=-1)
         chunk = max(1, 2 ** 25 // (query.shape[1] * key.shape[1]))
         image_lse = torch.cat([(query[i:i + chunk] @ key[i:i + chunk].transpose(1, 2) * scale).logsumexp(dim=-1)
@@ -224,7 +250,7 @@ def capture(
         for name, names_kinds in kinds.items():
             if name in joint:
                 processor = JointRecordingProcessor(store, names_kinds, originals[name], hook,
-                                                    getattr(denoiser, "promptseg_cross_softmax", "joint"))
+                                                    getattr(denoiser, "promptseg_cross_readout", "joint"))
             else:
                 (kind,) = names_kinds
                 processor = RecordingProcessor(store, kind, hook)
