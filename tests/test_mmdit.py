@@ -168,9 +168,12 @@ def test_architecture_profiles_are_recognised_from_the_config_and_the_folder_ove
     config = {"num_layers": 24, "patch_size": 2, "in_channels": 16, "sample_size": 128}
     (folder / "transformer" / "config.json").write_text(json.dumps(config))
     assert architecture_profile(folder).name == "sd3-medium"
-    assert model_settings(str(folder)) == {"blocks": [9], "baseline": {"timestep": 515}}
+    settings = model_settings(str(folder))
+    assert settings["blocks"] == [9] and settings["baseline"] == {"timestep": 515}
+    assert settings["filter"] == "clip" and "blip" in settings["filters"]["clip"]["captioner"]  # the papers' filter
     (folder / "promptseg_settings.json").write_text(json.dumps({"blocks": [2], "baseline": {"template": "a {}"}}))
-    assert model_settings(str(folder)) == {"blocks": [2], "baseline": {"timestep": 515, "template": "a {}"}}
+    settings = model_settings(str(folder))
+    assert settings["blocks"] == [2] and settings["baseline"] == {"timestep": 515, "template": "a {}"}
     (folder / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": 6}))
     assert architecture_profile(folder) is None
     assert architecture_profile("owner/not-in-the-cache") is None
@@ -190,3 +193,20 @@ def test_settings_command_names_each_values_origin(tmp_path, capsys):
     assert "515" in lines["timestep"] and "profile sd3-medium: Seg4Diff" in lines["timestep"]
     assert lines["seed"].split()[2] == "3" and lines["seed"].endswith("model folder")
     assert lines["template"].endswith("default") and "[9]" in lines["blocks"]
+
+
+def test_real_sd_widths_get_the_papers_filter_and_reduced_copies_do_not(tmp_path):
+    import json
+
+    from promptseg.models.profiles import architecture_profile
+    from promptseg.models.sd_configs import configs
+
+    for name in ("sd15", "sd21-base", "sd21", "sdxl"):
+        for reduced in (False, True):
+            folder = tmp_path / f"{name}-{reduced}"
+            (folder / "unet").mkdir(parents=True)
+            (folder / "unet" / "config.json").write_text(json.dumps(configs(name, reduced)["unet"]))
+            profile = architecture_profile(folder)
+            assert (profile.name if profile else None) == (None if reduced else name)
+            if profile:
+                assert profile.settings["filter"] == "clip" and "filter" in profile.sources

@@ -52,12 +52,18 @@ class ClipFilter:
 
         self.config = config or ClipFilterConfig()
         device = backbone.device if backbone is not None else None
-        self.clip = load_clip(self.config.model, device=device)
-        self.captioner = None
-        if self.config.captioner:
-            from promptseg.filters.caption import load_captioner
+        try:
+            self.clip = load_clip(self.config.model, device=device)
+            self.captioner = None
+            if self.config.captioner:
+                from promptseg.filters.caption import load_captioner
 
-            self.captioner = load_captioner(self.config.captioner, device=device)
+                self.captioner = load_captioner(self.config.captioner, device=device)
+        except OSError as err:
+            raise OSError(f"{err}\nThe clip filter (with captioner {self.config.captioner!r}) is what this model runs "
+                          "by default, as the papers filter: `--filter-set captioner=null` keeps CLIP without the "
+                          "captioner (FastSeg then conditions on the class names alone unless you pass --caption), "
+                          "`--filter diffusion` needs no second model, `--filter none` offers every label") from err
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def label_embeds(self, labels) -> list[torch.Tensor]:

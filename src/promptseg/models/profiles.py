@@ -39,14 +39,41 @@ class Profile:
 
 
 _SEG4DIFF = "Seg4Diff (arXiv 2509.18096), configs/eval_ovss.yaml of cvlab-kaist/Seg4Diff"
+_PAPERS_FILTER = {
+    "filter": "clip",
+    "filters": {"clip": {"model": "openai/clip-vit-large-patch14",
+                         "captioner": "Salesforce/blip-image-captioning-large"}},
+}
+"""The papers' class filter: a BLIP caption and CLIP presence choose each image's classes (DiffSegmenter's
+protocol, which InvSeg follows; FA-Seg conditions on the same BLIP caption). The caption also reaches FastSeg as
+its conditioning prompt's first half."""
+_FILTER_SOURCES = {
+    "filter": "DiffSegmenter's protocol, followed by InvSeg (Method): BLIP caption + CLIP scores choose the classes",
+    "filters.clip.captioner": "FA-Seg (main_voc.py): BLIP caption + ' ; ' + classes is FastSeg's conditioning prompt",
+}
+
+
+def _unet_profile(name: str, signature: dict) -> Profile:
+    return Profile(name=name, denoiser="unet", signature=signature, settings=_PAPERS_FILTER, sources=_FILTER_SOURCES)
+
+
 PROFILES = (
+    # Stable Diffusion's UNets at their real widths (fine-tunes of them too; the reduced test copies are not these)
+    _unet_profile("sd15", {"cross_attention_dim": 768, "block_out_channels": [320, 640, 1280, 1280]}),
+    _unet_profile("sd21-base", {"cross_attention_dim": 1024, "block_out_channels": [320, 640, 1280, 1280],
+                                "sample_size": 64}),
+    _unet_profile("sd21", {"cross_attention_dim": 1024, "block_out_channels": [320, 640, 1280, 1280],
+                           "sample_size": 96}),
+    _unet_profile("sdxl", {"cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280],
+                           "addition_embed_type": "text_time"}),
     Profile(
         name="sd3-medium",
         denoiser="transformer",
         # SD3-medium and SD3.5-medium share this topology (24 joint blocks, 2x2 patches, 16 latent channels)
         signature={"num_layers": 24, "patch_size": 2, "in_channels": 16},
-        settings={"blocks": [9], "baseline": {"timestep": 515}},
+        settings={"blocks": [9], "baseline": {"timestep": 515}, **_PAPERS_FILTER},
         sources={
+            **_FILTER_SOURCES,
             "blocks": f"{_SEG4DIFF}: ATTENTION_LAYERS [9], the 'semantic grounding expert' block",
             "baseline.timestep": f"{_SEG4DIFF}: NOISE_STEPS 8 of NUM_INFERENCE_STEPS 28 with SD3's shift 3, i.e. "
                                  "the scheduler's timesteps[-8] = 515 (sigma 0.515)",

@@ -66,7 +66,8 @@ class Backbone(DiffusionBackbone):
         return self.scheduler.config.get("prediction_type", "epsilon")
 
     def encode_text(self, prompts: list[str] | str, token_embeds: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
-        """Text-encoder output for `prompts`, padded to `text_length`: (B, text_length, D).
+        """Text-encoder output for `prompts`, padded to `text_length`: (B, text_length, D); SDXL's (B, text_length
+        + 1, D), its pooled vector as the last row (module docstring).
 
         `token_embeds` = (positions, rows (P, D_in)) replaces the *input* token embeddings at those positions before
         the (frozen) text encoder, differentiably in `rows`: textual inversion's way of learning a word (Segment

@@ -122,6 +122,8 @@ class JointRecordingProcessor:
         kinds (`set[str]`): which of "cross" and "self" to record.
         stock: the processor the block had.
         on_recorded (`callable`, *optional*): called after each call (early stopping).
+        cross_readout (`str`, defaults to "joint"): how the "cross" record is read (`CROSS_READOUTS`, module
+            docstring).
     """
 
     def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_readout: str = "joint"):
