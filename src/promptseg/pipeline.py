@@ -43,6 +43,10 @@ NO_FILTER = "none"
 NO_REFINER = "none"
 
 
+BACKBONE_SETTINGS = ("blocks", "cross_readout", "clip_hidden_layer", "load_t5")
+"""Model-level settings of a transformer backbone (`promptseg.models.mmdit`), recorded in a run's signature."""
+
+
 def settings_json(config) -> dict:
     """A settings dataclass as JSON-ready data (tuples become lists), as a run file rereads it."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
@@ -104,6 +108,7 @@ class Pipeline:
         self._backbone = backbone
         self._built = built if built is not None else {}
         recommended = backbone.method_defaults if backbone is not None else model_settings(self.model)
+        self.backbone_settings = {k: recommended[k] for k in BACKBONE_SETTINGS if k in recommended}
         if task == "refer":
             require_refer(method)
         self.method = Stage(method, recommended_config(method, recommended, settings or {}))
@@ -130,6 +135,8 @@ class Pipeline:
     def signature(self) -> dict:
         """What a resumable run compares: the model and every stage's name and settings."""
         out = {"model": self.model, "method": self.method.name, "settings": self.method.settings}
+        if self.backbone_settings:  # a transformer's blocks and read-out (absent for UNets: older runs still match)
+            out["backbone_settings"] = self.backbone_settings
         if self.task == "segment":
             out.update(filter=self.filter.name, filter_settings=self.filter.settings,
                        refine=self.refiner.name, refine_settings=self.refiner.settings)

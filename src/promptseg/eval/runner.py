@@ -233,6 +233,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         "per_class_acc": {name: _num(v) for name, v in zip(names, result.acc)},
         "seconds_per_image": float(seconds / max(count, 1)),
         "settings": pipe.method.settings,
+        **({"backbone_settings": pipe.backbone_settings} if pipe.backbone_settings else {}),
         "filter": pipe.filter.name,
         "filter_settings": pipe.filter.settings,
         "refine": pipe.refiner.name,
@@ -329,6 +330,8 @@ def markdown_report(report: dict) -> str:
            f"({', '.join(report['unseen_classes'])}): mIoU {pct(report['miou_unseen'])}; hIoU {pct(report['hiou'])}"]
           if "miou_seen" in report else []),
         f"- settings: `{json.dumps(report['settings'], sort_keys=True)}`",
+        *([f"- backbone settings: `{json.dumps(report['backbone_settings'], sort_keys=True)}`"]
+          if "backbone_settings" in report else []),
         f"- filter settings: `{json.dumps(report['filter_settings'], sort_keys=True)}`",
         f"- refiner: `{report.get('refine', 'none')}`, settings `{json.dumps(report.get('refine_settings', {}), sort_keys=True)}`",
         "",
