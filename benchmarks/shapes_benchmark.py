@@ -2,7 +2,8 @@
 
     python benchmarks/shapes_benchmark.py --n 300                 # all methods, 300 test images
     python benchmarks/shapes_benchmark.py --methods fastseg       # rerun one method, keep the others' rows
-    python benchmarks/shapes_benchmark.py --model shapes-dit --poor-words 0   # the transformer: shapes-dit.{json,md}
+    python benchmarks/shapes_benchmark.py --model shapes-dit --poor-words 0 --all-filters "" \
+        --with-refiner baseline,fastseg                                       # the transformer: shapes-dit.{json,md}
 
 What it measures, all in one process on this machine:
 - mIoU / mAcc / per-class IoU of each method (`promptseg.eval.runner.evaluate`, accumulated over the dataset) in
@@ -132,8 +133,8 @@ def main() -> None:
     parser.add_argument("--poor-words", type=float, default=1.0,
                         help="also run baseline and invseg with every class word's embedding pushed by this x its norm "
                              "(0: skip)")
-    parser.add_argument("--with-refiner", action="store_true",
-                        help="also each method in the vocabulary setting with the refiner the model recommends")
+    parser.add_argument("--with-refiner", default="",
+                        help="methods also run in the vocabulary setting with the refiner the model recommends")
     parser.add_argument("--all-filters", default="baseline,fastseg",
                         help="methods also run with every other filter (and none) in the vocabulary setting")
     args = parser.parse_args()
@@ -167,7 +168,7 @@ def main() -> None:
         if name in args.all_filters.split(","):
             runs += [("all", f, "none") for f in list_filters() if f != recommended]
         runs.append(("oracle", None, "none"))
-        if args.with_refiner:
+        if name in args.with_refiner.split(","):
             runs.append(("all", recommended, None))  # None: the refiner the model recommends
         for names, label_filter, refine in runs:
             key = f"{name} ({'vocabulary, filter ' + label_filter if names == 'all' else 'oracle'})"
@@ -185,6 +186,7 @@ def main() -> None:
             suffix = ("" if names == "oracle" else f"_vocabulary_{label_filter}") + ("_refined" if refine is None else "")
             shutil.copy(work / "report.md", out / f"{stem}_{name}{suffix}.md")
             shutil.rmtree(work)
+            (out / f"{stem}.json").write_text(json.dumps(record, indent=1))  # after every row: a stopped run keeps it
     if args.poor_words:  # InvSeg's motivation: class words that fit the image poorly (benchmarks/invseg_diagnosis.py)
         from invseg_diagnosis import poor_words
 

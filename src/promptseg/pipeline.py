@@ -269,4 +269,11 @@ def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None =
             else:
                 origin = f"profile {profile.name}: {profile.sources.get(key, '')}" if profile else "default"
             rows.append(SettingOrigin("(model)", key, settings[key], origin))
+    chosen = settings.get("filter")
+    for key, value in (settings.get("filters") or {}).get(chosen, {}).items():
+        if key in ((own.get("filters") or {}).get(chosen) or {}):
+            origin = "model folder"
+        else:
+            origin = f"profile {profile.name}: {profile.sources.get(f'filters.{chosen}.{key}', '')}".rstrip(": ")
+        rows.append(SettingOrigin(f"(filter {chosen})", key, value, origin))
     return rows
