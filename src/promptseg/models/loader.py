@@ -70,6 +70,15 @@ def _hub_family(name: str, local_only: bool) -> str:
     return "unet"
 
 
+def _load_transformer(key: str, source: str, local_only: bool, device, dtype) -> DiffusionBackbone:
+    """An MMDiT backbone from a folder or hub id, with the settings its folder or architecture recommends (read
+    again after a hub download, which brings the configs the architecture is recognised from)."""
+    settings = model_settings(key)
+    parts = mmdit.load_folder(source, local_only, dtype, settings)
+    return mmdit.backbone_from_parts(key, parts, device=device, dtype=dtype,
+                                     method_defaults=settings or model_settings(key))
+
+
 def _hub_error(name: str, err: Exception) -> OSError:
     gated = ("\nSD3 and FLUX.1-dev repositories are gated: accept the licence on the model's page and log in "
              "(`huggingface-cli login`, or set HF_TOKEN) before downloading.") if name.startswith(_GATED) else ""
@@ -120,16 +129,14 @@ def load_backbone(
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
                                     f"train it: {BUNDLED[key].trained_by}")
         if family_of(folder) == "mmdit":
-            return mmdit.backbone_from_parts(key, mmdit.load_folder(str(folder), True, dtype, model_settings(key)),
-                                             device=device, dtype=dtype, method_defaults=model_settings(key))
+            return _load_transformer(key, str(folder), True, device, dtype)
         parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"))
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
             if family_of(path) == "mmdit":
-                return mmdit.backbone_from_parts(key, mmdit.load_folder(str(path), True, dtype, model_settings(key)),
-                                                 device=device, dtype=dtype, method_defaults=model_settings(key))
+                return _load_transformer(key, str(path), True, device, dtype)
             parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"))
         elif path.is_file():
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -148,8 +155,7 @@ def load_backbone(
         else:
             try:
                 if _hub_family(key, local_files_only) == "mmdit":
-                    return mmdit.backbone_from_parts(key, mmdit.load_folder(key, local_files_only, dtype),
-                                                     device=device, dtype=dtype, method_defaults=model_settings(key))
+                    return _load_transformer(key, key, local_files_only, device, dtype)
                 parts = unet.load_folder(key, local_files_only, dtype)
             except UnsupportedModel:
                 raise

@@ -149,18 +149,17 @@ class JointRecordingProcessor:
         if not store.keep_graph:
             seen = {k: v.detach() for k, v in seen.items()}
         query = _heads(seen["to_q"], attn.heads, attn.norm_q)
+        key = _heads(seen["to_k"], attn.heads, attn.norm_k)
         if "cross" in self.kinds:
             if store.keep_queries:
                 raise ValueError("a transformer's text keys are made inside its joint forward: cross-attention "
                                  "against other text cannot be read from kept queries; condition the pass on that text")
             text_key = _heads(seen["add_k_proj"], attn.heads, attn.norm_added_k)
-            key = _heads(seen["to_k"], attn.heads, attn.norm_k)
             if self.cross_readout == "output":
                 store.add("cross", self._output_space(attn, seen, query, key, text_key), 1)
             else:
                 store.add("cross", self._cross(query, key, text_key, attn.scale), attn.heads)
         if "self" in self.kinds:
-            key = _heads(seen["to_k"], attn.heads, attn.norm_k)
             if store.wants_lazy("self", query.shape[1]):
                 store.add_self_qk(query.contiguous(), key.contiguous(), attn.heads, attn.scale)
             else:
