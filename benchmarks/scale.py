@@ -53,8 +53,8 @@ FULL = QUICK + [  # the issue's ADE-847 bound first, then resolution, then vocab
 AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fastseg", 1024, 5, "none"),
            ("fastseg", 1024, 5, "none", {"flip": False})]
 """SDXL's UNet (`--arch sdxl`) and SD3-medium's transformer (`--arch sd3`) at their native 1024 px: a forward is
-minutes on this CPU, so the rows are the one-pass methods. SD3's T5 is not built (its 256 rows are the pipeline's
-zeros)."""
+minutes on this CPU, so the rows are the one-pass methods, each run once, and the unit is the median of two bare
+forwards (one before the method, one after). SD3's T5 is not built (its 256 rows are the pipeline's zeros)."""
 
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
@@ -109,9 +109,11 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
 
+    unit_runs = 1 if side >= 1024 else 3  # a forward at 1024 px is a minute or more on this CPU
+
     def bare_forwards() -> None:
         with torch.no_grad():
-            for _ in range(3):
+            for _ in range(unit_runs):
                 start = time.perf_counter()
                 backbone.predict(latents, torch.tensor([100]), text)
                 forwards.append(time.perf_counter() - start)
@@ -120,7 +122,7 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     out = {"method": method, "side": side, "labels": n_labels, "filter": label_filter, "settings": extra or {}}
     # the median of 3 runs where a run is short; one run where it is long (the optimising methods, a vocabulary of
     # more than 100 names, the diffusion filter's (labels + 1) x 3 UNet items)
-    repeats = 1 if method in ("invseg", "anyword") or n_labels > 100 or label_filter != "none" else 3
+    repeats = 1 if method in ("invseg", "anyword") or n_labels > 100 or label_filter != "none" or side >= 1024 else 3
     if method == "reference":
         seconds, runs, _ = timed(lambda: prepare_pixels(backbone, image), repeats)
         out.update(seconds=seconds, runs=runs)
@@ -152,6 +154,7 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     unit = float(np.median(forwards))
     out.update(bare_forward_s=unit, bare_forwards_s=forwards, forward_equivalents=out["seconds"] / unit)
     out["peak_rss_gb"] = peak_rss_gb()
+    out["torch_threads"] = torch.get_num_threads()
     return out
 
 
@@ -195,8 +198,11 @@ def main() -> None:
     record = {"arch": args.arch, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
-             f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}` on this 2-core CPU. Unit: the median "
-             "of six bare denoiser forwards in the same process, three before the method and three after"
+             f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}{'' if args.arch == 'sd15' else ' --arch ' + args.arch}` on this 2-core CPU. Unit: the median "
+             + ("of two bare denoiser forwards in the same process, one before the method and one after; each "
+                "method run once" if args.arch in ("sdxl", "sd3", "sd35") else
+                "of six bare denoiser forwards in the same process, three before the method and three after")
+             + "".join(f"; torch threads: {n}" for n in sorted({r["torch_threads"] for r in rows if "torch_threads" in r}))
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
              "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "

@@ -168,3 +168,41 @@ def test_per_class_prompts_run_one_pass_a_label(tiny, monkeypatch):
     assert not np.allclose(per_class.scores, joint.scores)  # each word attended alone reads differently
     with pytest.raises(ValueError, match="prompt_mode must be 'joint' or 'per_class'"):
         build_method("baseline", tiny, prompt_mode="each")
+
+
+def test_captions_complete_each_pass_prompt_after_the_label_tokens(tiny, monkeypatch):
+    """DiffSegmenter's protocol: per class, the captioner continues "a {class}" for the image and the UNet sees the
+    class prompt + " ++ " + the continuation; without a captioner a given caption (a filter's) completes every
+    pass's prompt. The label tokens are read where the label prompt put them."""
+    from promptseg.filters.caption import continuation
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    seen = []
+    real = tiny.encode_text
+    monkeypatch.setattr(tiny, "encode_text", lambda text: seen.append(text) or real(text))
+    method = build_method("baseline", tiny, template="a {}", prompt_mode="per_class")
+    plain = method(image, ["cat", "dog"])
+    asked = []
+    method.captioner = lambda pil, prefix: asked.append((pil.size, prefix)) or prefix.upper() + " on a sofa"
+    seen.clear()
+    captioned = method(image, ["cat", "dog"])
+    assert asked == [((64, 64), "a cat"), ((64, 64), "a dog")]  # one continuation a class, of the image
+    assert seen == ["a cat ++ on a sofa", "a dog ++ on a sofa"]
+    assert not np.allclose(captioned.scores, plain.scores)  # the continuation changes what the label attends to
+    seen.clear()
+    joint = build_method("baseline", tiny, template="a {}")(image, ["cat", "dog"], prompt="a cat on a sofa")
+    assert seen == ["a cat and dog ++ a cat on a sofa"] and joint.labels == ["background", "cat", "dog"]
+    assert continuation("a photograph of cat sitting on a sofa", "a photograph of Cat") == "sitting on a sofa"
+    assert continuation("two cats", "a photograph of cat") == "two cats"  # not a continuation: kept whole
+    with pytest.raises(ValueError, match="needs prompt_mode='per_class'"):
+        build_method("baseline", tiny, captioner="Salesforce/blip-image-captioning-large")
+
+
+def test_a_caption_is_cut_to_fit_and_never_moves_the_label_tokens(tiny):
+    from promptseg.text import append_to_fit
+
+    tokenizer = tiny.tokenizer
+    long = " ".join(["cat"] * 100)
+    text = append_to_fit(tokenizer, "a dog", long, " ++ ")
+    assert text.startswith("a dog ++ cat") and len(tokenizer(text).input_ids) == tokenizer.model_max_length
+    assert append_to_fit(tokenizer, "a dog", "", " ++ ") == "a dog"

@@ -407,3 +407,21 @@ def test_weights_refuse_a_backbone_that_did_not_draw_their_visual_prompts(tiny, 
     method = build_method("dpseg", tiny, weights="shapes-dpseg", cache_dir=str(tmp_path), other_backbone=True)
     assert method.net.config.training["diffusion_model"] == "shapes"
     assert same_model(str(tmp_path), str(tmp_path / ".." / tmp_path.name)) and not same_model("shapes", "scenes")
+
+
+def test_decoder_runs_in_float32_on_a_bf16_backbone(tiny_folder, tiny_dpseg, tmp_path):
+    """The decoder and its CLIP were trained in float32 and stay in it on a half-precision backbone: with text prompts
+    (nothing drawn by the backbone) a bf16 backbone gives the float32 backbone's scores exactly."""
+    from promptseg.methods import build_method
+    from promptseg.models import load_backbone
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    scores = {}
+    for dtype in ("fp32", "bf16"):
+        backbone = load_backbone(str(tiny_folder), device="cpu", dtype=dtype)
+        method = build_method("dpseg", backbone, weights=str(tiny_dpseg), cache_dir=str(tmp_path), prompts="text")
+        assert next(method.net.parameters()).dtype == torch.float32
+        assert next(method.clip.model.parameters()).dtype == torch.float32
+        scores[dtype] = method(image, ["cat", "dog"]).scores
+    assert backbone.dtype == torch.bfloat16
+    np.testing.assert_array_equal(scores["bf16"], scores["fp32"])

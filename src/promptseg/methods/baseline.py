@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from promptseg.diffusion.attention import attention_pass, plan_attention
-from promptseg.diffusion.encode import PreparedImage, prepare_pixels
+from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -29,7 +29,7 @@ from promptseg.diffusion.readout import (
     weighted_sum,
 )
 from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, finish, register_method
-from promptseg.text import build_prompt, label_scores, span_positions, split_to_fit
+from promptseg.text import append_to_fit, build_prompt, label_scores, span_positions, split_to_fit
 
 
 @dataclass
@@ -51,8 +51,16 @@ class BaselineConfig:
     prompt_mode: str = "joint"
     """"joint": every label in one prompt, one pass per image (InvSeg's description of the baseline, whose Table 1
     this method is); "per_class": one prompt and one pass per label (DiffSegmenter's protocol, which prompts each
-    candidate class alone; its BLIP caption continuation is not added). Labels that do not fit one joint prompt
-    are split into passes either way."""
+    candidate class alone, completed by `captioner`'s continuation). Labels that do not fit one joint prompt are
+    split into passes either way."""
+    captioner: str | None = None
+    """per_class only: a BLIP captioning model (hub id or folder; DiffSegmenter: "blip-image-captioning-large")
+    that continues each class's prompt for the image, "a photograph of cat" -> "a photograph of cat ++ sitting on a
+    sofa" (DiffSegmenter, open_vocabulary/voc12/ptp_stable_best.py). None: no continuation; a caption given to the
+    call (a filter's) is then appended to every pass's prompt instead."""
+    caption_separator: str = " ++ "
+    """Text between the label prompt and its caption (DiffSegmenter: "++"; spaces change nothing for CLIP's BPE and
+    keep other tokenizers from joining it to the last label word)."""
     conditioning: str = "labels"
     """"labels": the UNet sees the label prompt (one pass per label set, the paper's recipe); "prompt": the UNet
     sees the prompt given to `prepare` (default empty) once per image, and any label set is read from the kept
@@ -72,6 +80,9 @@ class BaselineConfig:
             raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
+        if self.captioner is not None and self.prompt_mode != "per_class":
+            raise ValueError(f"captioner={self.captioner!r} continues one class's prompt, so it needs "
+                             "prompt_mode='per_class' (or captioner=null)")
 
 
 @register_method("baseline", BaselineConfig)
@@ -86,6 +97,15 @@ class Baseline:
         if self.config.refine_iterations == 0:  # no refinement: self-attention is not needed, so not recorded
             self.self_grids = {}
             self.layers = [layer for layer in self.layers if layer.kind == "cross"]
+        self.captioner = None
+        if self.config.captioner:
+            from promptseg.filters.caption import load_captioner
+
+            try:
+                self.captioner = load_captioner(self.config.captioner, device=backbone.device)
+            except OSError as err:
+                raise OSError(f"{err}\nThe baseline continues each class's prompt with this captioner "
+                              "(DiffSegmenter's protocol): --set captioner=null runs it without") from err
 
     def prepare(self, image, prompt: str | None = None) -> PreparedImage:
         """Encode `image` (PIL or HxWx3 uint8) and noise it; with conditioning="prompt", also run the UNet once."""
@@ -93,6 +113,8 @@ class Baseline:
         prepared = prepare_pixels(self.backbone, image)
         noisy, _ = noised_latents(self.backbone, prepared.latents, self.config.timestep, self.config.seed)
         prepared.extra["noisy"] = noisy
+        if self.captioner is not None:  # it continues each class's prompt for this image
+            prepared.extra["image"] = to_pil(image)
         if self.config.conditioning == "prompt":
             with torch.no_grad():
                 text = self.backbone.encode_text(prompt or "")
@@ -105,12 +127,16 @@ class Baseline:
         prepared.timings["prepare"] = time.perf_counter() - start
         return prepared
 
-    def segment(self, prepared: PreparedImage, labels) -> SegmentationResult:
+    def segment(self, prepared: PreparedImage, labels, caption: str | None = None) -> SegmentationResult:
         """Segment a prepared image into `labels` (strings, commas separating synonyms, or `Label`s).
 
         Labels that do not fit one prompt are split into groups that do, one UNet pass per group (with
-        conditioning="labels"); self-attention is then averaged over the passes.
+        conditioning="labels"); self-attention is then averaged over the passes. Each pass's prompt is completed
+        by the captioner's continuation of it (per_class with `captioner`), else by `caption` (a filter's) as far
+        as it fits; the label tokens' positions are those of the label prompt either way.
         """
+        if caption is not None and self.config.conditioning == "prompt":
+            raise ValueError("with conditioning='prompt' the caption is the prompt given to prepare(), not to segment()")
         start = time.perf_counter()
         labels = as_labels(labels)
         if self.config.prompt_mode == "per_class":
@@ -122,7 +148,8 @@ class Baseline:
         with torch.no_grad():
             for group in groups:
                 tokens = build_prompt(self.backbone.tokenizer, group, self.config.template, self.config.joiner)
-                cross, selfs = self.read_attention(prepared, tokens, self.backbone.encode_text(tokens.prompt))
+                text = self.completed(prepared, tokens.prompt, caption)
+                cross, selfs = self.read_attention(prepared, tokens, self.backbone.encode_text(text))
                 crosses.append(cross)
                 # the mean over the passes, merged as they come: ADE-847's names take ~45 passes, and keeping each
                 # pass's 64x64 queries and keys until the end held 2.4 GB at SD's size
@@ -131,6 +158,17 @@ class Baseline:
             scores = self.scores(self_attn, label_cross)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores[0], labels, prepared.size, self.config.background_threshold, timings)
+
+    def completed(self, prepared: PreparedImage, prompt: str, caption: str | None) -> str:
+        """`prompt` followed by its caption: the captioner's continuation of it for this image (DiffSegmenter), or
+        `caption`; words that do not fit the text encoder are dropped from the caption's end."""
+        if self.captioner is not None and self.config.conditioning == "labels":
+            from promptseg.filters.caption import continuation
+
+            caption = continuation(self.captioner(prepared.extra["image"], prefix=prompt), prompt)
+        if not caption:
+            return prompt
+        return append_to_fit(self.backbone.tokenizer, prompt, caption, self.config.caption_separator)
 
     def read_attention(self, prepared: PreparedImage, tokens, text: torch.Tensor) -> tuple[dict, dict]:
         """Per-grid label cross-attention (1, N, K) and self-attention (1, N, N) for `text` (1, T, D), the encoded
@@ -186,5 +224,8 @@ class Baseline:
                            timings=timings, warnings=warnings, extra={"words": [expression[a:b] for a, b in spans]})
 
     def __call__(self, image, labels, prompt: str | None = None):
-        """`segment(prepare(image), labels)`."""
-        return self.segment(self.prepare(image, prompt), labels)
+        """`segment(prepare(image), labels)`; `prompt` (a caption, such as a filter's) completes the label prompts
+        with conditioning="labels" and is the UNet's prompt with conditioning="prompt"."""
+        if self.config.conditioning == "prompt":
+            return self.segment(self.prepare(image, prompt), labels)
+        return self.segment(self.prepare(image), labels, caption=prompt)

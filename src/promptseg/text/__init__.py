@@ -10,6 +10,7 @@ from promptseg.text.labels import (
     STUFF_WORDS,
     Label,
     PromptTokens,
+    append_to_fit,
     build_prompt,
     fit_prompt,
     fit_synonyms,
@@ -21,5 +22,5 @@ from promptseg.text.labels import (
     split_to_fit,
 )
 
-__all__ = ["STUFF_WORDS", "Label", "PromptTokens", "build_prompt", "fit_prompt", "fit_synonyms", "fit_words", "is_stuff", "label_scores",
+__all__ = ["STUFF_WORDS", "Label", "PromptTokens", "append_to_fit", "build_prompt", "fit_prompt", "fit_synonyms", "fit_words", "is_stuff", "label_scores",
            "parse_labels", "span_positions", "split_to_fit"]

@@ -214,6 +214,21 @@ def fit_words(tokenizer, head: str, words: Sequence[str], separator: str, joiner
     return tokenizer.decode(pieces).strip(), words, True
 
 
+def append_to_fit(tokenizer, prompt: str, tail: str, separator: str) -> str:
+    """`prompt` + `separator` + `tail`, with `tail`'s words dropped from its end until the text fits the text encoder;
+    `prompt` alone when no word of `tail` fits or when appending would change `prompt`'s own tokens (so the token
+    positions read from `prompt` stay valid). For a label prompt completed by a caption (DiffSegmenter's)."""
+    length = int(tokenizer.model_max_length)
+    own = _pieces(tokenizer, prompt)
+    words = tail.split()
+    for keep in range(len(words), 0, -1):
+        text = prompt + separator + " ".join(words[:keep])
+        pieces = _pieces(tokenizer, text)
+        if len(pieces) + 2 <= length:
+            return text if pieces[: len(own)] == own else prompt
+    return prompt
+
+
 def split_to_fit(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> list[list[Label]]:
     """Split `labels`, in order, into groups whose prompts each fit the text encoder (one group when all fit). A
     label whose synonyms alone do not fit one prompt keeps the first synonyms that do (`fit_synonyms`).

@@ -58,7 +58,10 @@ class DPSeg:
                 "--model shapes or --model scenes, which recommend the bundled shapes-dpseg and scenes-dpseg"
             )
         self.backbone = backbone
-        self.net, self.clip = _load(str(self.config.weights), backbone.device, backbone.dtype)
+        # the decoder and its CLIP run in float32 whatever the backbone's dtype: they were trained in float32 (as
+        # CAT-Seg and DPSeg train theirs), they are small beside the backbone, and a bf16 cost volume (cosines
+        # quantised to 1/128 near 1) flattens the decoder's input; only the visual prompts come from the backbone
+        self.net, self.clip = _load(str(self.config.weights), backbone.device, torch.float32)
         net_config = self.net.config
         drawn_by = net_config.training.get("diffusion_model")
         if drawn_by is not None and not self.config.other_backbone and not same_model(drawn_by, backbone.name):
