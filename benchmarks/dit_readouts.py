@@ -10,7 +10,10 @@ the background's) from the rest:
 - "i2t text": the same renormalised over the text keys (`cross_readout="text"`);
 - "t2i": the word's query against the image keys (the other direction of the same matrix);
 - "output": the dot product of the word's and each image token's attention *outputs*, softmaxed over the caption's
-  tokens (ConceptAttention's output-space read-out, with the caption's own tokens as the concepts).
+  tokens (ConceptAttention's output-space read-out, with the caption's own tokens as the concepts);
+- "concept": ConceptAttention proper (`promptseg.diffusion.concepts.ConceptStream`): the caption's word tokens as
+  concept tokens with their own residual stream, attending to the image and to each other only; the dot product of
+  outputs, concepts normalised per channel, softmaxed over the concepts.
 Written to benchmarks/results/<model>_readouts.md.
 """
 
@@ -26,6 +29,8 @@ import torch.nn.functional as F
 
 from promptseg import load_backbone
 from promptseg.data.shapes_world import BACKGROUNDS, CLASS_NAMES, COLOURS, SHAPES, render_sample
+from promptseg.diffusion.capture import run_until_captured
+from promptseg.diffusion.concepts import ConceptStream
 from promptseg.diffusion.encode import prepare_pixels
 from promptseg.diffusion.noise import noised_latents
 from promptseg.eval.metrics import auroc
@@ -81,11 +86,18 @@ def main() -> None:
     for index in range(args.n):
         sample = render_sample("val", index)
         noisy, _ = noised_latents(backbone, prepare_pixels(backbone, sample.image).latents, args.timestep, seed=index)
+        text = backbone.encode_text(sample.caption)
         with torch.no_grad():
-            backbone.predict(noisy, torch.tensor([args.timestep]), backbone.encode_text(sample.caption))
+            backbone.predict(noisy, torch.tensor([args.timestep]), text)
         tokens = backbone.tokenizer.convert_ids_to_tokens(backbone.tokenizer(sample.caption).input_ids)
-        for i, block in enumerate(blocks):
-            maps = block_maps(block.attn, seen, i)
+        read = {i: block_maps(block.attn, seen, i) for i, block in enumerate(blocks)}  # before the concepts' pass
+        own = backbone.context_of(text)[:, 1:len(tokens)]  # the caption's tokens after the start token as concepts
+        stream = ConceptStream(backbone.transformer, own, range(len(blocks)))
+        with torch.no_grad(), stream:
+            run_until_captured(backbone.predict, noisy, torch.tensor([args.timestep]), text)
+        for i, maps in read.items():
+            concept = stream.maps[i][0].T  # (concepts, N): concept c is the caption's token c + 1
+            maps["concept"] = torch.cat([concept.new_zeros(1, concept.shape[1]), concept])
             for position, token in enumerate(tokens):
                 found = word_mask(sample, token.replace("</w>", ""))
                 if found is None:
@@ -97,7 +109,7 @@ def main() -> None:
                     continue
                 for name, values in maps.items():
                     results[(kind, name, i)].append(auroc(values[position].numpy(), small))
-    names = ["i2t joint", "i2t text", "t2i", "output"]
+    names = ["i2t joint", "i2t text", "t2i", "output", "concept"]
     lines = [f"# Where a word is, read from `{args.model}`'s joint attention ({args.n} val images, t={args.timestep}; "
              "per-token AUROC, 0.5 = chance)", "", "| word kind | block | " + " | ".join(names) + " |",
              "| --- | --- |" + " --- |" * len(names)]

@@ -174,7 +174,7 @@ def test_captions_complete_each_pass_prompt_after_the_label_tokens(tiny, monkeyp
     """DiffSegmenter's protocol: per class, the captioner continues "a {class}" for the image and the UNet sees the
     class prompt + " ++ " + the continuation; without a captioner a given caption (a filter's) completes every
     pass's prompt. The label tokens are read where the label prompt put them."""
-    from promptseg.filters.caption import continuation
+    from promptseg.models.captioner import continuation
 
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     seen = []

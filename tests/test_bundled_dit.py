@@ -40,3 +40,16 @@ def test_the_baseline_beats_the_all_background_answer(dit):
         ours += confusion(lut[result.label_map], sample.label, k)
         trivial += confusion(np.full_like(sample.label, min(present)), sample.label, k)
     assert scores(ours).miou > scores(trivial).miou + 0.05, (scores(ours).miou, scores(trivial).miou)
+
+
+def test_conceptattention_runs_behind_the_models_filter_with_its_settings(dit):
+    from promptseg.pipeline import Pipeline
+
+    pipe = Pipeline("shapes-dit", "conceptattention", refine="none", backbone=dit).load()
+    method = pipe.method.instance
+    assert method.blocks == [3] and method.config.timestep == 100  # the folder's settings, chosen on val
+    sample = ShapesDataset(n=1)[0]
+    result = pipe.segment(sample.image, list(ShapesDataset(n=1).class_names))
+    kept = result.extra["filter"]["kept"]
+    assert set(result.labels) == set(kept) and len(kept) < 7  # the clip filter ran first; no background concept
+    assert result.label_map.shape == sample.label.shape

@@ -100,16 +100,21 @@ def test_concurrent_requests_do_not_mix(session, scene):
         assert np.array_equal(np.asarray(out.overlay), np.asarray(expected[labels].overlay))
 
 
-def test_every_registered_method_is_offered():
+def test_every_method_that_runs_on_the_backbone_is_offered():
     import gradio as gr
 
     from promptseg.demo import build_app
 
-    app = build_app(DemoSession("shapes", device="cpu"))
-    dropdowns = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)]
-    offered = {choice[0] if isinstance(choice, tuple) else choice for d in dropdowns for choice in d.choices}
-    assert set(list_methods()) <= offered and {"none", "clip", "diffusion"} <= offered
-    assert {"pamr", "sam"} <= offered  # the refiners
+    def offered(model: str) -> set:
+        app = build_app(DemoSession(model, device="cpu"))
+        dropdowns = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)]
+        return {choice[0] if isinstance(choice, tuple) else choice for d in dropdowns for choice in d.choices}
+
+    on_unet = offered("shapes")
+    assert set(list_methods()) - {"conceptattention"} <= on_unet and "conceptattention" not in on_unet
+    assert "conceptattention" in offered("shapes-dit")  # a transformer's joint attention: offered with a DiT
+    assert {"none", "clip", "diffusion"} <= on_unet
+    assert {"pamr", "sam"} <= on_unet  # the refiners
     assert legend_html(["background", "cat"]).count("legend-item") == 2
 
 

@@ -243,11 +243,11 @@ def build_app(session: DemoSession):
     import gradio as gr
 
     from promptseg.filters import list_filters
-    from promptseg.methods import list_methods
+    from promptseg.methods import methods_for
     from promptseg.methods.base import METHODS
     from promptseg.refiners import list_refiners
 
-    methods = list(list_methods())
+    methods = list(methods_for(session.backbone.family))  # what runs on this backbone (ConceptAttention: a DiT)
     referring = [name for name in methods if hasattr(METHODS.get(name)[0], "refer")]
     filters = [MODEL_DEFAULT] + list(list_filters())
     refiners = [MODEL_DEFAULT] + list(list_refiners())

@@ -56,7 +56,7 @@ class ClipFilter:
             self.clip = load_clip(self.config.model, device=device)
             self.captioner = None
             if self.config.captioner:
-                from promptseg.filters.caption import load_captioner
+                from promptseg.models.captioner import load_captioner
 
                 self.captioner = load_captioner(self.config.captioner, device=device)
         except OSError as err:

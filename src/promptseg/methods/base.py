@@ -88,6 +88,13 @@ def list_methods() -> dict[str, str]:
     return METHODS.summaries()
 
 
+def methods_for(family: str) -> dict[str, str]:
+    """`list_methods()` narrowed to the methods that run on a backbone of `family` ("unet", "mmdit"): a method class
+    names the families it reads in `families` (every family when it names none)."""
+    return {name: summary for name, summary in list_methods().items()
+            if family in getattr(METHODS.get(name)[0], "families", (family,))}
+
+
 def method_config(name: str, **overrides):
     """The settings dataclass of method `name` with its defaults, changed by `overrides`.
 
@@ -115,6 +122,7 @@ def build_method(name: str, backbone, config=None, **overrides):
 def _import_builtin_methods() -> None:
     import promptseg.methods.anyword  # noqa: F401
     import promptseg.methods.baseline  # noqa: F401
+    import promptseg.methods.conceptattention  # noqa: F401
     import promptseg.methods.dpseg  # noqa: F401
     import promptseg.methods.fastseg  # noqa: F401
     import promptseg.methods.invseg  # noqa: F401

@@ -99,7 +99,7 @@ class Baseline:
             self.layers = [layer for layer in self.layers if layer.kind == "cross"]
         self.captioner = None
         if self.config.captioner:
-            from promptseg.filters.caption import load_captioner
+            from promptseg.models.captioner import load_captioner
 
             try:
                 self.captioner = load_captioner(self.config.captioner, device=backbone.device)
@@ -163,7 +163,7 @@ class Baseline:
         """`prompt` followed by its caption: the captioner's continuation of it for this image (DiffSegmenter), or
         `caption`; words that do not fit the text encoder are dropped from the caption's end."""
         if self.captioner is not None and self.config.conditioning == "labels":
-            from promptseg.filters.caption import continuation
+            from promptseg.models.captioner import continuation
 
             caption = continuation(self.captioner(prepared.extra["image"], prefix=prompt), prompt)
         if not caption:
