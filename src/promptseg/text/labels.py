@@ -111,6 +111,22 @@ def _pieces(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
 
 
+def leading_specials(tokenizer) -> int:
+    """How many special tokens the tokenizer puts before the text: 1 for CLIP's BPE (its start token), 0 for T5's
+    SentencePiece (which only ends the text)."""
+    probe = _pieces(tokenizer, "a")
+    ids = tokenizer("a").input_ids
+    for i in range(len(ids) - len(probe) + 1):
+        if ids[i:i + len(probe)] == probe:
+            return i
+    raise ValueError("cannot find where the text starts among this tokenizer's special tokens")
+
+
+def specials(tokenizer) -> int:
+    """How many special tokens the tokenizer adds to a text (CLIP: start and end, 2; T5: end, 1)."""
+    return len(tokenizer("a").input_ids) - len(_pieces(tokenizer, "a"))
+
+
 def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> PromptTokens:
     """Put every synonym of every label into one prompt, `template` with `{}` replaced by the joined synonyms.
 
@@ -122,34 +138,28 @@ def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joine
         raise ValueError(f"prompt template must contain '{{}}' exactly once, got {template!r}")
     prefix, suffix = template.split("{}")
     length = int(tokenizer.model_max_length)
+    raw = prefix + joiner.join(synonym for label in labels for synonym in label.synonyms) + suffix
+    prompt = raw.strip()
+    ids = tokenizer(prompt, verbose=False).input_ids  # an overlong prompt is measured here, and refused below
+    if len(ids) > length:
+        raise ValueError(
+            f"the prompt for labels {[lab.name for lab in labels]} needs {len(ids)} tokens but the text encoder takes "
+            f"{length}: use fewer labels or synonyms per call, or a shorter template ({template!r})"
+        )
+    # each synonym's first token: the tokens of the text before it (as it is tokenized on its own: SentencePiece's
+    # pieces, unlike CLIP's words, depend on the neighbours, so a joiner's count alone is not enough)
+    lead, char = leading_specials(tokenizer), len(prefix) - (len(raw) - len(raw.lstrip()))
     positions: list[list[list[int]]] = []
-    cursor = 1 + len(_pieces(tokenizer, prefix))  # after the start token
-    texts = []
-    joiner_len = len(_pieces(tokenizer, joiner))
-    first = True
     for label in labels:
         spans = []
         for synonym in label.synonyms:
-            if not first:
-                cursor += joiner_len
-            first = False
-            n = len(_pieces(tokenizer, synonym))
-            spans.append(list(range(cursor, cursor + n)))
-            cursor += n
-            texts.append(synonym)
-        positions.append(spans)
-    prompt = (prefix + joiner.join(texts) + suffix).strip()
-    total = cursor + len(_pieces(tokenizer, suffix)) + 1  # end token
-    if total > length:
-        raise ValueError(
-            f"the prompt for labels {[lab.name for lab in labels]} needs {total} tokens but the text encoder takes "
-            f"{length}: use fewer labels or synonyms per call, or a shorter template ({template!r})"
-        )
-    ids = tokenizer(prompt).input_ids
-    for label, spans in zip(labels, positions):
-        for synonym, span in zip(label.synonyms, spans):
-            if ids[span[0] : span[-1] + 1] != _pieces(tokenizer, synonym):
+            first = lead + len(_pieces(tokenizer, prompt[:char].rstrip()))
+            pieces = _pieces(tokenizer, synonym)
+            if ids[first:first + len(pieces)] != pieces:
                 raise RuntimeError(f"token positions of {synonym!r} do not match the tokenized prompt {prompt!r}")
+            spans.append(list(range(first, first + len(pieces))))
+            char += len(synonym) + len(joiner)
+        positions.append(spans)
     return PromptTokens(prompt=prompt, labels=list(labels), positions=positions, length=length)
 
 
@@ -208,9 +218,9 @@ def fit_words(tokenizer, head: str, words: Sequence[str], separator: str, joiner
     words = list(words)
     for keep in range(len(words), -1, -1):
         text = separator.join(t for t in (head, joiner.join(words[:keep])) if t)
-        if len(_pieces(tokenizer, text)) + 2 <= length:
+        if len(_pieces(tokenizer, text)) + specials(tokenizer) <= length:
             return text, words[keep:], False
-    pieces = _pieces(tokenizer, head)[: length - 2]
+    pieces = _pieces(tokenizer, head)[: length - specials(tokenizer)]
     return tokenizer.decode(pieces).strip(), words, True
 
 
@@ -224,7 +234,7 @@ def append_to_fit(tokenizer, prompt: str, tail: str, separator: str) -> str:
     for keep in range(len(words), 0, -1):
         text = prompt + separator + " ".join(words[:keep])
         pieces = _pieces(tokenizer, text)
-        if len(pieces) + 2 <= length:
+        if len(pieces) + specials(tokenizer) <= length:
             return text if pieces[: len(own)] == own else prompt
     return prompt
 
@@ -260,9 +270,10 @@ def label_scores(cross: torch.Tensor, positions: list[list[list[int]]]) -> torch
 
 
 def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """Token indices in the tokenized `text` (start token at 0) of each character span [start, end) of it.
+    """Token indices in the tokenized `text` (special tokens included: CLIP's start token is 0) of each character
+    span [start, end) of it.
 
-    A span must start and end at word boundaries (CLIP's tokenizer splits words, never across them).
+    A span must start and end at word boundaries (CLIP's BPE and T5's SentencePiece split words, never across them).
 
     Raises:
         ValueError: `text` does not fit the text encoder, or a span's tokens do not match the tokenized text.
@@ -274,8 +285,9 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
             "shorten it"
         )
     out = []
+    lead = leading_specials(tokenizer)
     for start, end in spans:
-        first = 1 + len(_pieces(tokenizer, text[:start]))
+        first = lead + len(_pieces(tokenizer, text[:start]))
         pieces = _pieces(tokenizer, text[start:end])
         if not pieces or ids[first : first + len(pieces)] != pieces:
             raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
