@@ -56,6 +56,12 @@ AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fast
 minutes on this CPU, so the rows are the one-pass methods, each run once, and the unit is the median of two bare
 forwards (one before the method, one after). SD3's T5 is not built (its 256 rows are the pipeline's zeros)."""
 
+FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5, "none"),
+                       ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none")]
+"""FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,
+T5 and CLIP 64 and 32 wide), so every method's cost in transformer forwards can be measured here; seconds and memory
+are not FLUX's (its 12B transformer does not fit this machine)."""
+
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
 
@@ -86,8 +92,9 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
 
     from promptseg.data.base import bundled_class_names
     from promptseg.diffusion.encode import prepare_pixels
-    from promptseg.models import backbone_from_parts, mmdit
+    from promptseg.models import backbone_from_parts, flux, mmdit
     from promptseg.models.dit_configs import DIT_NAMES, build_dit
+    from promptseg.models.flux_configs import FLUX_NAMES, build_flux, flux_configs
     from promptseg.models.sd_configs import build_sd
     from promptseg.pipeline import Pipeline
     from promptseg.text import parse_labels
@@ -96,6 +103,12 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         parts = build_dit(arch)
         parts["transformer"].register_to_config(sample_size=side // 8)
         backbone = mmdit.backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
+    elif arch in FLUX_NAMES:  # FLUX.1's exact block structure at reduced width, at its native 1024 px and T5 length
+        parts = build_flux(arch, reduced=True)
+        length = flux_configs(arch)["max_sequence_length"]
+        parts["t5_tokenizer"].model_max_length = length
+        backbone = flux.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
+                                            method_defaults={"sample_size": side // 8, "max_sequence_length": length})
     else:
         parts = build_sd(arch)
         # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD
@@ -104,7 +117,7 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         backbone = backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
     assert backbone.image_size == (side, side), backbone.image_size
     image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8))
-    channels = 16 if arch in DIT_NAMES else 4
+    channels = 16 if arch in DIT_NAMES or arch in FLUX_NAMES else 4
     latents = torch.randn(1, channels, side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
@@ -179,7 +192,8 @@ def main() -> None:
             r = json.loads(line)
             done_rows[json.dumps(r["row"])] = r
     rows = []
-    for row in (AT_1024 if args.arch in ("sdxl", "sd3", "sd35") else QUICK if args.quick else FULL):
+    for row in (AT_1024 if args.arch in ("sdxl", "sd3", "sd35") else FLUX_ROWS if args.arch.startswith("flux1")
+                else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue
@@ -200,14 +214,14 @@ def main() -> None:
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale.py{' --quick' if args.quick else ''}{'' if args.arch == 'sd15' else ' --arch ' + args.arch}` on this 2-core CPU. Unit: the median "
              + ("of two bare denoiser forwards in the same process, one before the method and one after; each "
-                "method run once" if args.arch in ("sdxl", "sd3", "sd35") else
+                "method run once" if args.arch in ("sdxl", "sd3", "sd35") or args.arch.startswith("flux1") else
                 "of six bare denoiser forwards in the same process, three before the method and three after")
              + "".join(f"; torch threads: {n}" for n in sorted({r["torch_threads"] for r in rows if "torch_threads" in r}))
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
              "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "
              "encode, one bare forward).",
-             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') else 'UNet'}"
+             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') or args.arch.startswith('flux1') else 'UNet'}"
              "-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

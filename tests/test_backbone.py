@@ -137,9 +137,9 @@ def test_the_unet_family_implements_the_backbone_interface_and_its_vae_round_tri
 
 
 def test_folders_of_families_not_loaded_yet_are_refused_by_name(tmp_path):
-    for pipeline in ("FluxPipeline", "PixArtSigmaPipeline"):
+    for pipeline in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
         folder = tmp_path / pipeline
         (folder / "transformer").mkdir(parents=True)
         (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-        with pytest.raises(ValueError, match=f"diffusion transformer .*{pipeline}.* SD3/SD3.5"):
+        with pytest.raises(ValueError, match=f"diffusion transformer .*{pipeline}.* SD3/SD3.5 \\(MMDiT\\) and FLUX.1"):
             load_backbone(str(folder), device="cpu")

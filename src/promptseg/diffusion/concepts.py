@@ -12,9 +12,10 @@ attention's output space (before the output projection), the concepts softmaxed 
         run_until_captured(backbone.predict, noisy, t, text)    # the forward stops after the last read block
     stream.maps    # {block: (B, N, C) softmaxed over the C concepts}
 
-Works on diffusers' `JointTransformerBlock` (SD3, SD3.5, shapes-dit): the block's own processor runs untouched; the
-image's queries, keys, values and attention output are read from hooks on its projections, and the concept stream
-is advanced in a hook after the block.
+Works on diffusers' `JointTransformerBlock` (SD3, SD3.5, shapes-dit) and FLUX's double-stream `FluxTransformerBlock`
+(the image keys rotated by their rows of the rotary embedding; the concepts at position 0, as the reference's zero
+ids put them): the block's own processor runs untouched; the image's keys, values and attention output are read
+from hooks on its projections, and the concept stream is advanced in a hook after the block.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class ConceptStream:
             self._hooks.append(attn.to_out[0].register_forward_pre_hook(
                 lambda m, args, seen=seen: seen.__setitem__("out", args[0])))
             self._hooks.append(block.register_forward_hook(
-                lambda m, args, kwargs, out, index=index, seen=seen: self._after_block(
-                    m, index, seen, kwargs["temb"] if "temb" in kwargs else args[2]), with_kwargs=True))
+                lambda m, args, kwargs, out, index=index, seen=seen: self._after_block(m, index, seen, kwargs),
+                with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -89,21 +90,31 @@ class ConceptStream:
             hook.remove()
         self._hooks, self._state = [], None
 
-    def _after_block(self, block, index: int, seen: dict, temb: torch.Tensor) -> None:
+    def _after_block(self, block, index: int, seen: dict, kwargs: dict) -> None:
+        temb, rope = kwargs["temb"], kwargs.get("image_rotary_emb")
+        if rope is not None:  # FLUX: the joint sequence is [text; image]; the image keys are rotated by their rows
+            n_text = kwargs["encoder_hidden_states"].shape[1]
+            rope = tuple(part[n_text:] for part in rope) if isinstance(rope, tuple) else rope[n_text:]
         if self._state is None:  # the concepts enter as the prompt does: through the context embedder
             rows = self.rows.to(temb.dtype)
             self._state = self.transformer.context_embedder(rows).expand(temb.shape[0], -1, -1)
         attn, state = block.attn, self._state
-        if block.context_pre_only:  # the last block: the text stream ends here, concepts get no update
+        if getattr(block, "context_pre_only", False):  # SD3's last block: the text stream ends, no update
             normed, gates = block.norm1_context(state, temb), None
         else:
             normed, *gates = block.norm1_context(state, emb=temb)
 
-        def heads(x, norm):  # (B, L, heads * d) -> (B, heads, L, d), normed as the processor norms them
-            x = x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-            return norm(x) if norm is not None else x
+        def heads(x, norm, rotary=None):  # (B, L, heads * d) -> (B, heads, L, d), as the processor makes them
+            x = x.unflatten(-1, (attn.heads, -1))
+            x = norm(x) if norm is not None else x
+            if rotary is not None:
+                from diffusers.models.embeddings import apply_rotary_emb
 
-        keys, values = [heads(seen["to_k"], attn.norm_k)], [heads(seen["to_v"], None)]
+                x = apply_rotary_emb(x, rotary, sequence_dim=1)
+            return x.transpose(1, 2)
+
+        # the concepts sit at position 0 of every rotary axis (the reference's zero ids): no rotation for them
+        keys, values = [heads(seen["to_k"], attn.norm_k, rope)], [heads(seen["to_v"], None)]
         if self.attend_prompt:  # read before the concepts' own projections overwrite them
             keys.append(heads(seen["add_k_proj"], attn.norm_added_k))
             values.append(heads(seen["add_v_proj"], None))

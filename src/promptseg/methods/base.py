@@ -89,7 +89,7 @@ def list_methods() -> dict[str, str]:
 
 
 def methods_for(family: str) -> dict[str, str]:
-    """`list_methods()` narrowed to the methods that run on a backbone of `family` ("unet", "mmdit"): a method class
+    """`list_methods()` narrowed to the methods that run on a backbone of `family` ("unet", "mmdit", "flux"): a method class
     names the families it reads in `families` (every family when it names none)."""
     return {name: summary for name, summary in list_methods().items()
             if family in getattr(METHODS.get(name)[0], "families", (family,))}

@@ -2,7 +2,7 @@
 their own, and the map is read in the attention's output space.
 
 ConceptAttention (Helbling et al., ICML 2025, arXiv 2502.04320; code helblazer811/ConceptAttention) on the joint
-blocks of an SD3-style transformer (`promptseg.diffusion.concepts`):
+blocks of an SD3-style transformer or FLUX's double-stream blocks (`promptseg.diffusion.concepts`):
 1. resize to the native size, encode, noise once to `timestep` (rectified flow);
 2. one transformer pass conditioned on the caption (a filter's, or `prompt`), else on the labels' own prompt
    ("a cat, a dog", the prompt the reference's VOC experiment conditions on; as many labels as fit one prompt);
@@ -75,12 +75,12 @@ class ConceptAttentionConfig:
 class ConceptAttention:
     """ConceptAttention (ICML 2025): concept tokens beside a transformer's joint blocks, output-space maps."""
 
-    families = ("mmdit",)  # joint attention only: the demo offers it when a transformer is loaded
+    families = ("mmdit", "flux")  # joint attention only: the demo offers it when a transformer is loaded
 
     def __init__(self, backbone, config: ConceptAttentionConfig | None = None):
         self.config = config or ConceptAttentionConfig()
         blocks = getattr(getattr(backbone, "denoiser", None), "transformer_blocks", None)
-        if getattr(backbone, "family", None) != "mmdit" or blocks is None:
+        if getattr(backbone, "family", None) not in self.families or blocks is None:
             raise ValueError(f"conceptattention reads a diffusion transformer's joint attention; {backbone.name!r} is "
                              "a UNet: use baseline, fastseg or invseg on it, or load an SD3-style model")
         self.backbone = backbone

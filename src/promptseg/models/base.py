@@ -39,7 +39,7 @@ class DiffusionBackbone(abc.ABC):
     """
 
     family: str = ""
-    """The family's name ("unet", "mmdit")."""
+    """The family's name ("unet", "mmdit", "flux")."""
     text_keys_reusable: bool = True
     """Whether a cross-attention layer's keys depend on the text alone, so that kept queries can be read against any
     other text (`AttentionStore.cross_attention_for`: FastSeg's dual prompt, the baseline's "prompt" conditioning).
@@ -178,7 +178,11 @@ def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
         output[:, positions] = rows.to(output.dtype)
         return output
 
-    handle = encoder.get_input_embeddings().register_forward_hook(replace)
+    # the embedding the forward calls: T5's encoder has its own `embed_tokens` (tied to `shared`, which
+    # `get_input_embeddings` returns, but a different module in transformers 5); CLIP calls its input embeddings
+    stack = getattr(encoder, "encoder", None)
+    embedding = getattr(stack, "embed_tokens", None) or encoder.get_input_embeddings()
+    handle = embedding.register_forward_hook(replace)
     try:
         return encoder(ids, output_hidden_states=True)
     finally:

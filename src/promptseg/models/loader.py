@@ -6,7 +6,8 @@
     backbone = load_backbone("/models/sd15.safetensors", config="/models/sd15")  # single file
 
 This module decides where a model comes from and which family it is (`family_of`); the family's module loads its
-components (`promptseg.models.unet`: SD 1.x/2.x; `promptseg.models.mmdit`: SD3/3.5-style transformers). Device and dtype are chosen when not given: CUDA if present (bfloat16
+components (`promptseg.models.unet`: SD 1.x/2.x and SDXL; `promptseg.models.mmdit`: SD3/3.5-style transformers;
+`promptseg.models.flux`: FLUX.1). Device and dtype are chosen when not given: CUDA if present (bfloat16
 where supported, else float16), float32 on CPU.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import promptseg.models.flux as flux
 import promptseg.models.mmdit as mmdit
 import promptseg.models.unet as unet
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
@@ -26,28 +28,30 @@ from promptseg.models.zoo import BUNDLED, bundled, model_settings
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
-FAMILIES = ("unet", "mmdit")
+FAMILIES = ("unet", "mmdit", "flux")
 """The backbone families promptseg can load."""
-_UNLOADED_TRANSFORMERS = ("FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+_UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
 
 
 def family_of(folder: Path) -> str:
-    """The family of the diffusers folder `folder` ("unet": SD 1.x/2.x and SDXL; "mmdit": SD3/SD3.5), from its
-    `model_index.json` and subfolders.
+    """The family of the diffusers folder `folder` ("unet": SD 1.x/2.x and SDXL; "mmdit": SD3/SD3.5; "flux":
+    FLUX.1), from its `model_index.json` and subfolders.
 
     Raises:
         FileNotFoundError: not a diffusers folder.
-        ValueError: a family promptseg cannot load yet (FLUX, PixArt), named, instead of a traceback from deep
+        ValueError: a family promptseg cannot load yet (PixArt), named, instead of a traceback from deep
             inside a method.
     """
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
     if pipeline in mmdit.PIPELINES:
         return "mmdit"
+    if pipeline in flux.PIPELINES:
+        return "flux"
     if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
         raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
-                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet) and SD3/SD3.5 (MMDiT) models")
+                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT) and FLUX.1 models")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
     return "unet"
@@ -58,22 +62,28 @@ class UnsupportedModel(ValueError):
 
 
 def _hub_family(name: str, local_only: bool) -> str:
-    """The family of a hub id, from its `model_index.json` (FLUX/PixArt refused by name)."""
+    """The family of a hub id, from its `model_index.json` (PixArt refused by name)."""
     from diffusers import DiffusionPipeline
 
     pipeline = DiffusionPipeline.load_config(name, local_files_only=local_only).get("_class_name", "")
     if pipeline in mmdit.PIPELINES:
         return "mmdit"
+    if pipeline in flux.PIPELINES:
+        return "flux"
     if pipeline in _UNLOADED_TRANSFORMERS:
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
-                               "1.x/2.x and SDXL (UNet) and SD3/SD3.5 (MMDiT) models")
+                               "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT) and FLUX.1 models")
     return "unet"
 
 
-def _load_transformer(key: str, source: str, local_only: bool, device, dtype) -> DiffusionBackbone:
-    """An MMDiT backbone from a folder or hub id, with the settings its folder or architecture recommends (read
-    again after a hub download, which brings the configs the architecture is recognised from)."""
+def _load_transformer(key: str, source: str, local_only: bool, device, dtype, family: str) -> DiffusionBackbone:
+    """An MMDiT or FLUX backbone from a folder or hub id, with the settings its folder or architecture recommends
+    (read again after a hub download, which brings the configs the architecture is recognised from)."""
     settings = model_settings(key)
+    if family == "flux":
+        parts = flux.load_folder(source, local_only, dtype)
+        return flux.backbone_from_parts(key, parts, device=device, dtype=dtype,
+                                        method_defaults=settings or model_settings(key))
     parts = mmdit.load_folder(source, local_only, dtype, settings)
     return mmdit.backbone_from_parts(key, parts, device=device, dtype=dtype,
                                      method_defaults=settings or model_settings(key))
@@ -99,7 +109,7 @@ def load_backbone(
     allow_pickle: bool = False,
     local_files_only: bool | None = None,
 ) -> DiffusionBackbone:
-    """Load a diffusion backbone (SD 1.x/2.x and SDXL UNets, SD3/3.5 MMDiT), frozen, on `device` in `dtype`.
+    """Load a diffusion backbone (SD 1.x/2.x and SDXL UNets, SD3/3.5 MMDiT, FLUX.1), frozen, on `device` in `dtype`.
 
     Args:
         name (`str`, defaults to SD 1.5's hub id): a bundled name ("shapes"), a local diffusers folder, a single
@@ -128,15 +138,15 @@ def load_backbone(
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
                                     f"train it: {BUNDLED[key].trained_by}")
-        if family_of(folder) == "mmdit":
-            return _load_transformer(key, str(folder), True, device, dtype)
+        if family_of(folder) in ("mmdit", "flux"):
+            return _load_transformer(key, str(folder), True, device, dtype, family_of(folder))
         parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"))
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
-            if family_of(path) == "mmdit":
-                return _load_transformer(key, str(path), True, device, dtype)
+            if family_of(path) in ("mmdit", "flux"):
+                return _load_transformer(key, str(path), True, device, dtype, family_of(path))
             parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"))
         elif path.is_file():
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -154,8 +164,9 @@ def load_backbone(
             )
         else:
             try:
-                if _hub_family(key, local_files_only) == "mmdit":
-                    return _load_transformer(key, key, local_files_only, device, dtype)
+                family = _hub_family(key, local_files_only)
+                if family in ("mmdit", "flux"):
+                    return _load_transformer(key, key, local_files_only, device, dtype, family)
                 parts = unet.load_folder(key, local_files_only, dtype)
             except UnsupportedModel:
                 raise

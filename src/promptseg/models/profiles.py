@@ -39,6 +39,7 @@ class Profile:
 
 
 _SEG4DIFF = "Seg4Diff (arXiv 2509.18096), configs/eval_ovss.yaml of cvlab-kaist/Seg4Diff"
+_CONCEPT_ATTENTION = "ConceptAttention (arXiv 2502.04320), experiments/pascal_voc_segmentation of helblazer811/ConceptAttention"
 _PAPERS_FILTER = {
     "filter": "clip",
     "filters": {"clip": {"model": "openai/clip-vit-large-patch14",
@@ -77,6 +78,18 @@ PROFILES = (
             "blocks": f"{_SEG4DIFF}: ATTENTION_LAYERS [9], the 'semantic grounding expert' block",
             "baseline.timestep": f"{_SEG4DIFF}: NOISE_STEPS 8 of NUM_INFERENCE_STEPS 28 with SD3's shift 3, i.e. "
                                  "the scheduler's timesteps[-8] = 515 (sigma 0.515)",
+        },
+    ),
+    Profile(
+        name="flux1",
+        denoiser="transformer",
+        # FLUX.1-dev and -schnell at their real width (19 double + 38 single blocks of 24 x 128 channels)
+        signature={"num_layers": 19, "num_single_layers": 38, "in_channels": 64, "attention_head_dim": 128},
+        settings={"conceptattention": {"blocks": [14, 15, 16, 17]}, **_PAPERS_FILTER},
+        sources={
+            **_FILTER_SOURCES,
+            "conceptattention.blocks": f"{_CONCEPT_ATTENTION}: run_multi_class_seg_experiment.py, --layers default "
+                                       "range(14, 18) of the 19 double blocks",
         },
     ),
 )

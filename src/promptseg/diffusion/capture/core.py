@@ -9,15 +9,16 @@ Self-attention on a large grid (`AttentionStore.wants_lazy`) is not recorded as 
 diffusers' SDPA processor (`AttnProcessor2_0`) and its query and key are read from forward hooks on the layer's
 own `to_q` / `to_k` (head-split, `norm_q` / `norm_k` applied as the processor applies them).
 
-A transformer's joint-attention block (SD3's `JointAttnProcessor2_0`) keeps its own processor too: a
-`JointRecordingProcessor` runs it and reads the image queries, image keys and text keys from hooks on `to_q`,
-`to_k` and `add_k_proj` (normed as the processor norms them). The "cross" record is the image-to-text block of
+A transformer's joint-attention block (SD3's `JointAttnProcessor2_0`, FLUX's `FluxAttnProcessor` in double- and
+single-stream blocks) keeps its own processor too: a `JointRecordingProcessor` runs it and reads the image queries,
+image keys and text keys from hooks on `to_q`, `to_k` and `add_k_proj` (a single-stream block: `to_q`/`to_k` over
+[text; image], split at the text length), normed and rotated (FLUX's rotary embedding) as the processor does. The "cross" record is the image-to-text block of
 the joint softmax (over image and text keys together: Seg4Diff's I2T attention, `SOFTMAX: True` in its eval
 config), or with `cross_readout="text"` the softmax over the text keys alone (the attention the image would pay
 the text if it saw nothing else, a UNet's cross-attention), or with `cross_readout="output"` the dot product of the
 image and text tokens' attention *outputs*, softmaxed over the text tokens (ConceptAttention's output space, with
 the prompt's own tokens as concepts); the transformer's `promptseg_cross_readout` attribute chooses (the MMDiT
-family sets it from the model's settings). The "self" record is softmax(q k_image^T scale) over
+and FLUX families set it from the model's settings). The "self" record is softmax(q k_image^T scale) over
 the image keys (lazily as query and key on large grids, as a UNet's).
 """
 
@@ -101,12 +102,24 @@ class RecordingProcessor:
         return out
 
 
-def _heads(x: torch.Tensor, heads: int, norm) -> torch.Tensor:
-    """(B, N, heads * d) -> (B * heads, N, d), with the processor's per-head norm applied."""
-    x = x.unflatten(-1, (heads, -1)).transpose(1, 2)
+def _heads(x: torch.Tensor, heads: int, norm, rope=None) -> torch.Tensor:
+    """(B, N, heads * d) -> (B * heads, N, d), with the processor's per-head norm and rotary embedding (FLUX's
+    `image_rotary_emb` rows for these N tokens) applied as it applies them."""
+    x = x.unflatten(-1, (heads, -1))  # (B, N, heads, d)
     if norm is not None:
         x = norm(x)
-    return x.flatten(0, 1)
+    if rope is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        x = apply_rotary_emb(x, rope, sequence_dim=1)
+    return x.transpose(1, 2).flatten(0, 1)
+
+
+def _rope_rows(rope, start: int, stop: int | None):
+    """The rotary embedding's rows for tokens [start, stop) of the joint sequence (None: no rotary embedding)."""
+    if rope is None:
+        return None
+    return tuple(part[start:stop] for part in rope) if isinstance(rope, tuple) else rope[start:stop]
 
 
 CROSS_READOUTS = ("joint", "text", "output")
@@ -117,6 +130,11 @@ class JointRecordingProcessor:
     """Runs a joint-attention block's own processor and records its image-to-text ("cross") and image-to-image
     ("self") attention (see the module docstring).
 
+    Three layouts: SD3's joint blocks (image projections `to_q/k/v`, text projections `add_q/k/v_proj`, no rotary
+    embedding), FLUX's double-stream blocks (the same projections, text first in the joint sequence, rotary
+    embedding over text and image) and FLUX's single-stream blocks (one `to_q/k/v` over the concatenated text and
+    image tokens; the first `text_tokens` are the text, the count the FLUX family records on the transformer).
+
     Args:
         store (`AttentionStore`): where the maps go.
         kinds (`set[str]`): which of "cross" and "self" to record.
@@ -124,20 +142,27 @@ class JointRecordingProcessor:
         on_recorded (`callable`, *optional*): called after each call (early stopping).
         cross_readout (`str`, defaults to "joint"): how the "cross" record is read (`CROSS_READOUTS`, module
             docstring).
+        text_tokens (`int`, *optional*): a single-stream block's text length.
     """
 
-    def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_readout: str = "joint"):
+    def __init__(self, store: AttentionStore, kinds: set[str], stock, on_recorded=None, cross_readout: str = "joint",
+                 text_tokens: int | None = None):
         if cross_readout not in CROSS_READOUTS:
             raise ValueError(f"cross_readout must be one of {CROSS_READOUTS}, got {cross_readout!r}")
         self.store, self.kinds, self.stock, self.on_recorded = store, set(kinds), stock, on_recorded
-        self.cross_readout = cross_readout
+        self.cross_readout, self.text_tokens = cross_readout, text_tokens
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if encoder_hidden_states is None:
+        single = getattr(attn, "added_kv_proj_dim", True) is None  # FLUX's single-stream block
+        if encoder_hidden_states is None and not single:
             raise ValueError("JointRecordingProcessor records joint (image + text) attention; this call had no text")
+        if single and not self.text_tokens:
+            raise ValueError("a single-stream block's text length is unknown; the FLUX family records it")
+        rope = args[0] if args else kwargs.get("image_rotary_emb")
         seen = {}
-        names = ("to_q", "to_k", "add_k_proj") + (("add_q_proj", "to_v", "add_v_proj") if self.cross_readout == "output"
-                                                  and "cross" in self.kinds else ())
+        names = ("to_q", "to_k") + (("to_v",) if single or self.cross_readout == "output" else ())
+        if not single:
+            names += ("add_k_proj",) + (("add_q_proj", "add_v_proj") if self.cross_readout == "output" else ())
         hooks = [getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
                  for name in names]
         try:
@@ -148,36 +173,57 @@ class JointRecordingProcessor:
         store = self.store
         if not store.keep_graph:
             seen = {k: v.detach() for k, v in seen.items()}
-        query = _heads(seen["to_q"], attn.heads, attn.norm_q)
-        key = _heads(seen["to_k"], attn.heads, attn.norm_k)
+        streams = self._streams(attn, seen, single, rope)
+        query, key = streams["q"], streams["k"]
         if "cross" in self.kinds:
             if store.keep_queries:
                 raise ValueError("a transformer's text keys are made inside its joint forward: cross-attention "
                                  "against other text cannot be read from kept queries; condition the pass on that text")
-            text_key = _heads(seen["add_k_proj"], attn.heads, attn.norm_added_k)
             if self.cross_readout == "output":
-                store.add("cross", self._output_space(attn, seen, query, key, text_key), 1)
+                store.add("cross", self._output_space(attn, streams), 1)
             else:
-                store.add("cross", self._cross(query, key, text_key, attn.scale), attn.heads)
+                store.add("cross", self._cross(query, key, streams["text_k"], _scale(attn)), attn.heads)
         if "self" in self.kinds:
             if store.wants_lazy("self", query.shape[1]):
-                store.add_self_qk(query.contiguous(), key.contiguous(), attn.heads, attn.scale)
+                store.add_self_qk(query.contiguous(), key.contiguous(), attn.heads, _scale(attn))
             else:
-                store.add("self", (query @ key.transpose(1, 2) * attn.scale).softmax(dim=-1), attn.heads)
+                store.add("self", (query @ key.transpose(1, 2) * _scale(attn)).softmax(dim=-1), attn.heads)
         if self.on_recorded is not None:
             self.on_recorded()
         return out
 
+    def _streams(self, attn, seen: dict, single: bool, rope) -> dict:
+        """The image ("q", "k", "v") and text ("text_q", "text_k", "text_v") streams' heads, (B * heads, L, d),
+        normed and rotated as the processor does; only those the read-out needs."""
+        heads, out = attn.heads, {}
+        if single:  # [text; image] in one projection
+            n = self.text_tokens
+            parts = {"q": (seen["to_q"], attn.norm_q), "k": (seen["to_k"], attn.norm_k), "v": (seen["to_v"], None)}
+            for name, (x, norm) in parts.items():
+                rotated = rope if name != "v" else None  # queries and keys are rotated, values are not
+                out[name] = _heads(x[:, n:], heads, norm, _rope_rows(rotated, n, None))
+                out["text_" + name] = _heads(x[:, :n], heads, norm, _rope_rows(rotated, 0, n))
+            return out
+        n_text = seen["add_k_proj"].shape[1]
+        # SD3 has no rotary embedding; FLUX's joint sequence is text first, then image
+        image_rope, text_rope = _rope_rows(rope, n_text, None), _rope_rows(rope, 0, n_text)
+        out["q"] = _heads(seen["to_q"], heads, attn.norm_q, image_rope)
+        out["k"] = _heads(seen["to_k"], heads, attn.norm_k, image_rope)
+        out["text_k"] = _heads(seen["add_k_proj"], heads, attn.norm_added_k, text_rope)
+        if "add_q_proj" in seen:
+            out["text_q"] = _heads(seen["add_q_proj"], heads, attn.norm_added_q, text_rope)
+            out["v"], out["text_v"] = _heads(seen["to_v"], heads, None), _heads(seen["add_v_proj"], heads, None)
+        return out
+
     @staticmethod
-    def _output_space(attn, seen: dict, query, key, text_key) -> torch.Tensor:
+    def _output_space(attn, streams: dict) -> torch.Tensor:
         """(B, N, T): each image token's attention output against each text token's, dot product over the heads'
         channels, softmaxed over the text tokens (ConceptAttention's output-space map, with the prompt's own tokens
         as the concepts)."""
-        text_query = _heads(seen["add_q_proj"], attn.heads, attn.norm_added_q)
-        keys = torch.cat([key, text_key], dim=1)
-        values = torch.cat([_heads(seen["to_v"], attn.heads, None), _heads(seen["add_v_proj"], attn.heads, None)], 1)
-        image_out = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
-        text_out = torch.nn.functional.scaled_dot_product_attention(text_query, keys, values)
+        keys = torch.cat([streams["k"], streams["text_k"]], dim=1)
+        values = torch.cat([streams["v"], streams["text_v"]], dim=1)
+        image_out = torch.nn.functional.scaled_dot_product_attention(streams["q"], keys, values)
+        text_out = torch.nn.functional.scaled_dot_product_attention(streams["text_q"], keys, values)
 
         def merged(x):  # (B * heads, L, d) -> (B, L, heads * d)
             return x.unflatten(0, (-1, attn.heads)).transpose(1, 2).flatten(2)
@@ -195,6 +241,12 @@ class JointRecordingProcessor:
                                for i in range(0, query.shape[0], chunk)])
         total = torch.logaddexp(image_lse, text_logits.logsumexp(dim=-1))
         return (text_logits - total[..., None]).exp()
+
+
+def _scale(attn) -> float:
+    """The block's softmax scale (SD3's `Attention.scale`; FLUX's attention uses head_dim ** -0.5)."""
+    scale = getattr(attn, "scale", None)
+    return float(scale) if scale is not None else attn.head_dim ** -0.5
 
 
 @contextmanager
@@ -251,7 +303,8 @@ def capture(
         for name, names_kinds in kinds.items():
             if name in joint:
                 processor = JointRecordingProcessor(store, names_kinds, originals[name], hook,
-                                                    getattr(denoiser, "promptseg_cross_readout", "joint"))
+                                                    getattr(denoiser, "promptseg_cross_readout", "joint"),
+                                                    getattr(denoiser, "promptseg_text_tokens", None))
             else:
                 (kind,) = names_kinds
                 processor = RecordingProcessor(store, kind, hook)
