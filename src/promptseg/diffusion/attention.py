@@ -75,15 +75,26 @@ def plan_attention(backbone, cross_weights: dict, self_weights: dict, places) ->
 
 
 def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers, keep_queries: bool = False,
-                   self_products: int = 1):
+                   self_products: int = 1, keep_layers: bool = False, reference: str | None = None):
     """One denoiser forward at `timestep` conditioned on `text` (B, T, D), recording `layers` and ending after the
     last of them (nothing after it is read); returns the store.
 
     `self_products`: how many times the reader multiplies the self-attention (refinement iterations); it decides
-    whether large grids are kept lazily (`promptseg.diffusion.capture.lazy_tokens_for`)."""
-    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries,
-                           lazy_self_tokens=lazy_tokens_for(self_products))
+    whether large grids are kept lazily (`promptseg.diffusion.capture.lazy_tokens_for`). `keep_layers`: keep each
+    layer's cross map and self-attention apart (every self-attention call as query and key), in call order.
+    `reference`: the name of a transformer block whose image tokens (its output's second part) are kept in
+    `store.reference`."""
+    store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries, keep_layers=keep_layers,
+                           lazy_self_tokens=1 if keep_layers else lazy_tokens_for(self_products))
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
-    with torch.no_grad(), capture(backbone.denoiser, layers, store, stop_after_last=True):
-        run_until_captured(backbone.predict, latents, t, text)
+    hook = None
+    if reference is not None:
+        hook = backbone.denoiser.get_submodule(reference).register_forward_hook(
+            lambda m, args, out: setattr(store, "reference", out[1].detach().float()))
+    try:
+        with torch.no_grad(), capture(backbone.denoiser, layers, store, stop_after_last=True):
+            run_until_captured(backbone.predict, latents, t, text)
+    finally:
+        if hook is not None:
+            hook.remove()
     return store

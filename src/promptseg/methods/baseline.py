@@ -65,6 +65,14 @@ class BaselineConfig:
     """"labels": the UNet sees the label prompt (one pass per label set, the paper's recipe); "prompt": the UNet
     sees the prompt given to `prepare` (default empty) once per image, and any label set is read from the kept
     queries (OVAM-style, cheap re-segmentation)."""
+    aggregation: str = "fixed"
+    """How a transformer's blocks are combined: "fixed" (their mean, the resolution weights of a UNet) or "goca"
+    (weights from the image's own activations: each block's self-attention against a reference block's feature
+    affinity, and every label score divided pixel by pixel by the start token's share; GoCA, CVPR 2026,
+    `promptseg.diffusion.aggregation`). "goca" reads transformers only."""
+    goca_rescale: bool = True
+    """With aggregation="goca": divide each label score by the start token's share, pixel by pixel (GoCA's "sum-1
+    rescaling"); False keeps the activation-derived block weights alone."""
     refine_iterations: int = 1
     """Times the cross-attention is propagated by self-attention (1 = eq. 2; 0 = no refinement, and self-attention
     is then not recorded; the finest `self_weights` grid still sets the output grid)."""
@@ -78,6 +86,8 @@ class BaselineConfig:
             raise ValueError(f"prompt_mode must be 'joint' or 'per_class', got {self.prompt_mode!r}")
         if self.conditioning not in ("labels", "prompt"):
             raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
+        if self.aggregation not in ("fixed", "goca"):
+            raise ValueError(f"aggregation must be 'fixed' or 'goca', got {self.aggregation!r}")
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
         if self.captioner is not None and self.prompt_mode != "per_class":
@@ -97,6 +107,15 @@ class Baseline:
         if self.config.refine_iterations == 0:  # no refinement: self-attention is not needed, so not recorded
             self.self_grids = {}
             self.layers = [layer for layer in self.layers if layer.kind == "cross"]
+        self.reference = None
+        if self.config.aggregation == "goca":
+            blocks = sorted({layer.block for layer in self.layers if layer.kind == "cross"})
+            if getattr(backbone, "text_keys_reusable", True) or self.config.conditioning != "labels":
+                raise ValueError("aggregation='goca' weighs a transformer's blocks with conditioning='labels'; "
+                                 f"{backbone.name!r} is a UNet or conditioning is 'prompt': use aggregation='fixed'")
+            if len(blocks) > 1:  # the reference: a middle block (the last ends the forward before its output)
+                name = next(layer.name for layer in self.layers if layer.block == blocks[(len(blocks) - 1) // 2])
+                self.reference = name.rsplit(".attn.", 1)[0]
         self.captioner = None
         if self.config.captioner:
             from promptseg.models.captioner import load_captioner
@@ -173,6 +192,8 @@ class Baseline:
     def read_attention(self, prepared: PreparedImage, tokens, text: torch.Tensor) -> tuple[dict, dict]:
         """Per-grid label cross-attention (1, N, K) and self-attention (1, N, N) for `text` (1, T, D), the encoded
         (or optimised) embeddings of the prompt described by `tokens`."""
+        if self.config.aggregation == "goca":
+            return self.goca_attention(prepared, tokens, text)
         if self.config.conditioning == "labels":
             store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers,
                                    self_products=self.config.refine_iterations)
@@ -183,6 +204,32 @@ class Baseline:
             cross = {g: store.cross_attention_for(context, g) for g in self.cross_grids}
         label_cross = {g: label_scores(c, tokens.positions) for g, c in cross.items()}
         return label_cross, {g: store.self_attention(g) for g in self.self_grids}
+
+    def goca_attention(self, prepared: PreparedImage, tokens, text: torch.Tensor) -> tuple[dict, dict]:
+        """`read_attention` with GoCA's aggregation (`promptseg.diffusion.aggregation`): the blocks' cross maps
+        weighted by how well each block's self-attention agrees with the reference block's feature affinity, then
+        each label's score divided by the start token's share (the end token's where the tokenizer has no start
+        token, as T5's)."""
+        from promptseg.diffusion import aggregation
+        from promptseg.text.labels import leading_specials
+
+        store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers,
+                               self_products=self.config.refine_iterations, keep_layers=True,
+                               reference=self.reference)
+        (grid,) = self.cross_grids  # a transformer's blocks share one grid
+        records = store.lazy.get(grid, [])
+        if store.reference is not None and len(records) == len(store.layer_maps):
+            weights = aggregation.layer_weights(aggregation.affinity(store.reference), records)
+        else:
+            weights = torch.full((len(store.layer_maps),), 1 / len(store.layer_maps))
+        cross = aggregation.aggregate(store.layer_maps, weights)
+        tokenizer = self.backbone.tokenizer
+        special = [0] if leading_specials(tokenizer) else [len(tokenizer(tokens.prompt).input_ids) - 1]
+        label = label_scores(cross, tokens.positions)
+        if self.config.goca_rescale:
+            label = aggregation.rescale(label, cross, special)
+        self.last_block_weights = weights
+        return {grid: label}, {g: store.self_attention(g) for g in self.self_grids}
 
     def scores(self, self_attn: dict, label_cross: dict) -> torch.Tensor:
         """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention

@@ -53,6 +53,8 @@ class AttentionStore:
             otherwise maps are detached as they are added.
         lazy_self_tokens (`int`, defaults to 2048): self-attention with at least this many query pixels is kept as
             query and key, not as probabilities (never with `keep_graph`); `None`: never.
+        keep_layers (`bool`, defaults to `False`): also keep each cross-attention call's head-mean map, in call
+            order, in `layer_maps` (per-layer aggregation, `promptseg.diffusion.aggregation`).
     """
 
     latent_hw: tuple[int, int]
@@ -63,6 +65,10 @@ class AttentionStore:
     queries: list[_QueryRecord] = field(default_factory=list)
     lazy_self_tokens: int | None = field(default_factory=lambda: LAZY_SELF_TOKENS)
     lazy: dict[tuple[int, int], list[QKRecord]] = field(default_factory=dict)
+    keep_layers: bool = False
+    layer_maps: list[torch.Tensor] = field(default_factory=list)
+    reference: torch.Tensor | None = None
+    """Features a reader asked to keep beside the maps (the GoCA reference block's image tokens)."""
 
     def wants_lazy(self, kind: str, seq_len: int) -> bool:
         """Whether a call of `kind` with `seq_len` query pixels is kept as query and key."""
@@ -99,6 +105,8 @@ class AttentionStore:
             probs = probs.detach()
         grid = self.grid_for(probs.shape[1])
         mean = probs.unflatten(0, (-1, heads)).float().mean(dim=1)  # (B, N, K)
+        if self.keep_layers and kind == "cross":
+            self.layer_maps.append(mean)
         key = (kind, grid)
         if key in self.sums:
             self.sums[key] = self.sums[key] + mean

@@ -1,0 +1,64 @@
+"""Fixed against activation-derived block weights (GoCA) for a transformer's baseline, on *val*.
+
+    python benchmarks/dit_aggregation.py --model shapes-dit --n 60
+
+The baseline on `shapes-dit` with its blocks combined by their mean (`aggregation="fixed"`) or by GoCA's weights
+(`aggregation="goca"`: each block's self-attention against a reference block's feature affinity, labels rescaled by
+the start token's share; `promptseg.diffusion.aggregation`), over the model's blocks and over every block, with
+the ground-truth names (oracle) and with every class name (vocabulary, no filter), no refiner, at the model's
+timestep; and GoCA's block weights without its start-token rescaling. Writes `benchmarks/results/<model>_aggregation_val.{json,md}`; the test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from promptseg import load_backbone
+from promptseg.eval.runner import EvalRun, evaluate
+
+HERE = Path(__file__).parent
+
+
+def run(backbone, model: str, n: int, names: str, settings: dict) -> float:
+    work = tempfile.mkdtemp(prefix="aggregation_")
+    try:
+        report = evaluate(EvalRun(dataset="shapes", split="val", method="baseline", model=model, out=work, limit=n,
+                                  device="cpu", refine="none", filter="none", names=names, settings=settings),
+                          progress=False, backbone=backbone)
+    finally:
+        shutil.rmtree(work)
+    return report["miou"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-dit")
+    parser.add_argument("--n", type=int, default=60)
+    args = parser.parse_args()
+    backbone = load_backbone(args.model, device="cpu")
+    rows = []
+    for blocks, places in (("the model's blocks", None), ("every block", ["joint"])):
+        for aggregation, extra in (("fixed", {}), ("goca", {}), ("goca, block weights only", {"goca_rescale": False})):
+            settings = {"aggregation": aggregation.split(",")[0], **extra, **({"places": places} if places else {})}
+            row = {"blocks": blocks, "aggregation": aggregation, "settings": settings,
+                   **{names: run(backbone, args.model, args.n, names, settings) for names in ("oracle", "all")}}
+            rows.append(row)
+            print(f"{blocks}, {aggregation}: oracle {100 * row['oracle']:.1f}, vocabulary {100 * row['all']:.1f}",
+                  flush=True)
+    out = HERE / "results" / f"{args.model}_aggregation_val"
+    out.with_suffix(".json").write_text(json.dumps({"n": args.n, "split": "val", "rows": rows}, indent=1))
+    lines = [f"# {args.model}: the baseline's blocks combined by their mean or by GoCA's weights (val, {args.n} images, "
+             "no filter, no refiner; mIoU)", "",
+             f"Made by `python benchmarks/dit_aggregation.py --model {args.model} --n {args.n}`.", "",
+             "| blocks | aggregation | oracle | vocabulary |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['blocks']} | {r['aggregation']} | {100 * r['oracle']:.1f} | {100 * r['all']:.1f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
