@@ -2,6 +2,8 @@
 
     python benchmarks/anyword_benchmark.py --split val --n 150    # choose settings (writes anyword_val.md/.json)
     python benchmarks/anyword_benchmark.py --split test --n 300   # the table (writes anyword.md/.json)
+    python benchmarks/anyword_benchmark.py --model shapes-dit --split val --n 150    # the transformer: its two
+    python benchmarks/anyword_benchmark.py --model shapes-dit --split test --n 300   # rows (anyword_shapes-dit.*)
 
 Every row is `promptseg eval --task refer --dataset shapes_ref --model shapes` (resumable runs under runs/anyword/)
 with the settings shown on top of what the shapes model recommends for the method. Test rows: the baseline (head
@@ -60,6 +62,17 @@ PROPOSE = {"sam": "shapes-sam", "proposals": "sam", "evidence_template": "a {}",
 """The second sweep: SAM's object proposals ranked by the phrase's denoising evidence ("a red circle", as the training
 captions write it; 32 draws at high noise, where per-object pick accuracy with true object masks was highest on val
 images), see `anyword_evidence.md`."""
+
+
+DIT_VAL_ROWS = {
+    "anyword, the model's settings (attention regions)": ("anyword", {}),
+    "anyword, the UNet's recommended pipeline (SAM proposals, evidence x32 t400-950 'a {}')": ("anyword", {
+        **{k: v for k, v in PROPOSE.items()}, "steps": 10, "lr": 0.001, "evidence": "denoising"}),
+}
+"""On a transformer (`--model shapes-dit`, val): the model's own anyword settings against the pipeline chosen for
+the UNet on the same world (`PROPOSE` with its inversion), without a sweep of their own."""
+DIT_TEST_ROWS = {"baseline (head phrase attention, thresholded)": ("baseline", {}),
+                 "anyword (recommended settings)": ("anyword", {})}
 
 
 def val(**settings) -> tuple[str, dict]:
@@ -125,22 +138,23 @@ def breakdown(out: Path, dataset: ShapesRefDataset, n: int) -> dict:
 
 
 def unet_forward_seconds(backbone, rounds: int = 20) -> float:
-    """Median seconds of one bare UNet forward (batch 1) of the shapes model."""
+    """Median seconds of one bare denoiser forward (batch 1) of the model."""
     h, w = backbone.latent_size
-    latents = torch.randn(1, backbone.unet.config.in_channels, h, w)
+    latents = torch.randn(1, backbone.denoiser.config.in_channels, h, w)
     text = backbone.encode_text("a red circle")
     t = torch.tensor([300])
     times = []
     with torch.no_grad():
         for _ in range(rounds + 3):
             start = time.perf_counter()
-            backbone.unet(latents, t, encoder_hidden_states=text)
+            backbone.predict(latents, t, text)
             times.append(time.perf_counter() - start)
     return float(np.median(times[3:]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes")
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--work", default="runs/anyword")
@@ -149,12 +163,15 @@ def main() -> None:
                         help="instead: time each test row alone on the first N expressions (median s/expression)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    backbone = load_backbone("shapes", device="cpu")
+    backbone = load_backbone(args.model, device="cpu")
     if args.timing:
         return timing(backbone, args.timing)
     dataset = ShapesRefDataset(args.split, args.n)
-    rows = TEST_ROWS if args.split == "test" else VAL_ROWS
-    name = "anyword" if args.split == "test" else "anyword_val"
+    if args.model == "shapes":
+        rows = TEST_ROWS if args.split == "test" else VAL_ROWS
+    else:
+        rows = DIT_TEST_ROWS if args.split == "test" else DIT_VAL_ROWS
+    name = ("anyword" if args.split == "test" else "anyword_val") + ("" if args.model == "shapes" else f"_{args.model}")
     json_path = RESULTS / f"{name}.json"
     table = json.loads(json_path.read_text())["rows"] if json_path.exists() else {}
     table = {label: row for label, row in table.items() if label in rows}  # rows since renamed or dropped go
@@ -162,8 +179,8 @@ def main() -> None:
         if args.only and args.only not in label:
             continue
         slug = "".join(c if c.isalnum() else "_" for c in label)[:60]
-        out = Path(args.work) / args.split / slug
-        report = evaluate_refer(ReferRun(dataset="shapes_ref", split=args.split, method=method, model="shapes",
+        out = Path(args.work) / ("" if args.model == "shapes" else args.model) / args.split / slug
+        report = evaluate_refer(ReferRun(dataset="shapes_ref", split=args.split, method=method, model=args.model,
                                          out=str(out), limit=args.n, settings=settings, device="cpu"),
                                 backbone=backbone)
         table[label] = {"method": method, "settings": settings, **{k: report[k] for k in (
@@ -171,7 +188,7 @@ def main() -> None:
             "kinds": breakdown(out, dataset, args.n)}
         print(label, {k: table[label][k] for k in ("ciou", "giou", "n_acc")}, flush=True)
     forward = unet_forward_seconds(backbone)
-    recommended = model_settings("shapes").get("anyword", {})
+    recommended = model_settings(args.model).get("anyword", {})
     RESULTS.mkdir(exist_ok=True)
     json_path.write_text(json.dumps({"split": args.split, "n": args.n, "unet_forward_seconds": forward,
                                      "recommended": recommended, "rows": table}, indent=1))
@@ -211,14 +228,15 @@ def timing(backbone, n: int) -> None:
 def markdown(table: dict, args, forward: float, recommended: dict) -> str:
     kinds = ["shape", "colour shape", "relation", "plural", "no target"]
     lines = [
-        f"# Referring segmentation on shapes_ref {args.split} ({args.n} expressions), bundled `shapes` model",
+        f"# Referring segmentation on shapes_ref {args.split} ({args.n} expressions), bundled `{args.model}` model",
         "",
-        f"Made by `python benchmarks/anyword_benchmark.py --split {args.split} --n {args.n}` (2 CPU cores). cIoU, gIoU,",
+        "Made by `python benchmarks/anyword_benchmark.py" + ("" if args.model == "shapes" else f" --model {args.model}")
+        + f" --split {args.split} --n {args.n}` (2 CPU cores). cIoU, gIoU,",
         "N-acc as in ReLA's evaluator (x100). Kind columns: mean IoU per expression kind; \"no target\": share answered",
-        f"empty. One bare UNet forward: {1000 * forward:.1f} ms. Anyword's recommended settings (shapes model):",
+        f"empty. One bare denoiser forward: {1000 * forward:.1f} ms. Anyword's recommended settings ({args.model} model):",
         f"`{json.dumps(recommended)}`.",
         "",
-        "| row | cIoU | gIoU | N-acc | " + " | ".join(kinds) + " | s/expr | x UNet forward |",
+        "| row | cIoU | gIoU | N-acc | " + " | ".join(kinds) + " | s/expr | x denoiser forward |",
         "| --- | --- | --- | --- | " + " | ".join("---" for _ in kinds) + " | --- | --- |",
     ]
     for label, row in table.items():

@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from val_runs import val_miou
+
 from promptseg import load_backbone
-from promptseg.eval.runner import EvalRun, evaluate
 
 HERE = Path(__file__).parent
-
-
-def run(backbone, model: str, dataset: str, n: int, names: str, settings: dict) -> float:
-    work = tempfile.mkdtemp(prefix="ca_sweep_")
-    try:
-        report = evaluate(EvalRun(dataset=dataset, split="val", method="conceptattention", model=model, out=work,
-                                  limit=n, device="cpu", refine="none", filter="none", names=names,
-                                  settings=settings), progress=False, backbone=backbone)
-    finally:
-        shutil.rmtree(work)
-    return report["miou"]
 
 
 def main() -> None:
@@ -51,7 +39,8 @@ def main() -> None:
 
     def measure(label: str, settings: dict) -> dict:
         row = {"label": label, "settings": settings,
-               **{names: run(backbone, args.model, args.dataset, args.n, names, settings) for names in ("oracle", "all")}}
+               **{names: val_miou(backbone, args.model, "conceptattention", args.n, settings, args.dataset, names, "none")
+                  for names in ("oracle", "all")}}
         rows.append(row)
         print(f"{label}: oracle {100 * row['oracle']:.1f}, vocabulary {100 * row['all']:.1f}", flush=True)
         return row

@@ -13,25 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from val_runs import val_miou
+
 from promptseg import load_backbone
-from promptseg.eval.runner import EvalRun, evaluate
 
 HERE = Path(__file__).parent
-
-
-def run(backbone, model: str, n: int, names: str, settings: dict) -> float:
-    work = tempfile.mkdtemp(prefix="aggregation_")
-    try:
-        report = evaluate(EvalRun(dataset="shapes", split="val", method="baseline", model=model, out=work, limit=n,
-                                  device="cpu", refine="none", filter="none", names=names, settings=settings),
-                          progress=False, backbone=backbone)
-    finally:
-        shutil.rmtree(work)
-    return report["miou"]
 
 
 def main() -> None:
@@ -45,7 +33,8 @@ def main() -> None:
         for aggregation, extra in (("fixed", {}), ("goca", {}), ("goca, block weights only", {"goca_rescale": False})):
             settings = {"aggregation": aggregation.split(",")[0], **extra, **({"places": places} if places else {})}
             row = {"blocks": blocks, "aggregation": aggregation, "settings": settings,
-                   **{names: run(backbone, args.model, args.n, names, settings) for names in ("oracle", "all")}}
+                   **{names: val_miou(backbone, args.model, "baseline", args.n, settings, names=names, label_filter="none")
+                      for names in ("oracle", "all")}}
             rows.append(row)
             print(f"{blocks}, {aggregation}: oracle {100 * row['oracle']:.1f}, vocabulary {100 * row['all']:.1f}",
                   flush=True)

@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from val_runs import val_miou
+
 from promptseg import load_backbone
-from promptseg.eval.runner import EvalRun, evaluate
 
 HERE = Path(__file__).parent
-
-
-def run(backbone, model: str, dataset: str, n: int, settings: dict) -> float:
-    work = tempfile.mkdtemp(prefix="blocks_")
-    try:
-        report = evaluate(EvalRun(dataset=dataset, split="val", method="baseline", model=model, out=work, limit=n,
-                                  device="cpu", refine="none", settings=settings), progress=False, backbone=backbone)
-    finally:
-        shutil.rmtree(work)
-    return report["miou"]
 
 
 def main() -> None:
@@ -50,7 +39,7 @@ def main() -> None:
     rows = {}
     for t in args.timesteps:
         for place in [f"block{b}" for b in range(blocks)] + ["joint"]:
-            miou = run(backbone, args.model, args.dataset, args.n, {"places": [place], "timestep": t})
+            miou = val_miou(backbone, args.model, "baseline", args.n, {"places": [place], "timestep": t}, args.dataset)
             rows.setdefault(place, {})[t] = miou
             print(f"t={t} {place}: {100 * miou:.1f}", flush=True)
     out = HERE / "results" / f"{args.model}_blocks{args.tag}"

@@ -56,6 +56,8 @@ AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fast
 minutes on this CPU, so the rows are the one-pass methods, each run once, and the unit is the median of two bare
 forwards (one before the method, one after). SD3's T5 is not built (its 256 rows are the pipeline's zeros)."""
 
+DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none")]
+"""SD3-medium's rows (`--arch sd3`): the one-pass methods and ConceptAttention (every block)."""
 FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5, "none"),
                        ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none")]
 """FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,
@@ -192,8 +194,8 @@ def main() -> None:
             r = json.loads(line)
             done_rows[json.dumps(r["row"])] = r
     rows = []
-    for row in (AT_1024 if args.arch in ("sdxl", "sd3", "sd35") else FLUX_ROWS if args.arch.startswith("flux1")
-                else QUICK if args.quick else FULL):
+    for row in (AT_1024 if args.arch == "sdxl" else DIT_ROWS if args.arch in ("sd3", "sd35")
+                else FLUX_ROWS if args.arch.startswith("flux1") else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue

@@ -21,9 +21,9 @@ table of bundled models.
 
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
 from promptseg.models.clip import ClipModel, load_clip
+from promptseg.models.flux import FluxBackbone
 from promptseg.models.hub import choose_device, choose_dtype, hub_offline
 from promptseg.models.loader import load_backbone
-from promptseg.models.flux import FluxBackbone
 from promptseg.models.mmdit import DiTBackbone
 from promptseg.models.sam import SamPredictor, load_sam
 from promptseg.models.unet import Backbone, backbone_from_parts

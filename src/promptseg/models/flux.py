@@ -22,17 +22,15 @@ What the interface means here (`promptseg.models.base.DiffusionBackbone`), where
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from promptseg.models import mmdit
 from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
 from promptseg.models.base import run_text_encoder
-from promptseg.models.hub import choose_device, choose_dtype
-from promptseg.models.mmdit import DiTBackbone
+from promptseg.models.mmdit import DiTBackbone, folder_parts
 
 PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 """The diffusers pipelines whose folders this family loads."""
@@ -231,21 +229,7 @@ class FluxBackbone(DiTBackbone):
 def load_folder(source: str, local_only: bool, dtype: torch.dtype) -> dict:
     """The components of a FLUX diffusers folder or hub id: transformer, VAE, scheduler, CLIP-L and its tokenizer,
     T5 and its tokenizer."""
-    import diffusers
-    import transformers
-    from diffusers import DiffusionPipeline
-
-    kwargs = {"local_files_only": local_only}
-    index = DiffusionPipeline.load_config(source, **kwargs)
-
-    def part(name: str):
-        library, cls = (index.get(name) or [None, None])[:2]
-        if cls is None:
-            return None
-        loader = getattr({"diffusers": diffusers, "transformers": transformers}[library], cls)
-        extra = {"torch_dtype": dtype} if "Model" in cls or cls.startswith("Autoencoder") else {}
-        return loader.from_pretrained(source, subfolder=name, **extra, **kwargs)
-
+    _, part = folder_parts(source, local_only, dtype)
     return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
             "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")],
             "t5_encoder": part("text_encoder_2"), "t5_tokenizer": part("tokenizer_2")}
@@ -254,21 +238,7 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype) -> dict:
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None
                         ) -> FluxBackbone:
     """A `FluxBackbone` from components in memory, moved to `device` and `dtype` and frozen."""
-    device = choose_device(device)
-    dtype = choose_dtype(dtype, device)
-    method_defaults = dict(method_defaults or {})
-    backbone = FluxBackbone(name=name, device=device, dtype=dtype, method_defaults=method_defaults, **parts)
-    backbone.transformer.promptseg_cross_readout = method_defaults.get("cross_readout", "joint")
+    backbone = mmdit.backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
+                                         cls=FluxBackbone)
     backbone.transformer.promptseg_text_tokens = backbone.text_length  # single-stream blocks' text, for capture
-    for module in (backbone.transformer, backbone.vae, backbone.t5_encoder, *backbone.text_encoders):
-        if next(module.parameters()).dtype != dtype or next(module.parameters()).device != torch.device(device):
-            module.to(device=device, dtype=dtype)
-        module.eval()
-        module.requires_grad_(False)
     return backbone
-
-
-def is_flux_folder(folder: Path) -> bool:
-    """Whether `folder`'s `model_index.json` names a FLUX pipeline."""
-    index = folder / "model_index.json"
-    return index.is_file() and json.loads(index.read_text()).get("_class_name") in PIPELINES

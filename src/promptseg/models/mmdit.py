@@ -24,10 +24,8 @@ What the interface means here (`promptseg.models.base.DiffusionBackbone`):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -241,17 +239,15 @@ class DiTBackbone(DiffusionBackbone):
         return [layer for layer in self.attention_layers() if layer.block in blocks and wanted[layer.kind]]
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dict | None = None) -> dict:
-    """The components of an SD3-style diffusers folder or hub id, read from its `model_index.json`: the
-    transformer, VAE, flow-matching scheduler, every CLIP text encoder present (`text_encoder`, `text_encoder_2`)
-    and T5 (`text_encoder_3`) unless the model's settings say `"load_t5": false` or the folder has none."""
+def folder_parts(source: str, local_only: bool, dtype: torch.dtype):
+    """(`model_index.json` of a diffusers folder or hub id, `part(name)`: its component `name` loaded by the class the
+    index names, in `dtype` (models; tokenizers and schedulers as they are), or None when the index has none)."""
     import diffusers
     import transformers
     from diffusers import DiffusionPipeline
 
     kwargs = {"local_files_only": local_only}
     index = DiffusionPipeline.load_config(source, **kwargs)
-    settings = settings or {}
 
     def part(name: str):
         library, cls = (index.get(name) or [None, None])[:2]
@@ -262,6 +258,15 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dic
         extra = {"torch_dtype": dtype} if "Model" in cls or cls.startswith("Autoencoder") else {}  # not tokenizers
         return loader.from_pretrained(source, subfolder=name, **extra, **kwargs)
 
+    return index, part
+
+
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dict | None = None) -> dict:
+    """The components of an SD3-style diffusers folder or hub id, read from its `model_index.json`: the
+    transformer, VAE, flow-matching scheduler, every CLIP text encoder present (`text_encoder`, `text_encoder_2`)
+    and T5 (`text_encoder_3`) unless the model's settings say `"load_t5": false` or the folder has none."""
+    index, part = folder_parts(source, local_only, dtype)
+    settings = settings or {}
     encoders = [e for e in (part("text_encoder"), part("text_encoder_2")) if e is not None]
     tokenizers = [t for t in (part("tokenizer"), part("tokenizer_2")) if t is not None]
     load_t5 = settings.get("load_t5", True) and (index.get("text_encoder_3") or [None, None])[1] is not None
@@ -276,13 +281,15 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dic
     }
 
 
-def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None) -> DiTBackbone:
-    """A `DiTBackbone` from components in memory, moved to `device` and `dtype` and frozen (as the UNet family's)."""
+def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None,
+                        cls: type = DiTBackbone) -> DiTBackbone:
+    """A `DiTBackbone` (or subclass `cls`, FLUX's) from components in memory, moved to `device` and `dtype` and frozen
+    (as the UNet family's)."""
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     method_defaults = dict(method_defaults or {})
-    backbone = DiTBackbone(name=name, device=device, dtype=dtype, method_defaults=method_defaults,
-                           clip_hidden_layer=method_defaults.get("clip_hidden_layer", "penultimate"), **parts)
+    backbone = cls(name=name, device=device, dtype=dtype, method_defaults=method_defaults,
+                   clip_hidden_layer=method_defaults.get("clip_hidden_layer", "penultimate"), **parts)
     modules = [backbone.transformer, backbone.vae, *backbone.text_encoders]
     if backbone.t5_encoder is not None:
         modules.append(backbone.t5_encoder)
@@ -293,9 +300,3 @@ def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, meth
         module.eval()
         module.requires_grad_(False)
     return backbone
-
-
-def is_mmdit_folder(folder: Path) -> bool:
-    """Whether `folder`'s `model_index.json` names an SD3-style pipeline."""
-    index = folder / "model_index.json"
-    return index.is_file() and json.loads(index.read_text()).get("_class_name") in PIPELINES
