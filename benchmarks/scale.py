@@ -56,8 +56,9 @@ AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fast
 minutes on this CPU, so the rows are the one-pass methods, each run once, and the unit is the median of two bare
 forwards (one before the method, one after). SD3's T5 is not built (its 256 rows are the pipeline's zeros)."""
 
-DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none")]
-"""SD3-medium's rows (`--arch sd3`): the one-pass methods and ConceptAttention (every block)."""
+DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("baseline", 1024, 5, "none", {"places": ["block9"]})]
+"""SD3-medium's rows (`--arch sd3`): the one-pass methods, ConceptAttention (every block) and Seg4Diff's read-out
+(the baseline on block 9 alone, the forward ending there)."""
 FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5, "none"),
                        ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none")]
 """FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,

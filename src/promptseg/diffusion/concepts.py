@@ -91,9 +91,10 @@ class ConceptStream:
         self._hooks, self._state = [], None
 
     def _after_block(self, block, index: int, seen: dict, kwargs: dict) -> None:
-        temb, rope = kwargs["temb"], kwargs.get("image_rotary_emb")
-        if rope is not None:  # FLUX: the joint sequence is [text; image]; the image keys are rotated by their rows
+        temb, rope, text_rope = kwargs["temb"], kwargs.get("image_rotary_emb"), None
+        if rope is not None:  # FLUX: the joint sequence is [text; image]; each part is rotated by its rows
             n_text = kwargs["encoder_hidden_states"].shape[1]
+            text_rope = tuple(part[:n_text] for part in rope) if isinstance(rope, tuple) else rope[:n_text]
             rope = tuple(part[n_text:] for part in rope) if isinstance(rope, tuple) else rope[n_text:]
         if self._state is None:  # the concepts enter as the prompt does: through the context embedder
             rows = self.rows.to(temb.dtype)
@@ -116,7 +117,7 @@ class ConceptStream:
         # the concepts sit at position 0 of every rotary axis (the reference's zero ids): no rotation for them
         keys, values = [heads(seen["to_k"], attn.norm_k, rope)], [heads(seen["to_v"], None)]
         if self.attend_prompt:  # read before the concepts' own projections overwrite them
-            keys.append(heads(seen["add_k_proj"], attn.norm_added_k))
+            keys.append(heads(seen["add_k_proj"], attn.norm_added_k, text_rope))
             values.append(heads(seen["add_v_proj"], None))
         query = heads(attn.add_q_proj(normed), attn.norm_added_q)
         keys = torch.cat(keys + [heads(attn.add_k_proj(normed), attn.norm_added_k)], 2)
