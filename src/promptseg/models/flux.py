@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from promptseg.models import mmdit
 from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
 from promptseg.models.base import run_text_encoder
 from promptseg.models.mmdit import DiTBackbone, folder_parts
+from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
 PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 """The diffusers pipelines whose folders this family loads."""
@@ -238,7 +238,7 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype) -> dict:
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None
                         ) -> FluxBackbone:
     """A `FluxBackbone` from components in memory, moved to `device` and `dtype` and frozen."""
-    backbone = mmdit.backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
-                                         cls=FluxBackbone)
+    backbone = dit_backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
+                                       cls=FluxBackbone)
     backbone.transformer.promptseg_text_tokens = backbone.text_length  # single-stream blocks' text, for capture
     return backbone
