@@ -46,6 +46,16 @@ def test_a_flux_folder_loads_with_its_block_structure_and_t5_words(flux):
     tokens = build_prompt(flux.tokenizer, parse_labels(["potted plant", "cat"]), "a photograph of {}", " and ")
     pieces = flux.tokenizer.convert_ids_to_tokens(flux.tokenizer(tokens.prompt).input_ids)
     assert "".join(pieces[i] for i in tokens.positions[0][0]).replace("▁", " ").strip() == "potted plant"
+    from promptseg.text import span_positions
+
+    from promptseg.models.flux_configs import build_t5_tokenizer
+
+    expression = "the red car left of the big tree"
+    # the folder's tokenizer, and the one built in memory, which keeps a trailing space as a piece of its own
+    for tokenizer in (flux.tokenizer, build_t5_tokenizer(64)):
+        (span,) = span_positions(tokenizer, expression, [(4, 7)])
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer(expression).input_ids)
+        assert "".join(pieces[i] for i in span).replace("▁", "") == "red"
 
 
 def test_latents_are_packed_into_2x2_tokens_and_back(flux):

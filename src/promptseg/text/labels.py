@@ -287,7 +287,8 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
     out = []
     lead = leading_specials(tokenizer)
     for start, end in spans:
-        first = lead + len(_pieces(tokenizer, text[:start]))
+        first = lead + len(_pieces(tokenizer, text[:start].rstrip()))  # a trailing space is a piece of its own
+        # in some SentencePiece-style tokenizers ("▁"), never a piece of the word after it
         pieces = _pieces(tokenizer, text[start:end])
         if not pieces or ids[first : first + len(pieces)] != pieces:
             raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
