@@ -82,7 +82,7 @@ class ConceptAttention:
         blocks = getattr(getattr(backbone, "denoiser", None), "transformer_blocks", None)
         if getattr(backbone, "family", None) not in self.families or blocks is None:
             raise ValueError(f"conceptattention reads a diffusion transformer's joint attention; {backbone.name!r} is "
-                             "a UNet: use baseline, fastseg or invseg on it, or load an SD3-style model")
+                             "a UNet: use baseline, fastseg or invseg on it, or load an SD3-style or FLUX.1 model")
         self.backbone = backbone
         n = len(blocks)
         self.blocks = list(range(n)) if self.config.blocks is None else sorted(set(self.config.blocks))
