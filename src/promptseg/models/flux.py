@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
+from promptseg.models.attention_layers import AttentionLayer, grid_at_level
 from promptseg.models.base import run_text_encoder
 from promptseg.models.mmdit import DiTBackbone, folder_parts
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
@@ -195,35 +195,6 @@ class FluxBackbone(DiTBackbone):
                   for i in range(len(self.transformer.single_transformer_blocks))]
         return [AttentionLayer(name=name, place="joint" if i < n else "single", kind=kind, level=1, block=i)
                 for i, name in enumerate(names) for kind in ("cross", "self")]
-
-    def blocks_for(self, places) -> list[int]:
-        """The blocks `places` names ("block9": double block 9; "single3": single block 3, i.e. block 19 + 3;
-        "joint": every double block; "single": every single block); UNet places name none, and then the model's
-        `"blocks"` setting, else every double block, is read.
-
-        Raises:
-            ValueError: an unknown place or a block this transformer does not have.
-        """
-        n, singles = self.double_blocks, len(self.transformer.single_transformer_blocks)
-        named = set()
-        for place in places:
-            if place in PLACES:
-                continue
-            if place == "joint":
-                named.update(range(n))
-            elif place == "single":
-                named.update(range(n, n + singles))
-            elif place.startswith("block") and place[5:].isdigit() and int(place[5:]) < n:
-                named.add(int(place[5:]))
-            elif place.startswith("single") and place[6:].isdigit() and int(place[6:]) < singles:
-                named.add(n + int(place[6:]))
-            else:
-                raise ValueError(f"unknown place {place!r} for this transformer: name double blocks 'block0'.."
-                                 f"'block{n - 1}', single blocks 'single0'..'single{singles - 1}', 'joint' (every "
-                                 "double block) or 'single' (every single block)")
-        if not named:
-            named = set(self.method_defaults.get("blocks") or range(n))
-        return sorted(named)
 
 
 def load_folder(source: str, local_only: bool, dtype: torch.dtype) -> dict:

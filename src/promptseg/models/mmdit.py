@@ -205,21 +205,32 @@ class DiTBackbone(DiffusionBackbone):
         return [self.grid]
 
     def blocks_for(self, places) -> list[int]:
-        """The blocks `places` names ("block9", "joint" = all); UNet places ("down", "mid", "up") name none, and then
-        the model's `"blocks"` setting (its folder's or its architecture profile's), else every block, is read.
+        """The blocks `places` names ("block9", "joint" = every joint block; on FLUX also "single3" = the single-stream
+        block 3, numbered after the double blocks, and "single" = every single block); UNet places ("down", "mid",
+        "up") name none, and then the model's `"blocks"` setting (its folder's or its architecture profile's), else
+        every joint block, is read.
 
         Raises:
             ValueError: an unknown place or a block this transformer does not have.
         """
         n = len(self.transformer.transformer_blocks)
+        singles = len(getattr(self.transformer, "single_transformer_blocks", None) or [])
         named = set()
         for place in places:
             if place in PLACES:
                 continue
             if place == "joint":
                 named.update(range(n))
+            elif place == "single" and singles:
+                named.update(range(n, n + singles))
             elif place.startswith("block") and place[5:].isdigit() and int(place[5:]) < n:
                 named.add(int(place[5:]))
+            elif place.startswith("single") and place[6:].isdigit() and int(place[6:]) < singles:
+                named.add(n + int(place[6:]))
+            elif singles:
+                raise ValueError(f"unknown place {place!r} for this transformer: name double blocks 'block0'.."
+                                 f"'block{n - 1}', single blocks 'single0'..'single{singles - 1}', 'joint' (every "
+                                 "double block) or 'single' (every single block)")
             else:
                 raise ValueError(f"unknown place {place!r} for this transformer: name blocks 'block0'..'block{n - 1}' "
                                  "or 'joint' (every block)")
