@@ -12,9 +12,9 @@ from promptseg.diffusion.capture.core import JointRecordingProcessor
 from promptseg.diffusion.concepts import ConceptStream
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.flux_configs import flux_configs, save_flux
+from promptseg.models.flux_configs import build_t5_tokenizer, flux_configs, save_flux
 from promptseg.models.loader import family_of
-from promptseg.text import build_prompt, parse_labels
+from promptseg.text import build_prompt, parse_labels, span_positions
 from promptseg.text.labels import leading_specials
 
 
@@ -46,10 +46,6 @@ def test_a_flux_folder_loads_with_its_block_structure_and_t5_words(flux):
     tokens = build_prompt(flux.tokenizer, parse_labels(["potted plant", "cat"]), "a photograph of {}", " and ")
     pieces = flux.tokenizer.convert_ids_to_tokens(flux.tokenizer(tokens.prompt).input_ids)
     assert "".join(pieces[i] for i in tokens.positions[0][0]).replace("▁", " ").strip() == "potted plant"
-    from promptseg.text import span_positions
-
-    from promptseg.models.flux_configs import build_t5_tokenizer
-
     expression = "the red car left of the big tree"
     # the folder's tokenizer, and the one built in memory, which keeps a trailing space as a piece of its own
     for tokenizer in (flux.tokenizer, build_t5_tokenizer(64)):
