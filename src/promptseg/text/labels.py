@@ -7,6 +7,7 @@ field takes the maximum over synonyms). Token counts are read from the tokenizer
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,20 +112,30 @@ def _pieces(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
 
 
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _special_counts(tokenizer) -> tuple[int, int]:
+    """(special tokens before the text, special tokens in all) of `tokenizer`, read once per tokenizer."""
+    if tokenizer not in _SPECIALS:
+        probe = _pieces(tokenizer, "a")
+        ids = tokenizer("a").input_ids
+        lead = next((i for i in range(len(ids) - len(probe) + 1) if ids[i:i + len(probe)] == probe), None)
+        if lead is None:
+            raise ValueError("cannot find where the text starts among this tokenizer's special tokens")
+        _SPECIALS[tokenizer] = (lead, len(ids) - len(probe))
+    return _SPECIALS[tokenizer]
+
+
 def leading_specials(tokenizer) -> int:
     """How many special tokens the tokenizer puts before the text: 1 for CLIP's BPE (its start token), 0 for T5's
     SentencePiece (which only ends the text)."""
-    probe = _pieces(tokenizer, "a")
-    ids = tokenizer("a").input_ids
-    for i in range(len(ids) - len(probe) + 1):
-        if ids[i:i + len(probe)] == probe:
-            return i
-    raise ValueError("cannot find where the text starts among this tokenizer's special tokens")
+    return _special_counts(tokenizer)[0]
 
 
 def specials(tokenizer) -> int:
     """How many special tokens the tokenizer adds to a text (CLIP: start and end, 2; T5: end, 1)."""
-    return len(tokenizer("a").input_ids) - len(_pieces(tokenizer, "a"))
+    return _special_counts(tokenizer)[1]
 
 
 def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joiner: str = " and ") -> PromptTokens:
@@ -146,20 +157,18 @@ def build_prompt(tokenizer, labels: Sequence[Label], template: str = "{}", joine
             f"the prompt for labels {[lab.name for lab in labels]} needs {len(ids)} tokens but the text encoder takes "
             f"{length}: use fewer labels or synonyms per call, or a shorter template ({template!r})"
         )
-    # each synonym's first token: the tokens of the text before it (as it is tokenized on its own: SentencePiece's
-    # pieces, unlike CLIP's words, depend on the neighbours, so a joiner's count alone is not enough)
-    lead, char = leading_specials(tokenizer), len(prefix) - (len(raw) - len(raw.lstrip()))
-    positions: list[list[list[int]]] = []
+    # each synonym's tokens found from its characters (`span_positions`: SentencePiece's pieces, unlike CLIP's words,
+    # depend on the neighbours, so a joiner's token count alone cannot place them)
+    spans, char = [], len(prefix) - (len(raw) - len(raw.lstrip()))
     for label in labels:
-        spans = []
         for synonym in label.synonyms:
-            first = lead + len(_pieces(tokenizer, prompt[:char].rstrip()))
-            pieces = _pieces(tokenizer, synonym)
-            if ids[first:first + len(pieces)] != pieces:
-                raise RuntimeError(f"token positions of {synonym!r} do not match the tokenized prompt {prompt!r}")
-            spans.append(list(range(first, first + len(pieces))))
+            spans.append((char, char + len(synonym)))
             char += len(synonym) + len(joiner)
-        positions.append(spans)
+    try:
+        found = iter(span_positions(tokenizer, prompt, spans))
+    except ValueError as err:
+        raise RuntimeError(f"token positions of the labels do not match the tokenized prompt {prompt!r}: {err}") from err
+    positions = [[next(found) for _ in label.synonyms] for label in labels]
     return PromptTokens(prompt=prompt, labels=list(labels), positions=positions, length=length)
 
 
@@ -214,13 +223,13 @@ def fit_words(tokenizer, head: str, words: Sequence[str], separator: str, joiner
 
     For a conditioning prompt that starts with a caption and lists the class names after it (FastSeg's).
     """
-    length = int(tokenizer.model_max_length)
+    length = int(tokenizer.model_max_length) - specials(tokenizer)
     words = list(words)
     for keep in range(len(words), -1, -1):
         text = separator.join(t for t in (head, joiner.join(words[:keep])) if t)
-        if len(_pieces(tokenizer, text)) + specials(tokenizer) <= length:
+        if len(_pieces(tokenizer, text)) <= length:
             return text, words[keep:], False
-    pieces = _pieces(tokenizer, head)[: length - specials(tokenizer)]
+    pieces = _pieces(tokenizer, head)[:length]
     return tokenizer.decode(pieces).strip(), words, True
 
 
@@ -228,13 +237,13 @@ def append_to_fit(tokenizer, prompt: str, tail: str, separator: str) -> str:
     """`prompt` + `separator` + `tail`, with `tail`'s words dropped from its end until the text fits the text encoder;
     `prompt` alone when no word of `tail` fits or when appending would change `prompt`'s own tokens (so the token
     positions read from `prompt` stay valid). For a label prompt completed by a caption (DiffSegmenter's)."""
-    length = int(tokenizer.model_max_length)
+    length = int(tokenizer.model_max_length) - specials(tokenizer)
     own = _pieces(tokenizer, prompt)
     words = tail.split()
     for keep in range(len(words), 0, -1):
         text = prompt + separator + " ".join(words[:keep])
         pieces = _pieces(tokenizer, text)
-        if len(pieces) + specials(tokenizer) <= length:
+        if len(pieces) <= length:
             return text if pieces[: len(own)] == own else prompt
     return prompt
 
