@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from promptseg.diffusion.capture.core import StopForward
+from promptseg.diffusion.capture.core import StopForward, merge_heads, rope_rows, split_heads
 
 
 def linear_normalization(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -74,10 +74,11 @@ class ConceptStream:
             block = self.transformer.transformer_blocks[index]
             seen: dict = {}
             attn = block.attn
-            for name in ("to_q", "to_k", "to_v") + (("add_k_proj", "add_v_proj") if self.attend_prompt else ()):
+            for name in ("to_k", "to_v") + (("add_k_proj", "add_v_proj") if self.attend_prompt else ()):
                 self._hooks.append(getattr(attn, name).register_forward_hook(
                     lambda m, i, o, name=name, seen=seen: seen.__setitem__(name, o)))
-            # the image tokens' attention output, before the output projection (its input)
+            # the image tokens' attention output, before the output projection (its input; SD3's and FLUX's
+            # processors split the joint output before it, so it holds the image tokens alone)
             self._hooks.append(attn.to_out[0].register_forward_pre_hook(
                 lambda m, args, seen=seen: seen.__setitem__("out", args[0])))
             self._hooks.append(block.register_forward_hook(
@@ -91,11 +92,10 @@ class ConceptStream:
         self._hooks, self._state = [], None
 
     def _after_block(self, block, index: int, seen: dict, kwargs: dict) -> None:
-        temb, rope, text_rope = kwargs["temb"], kwargs.get("image_rotary_emb"), None
-        if rope is not None:  # FLUX: the joint sequence is [text; image]; each part is rotated by its rows
-            n_text = kwargs["encoder_hidden_states"].shape[1]
-            text_rope = tuple(part[:n_text] for part in rope) if isinstance(rope, tuple) else rope[:n_text]
-            rope = tuple(part[n_text:] for part in rope) if isinstance(rope, tuple) else rope[n_text:]
+        temb, rope = kwargs["temb"], kwargs.get("image_rotary_emb")
+        # FLUX: the joint sequence is [text; image], each part rotated by its rows (SD3: no rotary embedding)
+        n_text = kwargs["encoder_hidden_states"].shape[1]
+        text_rope, rope = rope_rows(rope, 0, n_text), rope_rows(rope, n_text, None)
         if self._state is None:  # the concepts enter as the prompt does: through the context embedder
             rows = self.rows.to(temb.dtype)
             self._state = self.transformer.context_embedder(rows).expand(temb.shape[0], -1, -1)
@@ -105,26 +105,19 @@ class ConceptStream:
         else:
             normed, *gates = block.norm1_context(state, emb=temb)
 
-        def heads(x, norm, rotary=None):  # (B, L, heads * d) -> (B, heads, L, d), as the processor makes them
-            x = x.unflatten(-1, (attn.heads, -1))
-            x = norm(x) if norm is not None else x
-            if rotary is not None:
-                from diffusers.models.embeddings import apply_rotary_emb
-
-                x = apply_rotary_emb(x, rotary, sequence_dim=1)
-            return x.transpose(1, 2)
-
+        heads = attn.heads
         # the concepts sit at position 0 of every rotary axis (the reference's zero ids): no rotation for them
-        keys, values = [heads(seen["to_k"], attn.norm_k, rope)], [heads(seen["to_v"], None)]
+        keys = [split_heads(seen["to_k"], heads, attn.norm_k, rope)]
+        values = [split_heads(seen["to_v"], heads, None)]
         if self.attend_prompt:  # read before the concepts' own projections overwrite them
-            keys.append(heads(seen["add_k_proj"], attn.norm_added_k, text_rope))
-            values.append(heads(seen["add_v_proj"], None))
-        query = heads(attn.add_q_proj(normed), attn.norm_added_q)
-        keys = torch.cat(keys + [heads(attn.add_k_proj(normed), attn.norm_added_k)], 2)
-        values = torch.cat(values + [heads(attn.add_v_proj(normed), None)], 2)
-        out = F.scaled_dot_product_attention(query, keys, values).transpose(1, 2).flatten(2)  # (B, C, inner)
+            keys.append(split_heads(seen["add_k_proj"], heads, attn.norm_added_k, text_rope))
+            values.append(split_heads(seen["add_v_proj"], heads, None))
+        query = split_heads(attn.add_q_proj(normed), heads, attn.norm_added_q)
+        keys = torch.cat(keys + [split_heads(attn.add_k_proj(normed), heads, attn.norm_added_k)], 1)
+        values = torch.cat(values + [split_heads(attn.add_v_proj(normed), heads, None)], 1)
+        out = merge_heads(F.scaled_dot_product_attention(query, keys, values), heads)  # (B, C, inner)
         if index in self.blocks:
-            image = seen["out"][:, : seen["to_q"].shape[1]].float()  # (B, N, inner)
+            image = seen["out"].float()  # (B, N, inner)
             concepts = linear_normalization(out.float(), dim=1) if self.normalize else out.float()
             scores = image @ concepts.transpose(1, 2)  # (B, N, C)
             self.maps[index] = scores.softmax(dim=-1) if self.softmax else scores

@@ -102,7 +102,7 @@ class RecordingProcessor:
         return out
 
 
-def _heads(x: torch.Tensor, heads: int, norm, rope=None) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int, norm, rope=None) -> torch.Tensor:
     """(B, N, heads * d) -> (B * heads, N, d), with the processor's per-head norm and rotary embedding (FLUX's
     `image_rotary_emb` rows for these N tokens) applied as it applies them."""
     x = x.unflatten(-1, (heads, -1))  # (B, N, heads, d)
@@ -115,7 +115,12 @@ def _heads(x: torch.Tensor, heads: int, norm, rope=None) -> torch.Tensor:
     return x.transpose(1, 2).flatten(0, 1)
 
 
-def _rope_rows(rope, start: int, stop: int | None):
+def merge_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B * heads, L, d) -> (B, L, heads * d): the inverse of `split_heads`'s layout."""
+    return x.unflatten(0, (-1, heads)).transpose(1, 2).flatten(2)
+
+
+def rope_rows(rope, start: int, stop: int | None):
     """The rotary embedding's rows for tokens [start, stop) of the joint sequence (None: no rotary embedding)."""
     if rope is None:
         return None
@@ -201,18 +206,19 @@ class JointRecordingProcessor:
             parts = {"q": (seen["to_q"], attn.norm_q), "k": (seen["to_k"], attn.norm_k), "v": (seen["to_v"], None)}
             for name, (x, norm) in parts.items():
                 rotated = rope if name != "v" else None  # queries and keys are rotated, values are not
-                out[name] = _heads(x[:, n:], heads, norm, _rope_rows(rotated, n, None))
-                out["text_" + name] = _heads(x[:, :n], heads, norm, _rope_rows(rotated, 0, n))
+                out[name] = split_heads(x[:, n:], heads, norm, rope_rows(rotated, n, None))
+                out["text_" + name] = split_heads(x[:, :n], heads, norm, rope_rows(rotated, 0, n))
             return out
         n_text = seen["add_k_proj"].shape[1]
         # SD3 has no rotary embedding; FLUX's joint sequence is text first, then image
-        image_rope, text_rope = _rope_rows(rope, n_text, None), _rope_rows(rope, 0, n_text)
-        out["q"] = _heads(seen["to_q"], heads, attn.norm_q, image_rope)
-        out["k"] = _heads(seen["to_k"], heads, attn.norm_k, image_rope)
-        out["text_k"] = _heads(seen["add_k_proj"], heads, attn.norm_added_k, text_rope)
+        image_rope, text_rope = rope_rows(rope, n_text, None), rope_rows(rope, 0, n_text)
+        out["q"] = split_heads(seen["to_q"], heads, attn.norm_q, image_rope)
+        out["k"] = split_heads(seen["to_k"], heads, attn.norm_k, image_rope)
+        out["text_k"] = split_heads(seen["add_k_proj"], heads, attn.norm_added_k, text_rope)
         if "add_q_proj" in seen:
-            out["text_q"] = _heads(seen["add_q_proj"], heads, attn.norm_added_q, text_rope)
-            out["v"], out["text_v"] = _heads(seen["to_v"], heads, None), _heads(seen["add_v_proj"], heads, None)
+            out["text_q"] = split_heads(seen["add_q_proj"], heads, attn.norm_added_q, text_rope)
+            out["v"] = split_heads(seen["to_v"], heads, None)
+            out["text_v"] = split_heads(seen["add_v_proj"], heads, None)
         return out
 
     @staticmethod
@@ -224,11 +230,8 @@ class JointRecordingProcessor:
         values = torch.cat([streams["v"], streams["text_v"]], dim=1)
         image_out = torch.nn.functional.scaled_dot_product_attention(streams["q"], keys, values)
         text_out = torch.nn.functional.scaled_dot_product_attention(streams["text_q"], keys, values)
-
-        def merged(x):  # (B * heads, L, d) -> (B, L, heads * d)
-            return x.unflatten(0, (-1, attn.heads)).transpose(1, 2).flatten(2)
-
-        return (merged(image_out) @ merged(text_out).transpose(1, 2)).softmax(dim=-1)
+        image_out, text_out = merge_heads(image_out, attn.heads), merge_heads(text_out, attn.heads)
+        return (image_out @ text_out.transpose(1, 2)).softmax(dim=-1)
 
     def _cross(self, query, key, text_key, scale) -> torch.Tensor:
         """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys; the
