@@ -170,6 +170,13 @@ def test_sdxl_is_conditioned_on_both_encoders_the_pooled_vector_and_size_ids(red
     assert seen["encoder_hidden_states"].shape == (2, 77, widths)
     assert torch.equal(seen["added_cond_kwargs"]["time_ids"][0], torch.tensor([1024.0, 1024, 0, 0, 1024, 1024]))
     assert seen["added_cond_kwargs"]["text_embeds"].shape == (2, backbone.text_encoder_2.config.projection_dim)
+    # DiffSegmenter's 8x8 / 16x16 weights (fractions 1/8, 1/4 of SD-1.5's latent) have no grid on SDXL: they move to
+    # the nearest there is (32x32 at 1024 px) instead of vanishing
+    from promptseg.diffusion.attention import resolve_weights
+    from promptseg.methods.baseline import BaselineConfig
+
+    weights = resolve_weights(BaselineConfig().cross_weights, backbone, "cross")
+    assert {g: round(w, 6) for g, w in weights.items()} == {(32, 32): 0.8, (64, 64): 0.2}
     backbone.unet.register_to_config(sample_size=64)  # 512 px: the UNet is convolutional
     run_methods(backbone, IN_CI, tmp_path)
 

@@ -19,10 +19,11 @@ def resolve_weights(weights: dict[float, float], backbone, kind: str) -> dict[tu
     """Map {fraction of the latent side: weight} onto the grids where the backbone's denoiser has `kind` attention.
 
     A fraction f means the grid whose side is f times the latent side (SD 1.5's 16x16 cross-attention is 0.25 of
-    its 64x64 latent; a transformer with 2x2 patches has every block at 0.5). Fractions with no such grid in this
-    denoiser are dropped; when *none* exists (SD-1.5's weights on SDXL, whose attention is at 1/2 and 1/4 of the
-    latent only, or on a transformer, whose blocks share one grid), each fraction goes to the nearest grid there is
-    (in log scale; weights landing on one grid add up), so a method's defaults run on every denoiser.
+    its 64x64 latent; a transformer with 2x2 patches has every block at 0.5). A fraction with no such grid in this
+    denoiser is moved to the nearest grid there is (in log scale; weights landing on one grid add up): SD-1.5's
+    {8: 0.3, 16: 0.5, 32: 0.1, 64: 0.1} weights (fractions 1/8..1) on SDXL, whose attention is at 1/4 and 1/2 of the
+    latent only, become {1/4: 0.8, 1/2: 0.2}; on a transformer, whose blocks share one grid, they all land there.
+    So a method's defaults run on every denoiser and no weight is lost.
 
     Raises:
         ValueError: every weight is zero, or the denoiser has no `kind` attention.
@@ -31,20 +32,16 @@ def resolve_weights(weights: dict[float, float], backbone, kind: str) -> dict[tu
     available = backbone.attention_grids(kind)
     out: dict[tuple[int, int], float] = {}
     for fraction, weight in weights.items():
+        if weight <= 0 or not available:
+            continue
         side = latent_hw[0] * float(fraction)
-        for grid in available:
-            if abs(grid[0] - side) < 0.5 and weight > 0:
-                out[grid] = out.get(grid, 0.0) + float(weight)
-    if not out and available:
-        for fraction, weight in weights.items():
-            if weight > 0:
-                nearest = min(available, key=lambda g: abs(math.log(g[0] / (latent_hw[0] * float(fraction)))))
-                out[nearest] = out.get(nearest, 0.0) + float(weight)
+        grid = min(available, key=lambda g: abs(math.log(g[0] / side)))
+        out[grid] = out.get(grid, 0.0) + float(weight)
     if not out:
         fractions = [round(g[0] / latent_hw[0], 4) for g in available]
         raise ValueError(
-            f"none of the {kind}-attention resolutions {sorted(weights)} (fractions of the latent side) exists in this "
-            f"{backbone.family}; it has {kind}-attention at fractions {fractions}"
+            f"no {kind}-attention resolution with a positive weight in {weights} (fractions of the latent side) can be "
+            f"read in this {backbone.family}; it has {kind}-attention at fractions {fractions}"
         )
     return out
 

@@ -68,7 +68,11 @@ class RecordingProcessor:
 
         def scores_and_record(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None):
             probs = stock_scores(query, key, mask)  # (B * heads, N, K)
-            store.add(kind, probs, attn.heads)
+            # the record's logits are formed in float32 whatever the UNet's dtype (bf16 logits of 16-32 are off by
+            # steps of 0.06-0.125, probabilities by several percent); the forward keeps the stock probabilities
+            recorded = probs if query.dtype == torch.float32 else stock_scores(
+                query.float(), key.float(), None if mask is None else mask.float())
+            store.add(kind, recorded, attn.heads)
             if kind == "cross" and store.keep_queries:
                 store.add_query(attn, query)
             return probs
@@ -178,7 +182,9 @@ class JointRecordingProcessor:
         store = self.store
         if not store.keep_graph:
             seen = {k: v.detach() for k, v in seen.items()}
-        streams = self._streams(attn, seen, single, rope)
+        # normed and rotated in the block's dtype, as its processor does; the logits are then formed in float32
+        # whatever that dtype (as attention-map-diffusers forms them)
+        streams = {k: v.float() for k, v in self._streams(attn, seen, single, rope).items()}
         query, key = streams["q"], streams["k"]
         if "cross" in self.kinds:
             if store.keep_queries:
