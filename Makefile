@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 OPEN_CLIP_VERSION ?= 3.3.0
+AMD_VERSION ?= 1.0.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptseg-installed
 
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# CLIP's real BPE vocabulary ships inside open-clip-torch; only that file is read (never imported), so its
 	# dependencies (torchvision, timm) are not installed
 	$(BIN)/python -m pip install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)"
+	# attention-map-diffusers, the test oracle for captured attention (tests/test_peer_oracle.py): its other
+	# requirements are the dev extra's, except torchvision (used only by its legacy PNG saver, never imported here)
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt "attention-map-diffusers==$(AMD_VERSION)"
 	touch $(STAMP)
 
 demo: $(STAMP)
