@@ -3,10 +3,10 @@
     python benchmarks/dit_aggregation.py --model shapes-dit --n 60
 
 The baseline on `shapes-dit` with its blocks combined by their mean (`aggregation="fixed"`) or by GoCA's weights
-(`aggregation="goca"`: each block's self-attention against a reference block's feature affinity, labels rescaled by
-the start token's share; `promptseg.diffusion.aggregation`), over the model's blocks and over every block, with
+(`aggregation="goca"`: each block's self-attention against a reference block's feature affinity, each label's score divided,
+pixel by pixel, by the summed score of every label token; `promptseg.diffusion.aggregation`), over the model's blocks and over every block, with
 the ground-truth names (oracle) and with every class name (vocabulary, no filter), no refiner, at the model's
-timestep; and GoCA's block weights without its start-token rescaling. Writes `benchmarks/results/<model>_aggregation_val.{json,md}`; the test split is never read.
+timestep; and GoCA's block weights without its rescaling. Writes `benchmarks/results/<model>_aggregation_val.{json,md}`; the test split is never read.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ def main() -> None:
     args = parser.parse_args()
     backbone = load_backbone(args.model, device="cpu")
     rows = []
-    for blocks, places in (("the model's blocks", None), ("every block", ["joint"])):
-        for aggregation, extra in (("fixed", {}), ("goca", {}), ("goca, block weights only", {"goca_rescale": False})):
-            settings = {"aggregation": aggregation.split(",")[0], **extra, **({"places": places} if places else {})}
+    # every setting under comparison is named, so the model's own settings (its chosen aggregation) cannot leak in
+    own = [f"block{b}" for b in backbone.method_defaults.get("blocks") or []] or ["joint"]
+    for blocks, places in (("the model's blocks", own), ("every block", ["joint"])):
+        for aggregation, extra in (("fixed", {}), ("goca", {"goca_rescale": True}),
+                                   ("goca, block weights only", {"goca_rescale": False})):
+            settings = {"aggregation": aggregation.split(",")[0], **extra, "places": places}
             row = {"blocks": blocks, "aggregation": aggregation, "settings": settings,
                    **{names: val_miou(backbone, args.model, "baseline", args.n, settings, names=names, label_filter="none")
                       for names in ("oracle", "all")}}

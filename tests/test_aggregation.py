@@ -1,4 +1,4 @@
-"""GoCA's aggregation of a transformer's blocks: weights from the activations, start-token rescaling, in the baseline."""
+"""GoCA's aggregation of a transformer's blocks: weights from the activations, entity-token rescaling, in the baseline."""
 
 import numpy as np
 import pytest
@@ -26,14 +26,48 @@ def test_a_block_weighs_as_much_as_its_self_attention_agrees_with_the_reference(
     assert torch.allclose(weights, expected / expected.sum(), atol=1e-5)
 
 
-def test_maps_are_summed_renormalised_and_rescaled_by_the_start_tokens_share():
+def test_maps_are_summed_renormalised_and_rescaled_by_the_entity_tokens_total():
     a = torch.tensor([[[0.5, 0.3, 0.2], [0.8, 0.1, 0.1]]])  # (1, N=2, T=3): token 0 is the start token
     b = torch.tensor([[[0.1, 0.1, 0.8], [0.2, 0.4, 0.4]]])
     merged = aggregation.aggregate([a, b], torch.tensor([0.75, 0.25]))
     assert torch.allclose(merged, 0.75 * a + 0.25 * b) and torch.allclose(merged.sum(-1), torch.ones(1, 2))
     labels = merged[..., 1:]  # two one-token labels
-    rescaled = aggregation.rescale(labels, merged, [0])
-    assert torch.allclose(rescaled, labels / merged[..., :1])
+    rescaled = aggregation.rescale(labels, merged, [1, 2])
+    # GoCA's sum-1 rescaling: each pixel's label scores sum to 1 (not divided by the start token's share)
+    assert torch.allclose(rescaled, labels / merged[..., 1:].sum(-1, keepdim=True))
+    assert torch.allclose(rescaled.sum(-1), torch.ones(1, 2))
+
+
+def rescaling_factor(method, prepared, tokens, text):
+    """The baseline's goca rescaled label scores and its unscaled ones, and the entity total GoCA divides by."""
+    from dataclasses import replace
+
+    rescaled = method.read_attention(prepared, tokens, text)[0]
+    method.config = replace(method.config, goca_rescale=False)
+    unscaled = method.read_attention(prepared, tokens, text)[0]
+    method.config = replace(method.config, goca_rescale=True)
+    ((grid, rescaled),), ((_, unscaled),) = rescaled.items(), unscaled.items()
+    lengths = torch.tensor([float(len(spans[0])) for spans in tokens.positions])
+    return rescaled, unscaled, (unscaled * lengths).sum(-1, keepdim=True)  # the mean times the count: the sum
+
+
+def test_goca_divides_by_every_label_tokens_total_even_after_a_caption(tmp_path_factory):
+    """On FLUX (T5: no start token) with the filter's caption appended: the factor is the summed score of every
+    label token. Before, the factor was the score of the position after the label prompt's last token, which the
+    caption turns into a separator."""
+    from promptseg.models.flux_configs import save_flux
+    from promptseg.text import build_prompt, parse_labels
+
+    flux = load_backbone(str(save_flux("flux1", tmp_path_factory.mktemp("flux") / "f", reduced=True)), device="cpu",
+                         dtype="fp32")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    method = build_method("baseline", flux, aggregation="goca", places=["block3", "block9", "single2"])
+    prepared = method.prepare(image)
+    tokens = build_prompt(flux.tokenizer, parse_labels(["cat", "potted plant"]), method.config.template,
+                          method.config.joiner)
+    text = flux.encode_text(method.completed(prepared, tokens.prompt, "a cat next to a plant on a table"))
+    rescaled, unscaled, total = rescaling_factor(method, prepared, tokens, text)
+    assert torch.allclose(rescaled, unscaled / total, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +95,13 @@ def test_the_baseline_weighs_a_transformers_blocks_from_its_activations(sd3, tin
     ratio = (alone.read_attention(prepared, tokens, text)[0][(16, 16)]
              / fixed.read_attention(prepared, tokens, text)[0][(16, 16)])
     assert torch.allclose(ratio[..., 0], ratio[..., 1], rtol=1e-4) and not torch.allclose(ratio, torch.ones_like(ratio))
+    goca = build_method("baseline", sd3, aggregation="goca", places=["block9"])
+    rescaled, unscaled, total = rescaling_factor(goca, prepared, tokens, text)
+    assert torch.allclose(rescaled, unscaled / total, rtol=1e-5)  # CLIP: not the start token's share
+    assert torch.allclose(rescaled.sum(-1), torch.ones_like(total[..., 0]), rtol=1e-5)  # one-token labels
+    # refer() reads the expression's words with GoCA's aggregation too
+    answer = goca.refer(goca.prepare(image), "the cat on the left")
+    assert answer.mask.shape == (64, 64) and answer.extra["words"]
     rescaled = build_method("baseline", sd3, aggregation="goca", places=["block9"])(image, ["cat", "dog"])
     unscaled = build_method("baseline", sd3, aggregation="goca", goca_rescale=False, places=["block9"])(image, ["cat", "dog"])
     assert not np.allclose(rescaled.scores, unscaled.scores)

@@ -89,6 +89,33 @@ def test_linear_normalization_makes_each_channel_a_share_over_the_concepts():
     assert torch.equal(normed[0, :, 1], torch.zeros(3))  # a channel equal for every concept carries nothing
 
 
+def test_a_labels_share_is_not_divided_among_its_tokens_and_synonyms(sd3, inputs):
+    """Pooled before the softmax: a label's score is the mean of its tokens' dot products (max over synonyms), and
+    the softmax runs over labels. Pooled after it (every token a concept, the label's share the mean of its tokens'
+    shares), a label of three tokens gets about a third of what the same concept gets as one token."""
+    from promptseg.text import label_scores
+
+    noisy, t, text, concepts = inputs
+    rows = torch.cat([concepts[:, :1], concepts[:, 1:2].expand(-1, 3, -1)], dim=1)  # cat, then grass three times
+
+    def maps(groups, softmax=True):
+        stream = ConceptStream(sd3.transformer, rows, [3], normalize="l2", softmax=softmax, groups=groups)
+        with torch.no_grad(), stream:
+            run_until_captured(sd3.predict, noisy, t, text)
+        return stream.mean_map()
+
+    raw = maps(None, softmax=False)  # (1, N, 4) dot products
+    assert torch.allclose(raw[..., 1], raw[..., 2], atol=1e-5)  # the same concept thrice
+    for groups in ([[[0]], [[1, 2, 3]]], [[[0]], [[1], [2], [3]]]):  # three tokens of one name, or three synonyms
+        pooled = maps(groups)
+        assert torch.allclose(pooled, label_scores(raw, groups).softmax(-1), atol=1e-5)
+        assert torch.allclose(pooled, raw[..., :2].softmax(-1), atol=1e-5)  # as if given once
+    after = label_scores(maps(None), [[[0]], [[1, 2, 3]]])
+    assert (after[..., 1] < pooled[..., 1]).all()
+    with pytest.raises(ValueError, match="normalize must be"):
+        ConceptStream(sd3.transformer, rows, [3], normalize="max")
+
+
 def test_conceptattention_segments_with_multi_token_names_and_a_background_concept(sd3):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
     method = build_method("conceptattention", sd3, blocks=(2, 9))

@@ -141,6 +141,17 @@ def test_every_semantic_method_segments_on_reduced_flux(flux, image, method, set
     assert result.label_map.shape == (96, 128) and result.labels[-2:] == ["cat", "tv monitor"]
 
 
+def test_conceptattention_zeroes_flux_pooled_vector_as_the_reference(flux, image, monkeypatch):
+    seen = []
+    real = flux.transformer.forward
+    monkeypatch.setattr(flux.transformer, "forward",
+                        lambda *a, **k: seen.append(k["pooled_projections"].clone()) or real(*a, **k))
+    build_method("conceptattention", flux, blocks=(3,))(image, ["cat", "dog"])
+    assert seen and torch.count_nonzero(seen[-1]) == 0
+    build_method("conceptattention", flux, blocks=(3,), zero_pooled=False)(image, ["cat", "dog"])
+    assert torch.count_nonzero(seen[-1]) > 0
+
+
 def test_anyword_dpseg_and_the_filter_run_on_reduced_flux(flux, image, tmp_path):
     from promptseg.filters import build_filter
 

@@ -7,10 +7,13 @@ the activations of the image at hand:
   over the image tokens, against each layer's self-attention; a layer weighs as much as its self-attention agrees
   with the reference's affinity (clamped at 0, normalised over the layers); the cross maps are summed with these
   weights, clamped at 0 and renormalised over the tokens;
-- **per-pixel rescaling** ("sum-1 rescaling"): each token's score divided, pixel by pixel, by the score of the
-  special token(s) (the start token takes a large, position-dependent share of every pixel's attention, so raw
-  scores of different pixels are not comparable); then each map is normalised over the image (its
-  "per-token renorm", done here by the reader's min-max after refinement).
+- **per-pixel rescaling** ("sum-1 rescaling", `goca_cross_run`): after the blocks are summed, clamped at 0 and
+  renormalised over every text token, each object's score (the mean over its tokens) is divided, pixel by pixel, by
+  the summed score of *every* entity token of the prompt (every object's tokens; its `rescaling_token_id`). The
+  special tokens (start, end, padding, separators) take a large, position-dependent share of every pixel's
+  attention, so raw scores of different pixels are not comparable; the entities' own total is. Then each map is
+  normalised over the image (its "per-token renorm", done here by the reader's min-max after refinement; GoCA
+  blurs first).
 
 Its head aggregation on FLUX is the plain mean (its FLUX config), which is what the capture records.
 """
@@ -51,8 +54,9 @@ def aggregate(maps: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     return total / total.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def rescale(label_maps: torch.Tensor, cross: torch.Tensor, special: list[int]) -> torch.Tensor:
-    """(B, N, K) label scores divided, pixel by pixel, by the share of the `special` token positions in `cross`
-    (B, N, T): GoCA's sum-1 rescaling."""
-    share = cross[..., special].sum(dim=-1, keepdim=True)
-    return label_maps / share.clamp_min(1e-6)
+def rescale(label_maps: torch.Tensor, cross: torch.Tensor, entities: list[int]) -> torch.Tensor:
+    """(B, N, K) label scores divided, pixel by pixel, by the summed score in `cross` (B, N, T) of the `entities`
+    token positions (every label's tokens): GoCA's sum-1 rescaling (`cross_attn_dispatch.py`, `goca_cross_run`:
+    scores / the sum over `rescaling_token_id`)."""
+    share = cross[..., sorted(set(entities))].sum(dim=-1, keepdim=True)
+    return label_maps / share.clamp_min(1e-12)

@@ -79,15 +79,25 @@ def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers,
     `self_products`: how many times the reader multiplies the self-attention (refinement iterations); it decides
     whether large grids are kept lazily (`promptseg.diffusion.capture.lazy_tokens_for`). `keep_layers`: keep each
     layer's cross map and self-attention apart (every self-attention call as query and key), in call order.
-    `reference`: the name of a transformer block whose image tokens (its output's second part) are kept in
-    `store.reference`."""
+    `reference`: the name of a transformer block, or of a block's attention module (".attn"), whose image tokens
+    are kept in `store.reference`: a block's output image stream (SD3's and FLUX's blocks return (text, image)), an
+    attention module's image output (a double block's returns (image, text); a FLUX single block's returns
+    [text; image] before its output projection: the last grid-many rows)."""
     store = AttentionStore(latent_hw=tuple(latents.shape[-2:]), keep_queries=keep_queries, keep_layers=keep_layers,
                            lazy_self_tokens=1 if keep_layers else lazy_tokens_for(self_products))
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
     hook = None
     if reference is not None:
-        hook = backbone.denoiser.get_submodule(reference).register_forward_hook(
-            lambda m, args, out: setattr(store, "reference", out[1].detach().float()))
+        image_tokens = math.prod(backbone.grid) if hasattr(backbone, "grid") else None
+
+        def keep(module, args, out):
+            if isinstance(out, tuple):
+                out = out[0] if reference.endswith(".attn") else out[1]
+            else:
+                out = out[:, -image_tokens:]
+            store.reference = out.detach().float()
+
+        hook = backbone.denoiser.get_submodule(reference).register_forward_hook(keep)
     try:
         with torch.no_grad(), capture(backbone.denoiser, layers, store, stop_after_last=True):
             run_until_captured(backbone.predict, latents, t, text)

@@ -43,25 +43,34 @@ class ConceptStream:
             of an encoded prompt, before the transformer's `context_embedder`).
         blocks (`list[int]`): the blocks whose maps are recorded; the stream runs through every block up to the last
             of them and the forward stops there (`StopForward`, see `run_until_captured`).
-        normalize (`bool`, defaults to `True`): normalise the concepts' output vectors per channel over the concepts
-            before the dot product (`linear_normalization`, ConceptAttention's `normalize_concepts`).
+        normalize (`bool` or `str`, defaults to `True`): how the concepts' output vectors are normalised before the
+            dot product: True or "linear", per channel over the concepts (`linear_normalization`, the reference's
+            FLUX code); "l2", each concept to unit length over its channels (the reference's current SD3
+            pipeline); False: not at all.
         softmax (`bool`, defaults to `True`): softmax each image token's scores over the concepts (the paper); else
             the raw dot products are kept.
+        groups (`list[list[list[int]]]`, *optional*): concept rows grouped by label, then synonym (the layout of
+            `promptseg.text.label_scores`'s positions). When given, each block's map is (B, N, K) over the K labels:
+            a label's score is the mean of its tokens' dot products, the max over its synonyms, *before* the
+            softmax, so a label's share is not divided among its tokens and synonyms (a softmax over every token
+            splits "tv monitor"'s mass five ways and the background's 27 ways).
         attend_prompt (`bool`, defaults to `False`): the concepts' queries also attend to the prompt's keys (still
             one way: nothing attends to the concepts). The paper's concepts attend to the image and each other only.
         keep_outputs (`bool`, defaults to `False`): also keep each read block's (image, concept) attention outputs
             in `outputs` (before the output projection; for inspection and tests: at SD3's size, 25 MB a block).
     """
 
-    def __init__(self, transformer, concepts: torch.Tensor, blocks, normalize: bool = True, softmax: bool = True,
-                 attend_prompt: bool = False, keep_outputs: bool = False):
+    def __init__(self, transformer, concepts: torch.Tensor, blocks, normalize: bool | str = True, softmax: bool = True,
+                 attend_prompt: bool = False, keep_outputs: bool = False, groups: list | None = None):
+        if normalize not in (True, False, "linear", "l2"):
+            raise ValueError(f"normalize must be True/'linear', 'l2' or False, got {normalize!r}")
         n = len(transformer.transformer_blocks)
         blocks = sorted(set(int(b) for b in blocks))
         if not blocks or blocks[0] < 0 or blocks[-1] >= n:
             raise ValueError(f"blocks must name blocks 0..{n - 1} of this transformer, got {blocks}")
         self.transformer, self.blocks = transformer, blocks
         self.normalize, self.softmax, self.keep_outputs = normalize, softmax, keep_outputs
-        self.attend_prompt = attend_prompt
+        self.attend_prompt, self.groups = attend_prompt, groups
         self.rows = concepts
         self.maps: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -118,8 +127,16 @@ class ConceptStream:
         out = merge_heads(F.scaled_dot_product_attention(query, keys, values), heads)  # (B, C, inner)
         if index in self.blocks:
             image = seen["out"].float()  # (B, N, inner)
-            concepts = linear_normalization(out.float(), dim=1) if self.normalize else out.float()
+            concepts = out.float()
+            if self.normalize in (True, "linear"):
+                concepts = linear_normalization(concepts, dim=1)
+            elif self.normalize == "l2":
+                concepts = concepts / (concepts.norm(dim=-1, keepdim=True) + 1e-8)
             scores = image @ concepts.transpose(1, 2)  # (B, N, C)
+            if self.groups is not None:  # pooled per label before the softmax (class docstring)
+                from promptseg.text import label_scores
+
+                scores = label_scores(scores, self.groups)  # (B, N, K)
             self.maps[index] = scores.softmax(dim=-1) if self.softmax else scores
             if self.keep_outputs:
                 self.outputs[index] = (seen["out"], out)

@@ -68,11 +68,23 @@ class BaselineConfig:
     aggregation: str = "fixed"
     """How a transformer's blocks are combined: "fixed" (their mean, the resolution weights of a UNet) or "goca"
     (weights from the image's own activations: each block's self-attention against a reference block's feature
-    affinity, and every label score divided pixel by pixel by the start token's share; GoCA, CVPR 2026,
-    `promptseg.diffusion.aggregation`). "goca" reads transformers only."""
+    affinity, and every label score divided pixel by pixel by the summed score of all label tokens; GoCA, CVPR
+    2026, `promptseg.diffusion.aggregation`). "goca" reads transformers only."""
     goca_rescale: bool = True
-    """With aggregation="goca": divide each label score by the start token's share, pixel by pixel (GoCA's "sum-1
-    rescaling"); False keeps the activation-derived block weights alone."""
+    """With aggregation="goca": divide each label score, pixel by pixel, by the summed score of every label token
+    of the prompt (GoCA's "sum-1 rescaling"); False keeps the activation-derived block weights alone."""
+    goca_reference: str | None = None
+    """With aggregation="goca": the block whose image features give the reference affinity, as a place ("block9",
+    "single8"; with ".attn": its attention output, "single8.attn" is GoCA's FLUX reference 'vit-block27-attn-out');
+    None: the output of the middle read block."""
+    readout: str = "diffsegmenter"
+    """How label maps become scores: "diffsegmenter" (each label's map min-max normalised over the image, refined
+    by self-attention, a caption appended to the prompt: DiffSegmenter's recipe) or "seg4diff" (Seg4Diff's zero-shot
+    read-out, `seg4diff_model_ovss.py`: the prompt is the label names alone, each label's score its tokens' mean
+    attention share, no per-label normalisation, so the joint softmax's shares are compared across labels as they
+    are; no caption; the scores are scaled by one common factor to [0, 1], which keeps the argmax). Refinement,
+    template and threshold stay their own settings: the SD3 profile sets them as Seg4Diff runs (no refinement,
+    names joined by spaces, no threshold)."""
     refine_iterations: int = 1
     """Times the cross-attention is propagated by self-attention (1 = eq. 2; 0 = no refinement, and self-attention
     is then not recorded; the finest `self_weights` grid still sets the output grid)."""
@@ -86,6 +98,8 @@ class BaselineConfig:
             raise ValueError(f"prompt_mode must be 'joint' or 'per_class', got {self.prompt_mode!r}")
         if self.conditioning not in ("labels", "prompt"):
             raise ValueError(f"conditioning must be 'labels' or 'prompt', got {self.conditioning!r}")
+        if self.readout not in ("diffsegmenter", "seg4diff"):
+            raise ValueError(f"readout must be 'diffsegmenter' or 'seg4diff', got {self.readout!r}")
         if self.aggregation not in ("fixed", "goca"):
             raise ValueError(f"aggregation must be 'fixed' or 'goca', got {self.aggregation!r}")
         if self.refine_iterations < 0:
@@ -113,7 +127,9 @@ class Baseline:
             if getattr(backbone, "text_keys_reusable", True) or self.config.conditioning != "labels":
                 raise ValueError("aggregation='goca' weighs a transformer's blocks with conditioning='labels'; "
                                  f"{backbone.name!r} is a UNet or conditioning is 'prompt': use aggregation='fixed'")
-            if len(blocks) > 1:  # the reference: a middle block (the last ends the forward before its output)
+            if self.config.goca_reference is not None:
+                self.reference = reference_module(backbone, self.config.goca_reference)
+            elif len(blocks) > 1:  # the reference: a middle block (the last ends the forward before its output)
                 name = next(layer.name for layer in self.layers if layer.block == blocks[(len(blocks) - 1) // 2])
                 self.reference = name.rsplit(".attn.", 1)[0]
         self.captioner = None
@@ -185,7 +201,7 @@ class Baseline:
             from promptseg.models.captioner import continuation
 
             caption = continuation(self.captioner(prepared.extra["image"], prefix=prompt), prompt)
-        if not caption:
+        if not caption or self.config.readout == "seg4diff":  # Seg4Diff's prompt is the names alone
             return prompt
         return append_to_fit(self.backbone.tokenizer, prompt, caption, self.config.caption_separator)
 
@@ -208,10 +224,9 @@ class Baseline:
     def goca_attention(self, prepared: PreparedImage, tokens, text: torch.Tensor) -> tuple[dict, dict]:
         """`read_attention` with GoCA's aggregation (`promptseg.diffusion.aggregation`): the blocks' cross maps
         weighted by how well each block's self-attention agrees with the reference block's feature affinity, then
-        each label's score divided by the start token's share (the end token's where the tokenizer has no start
-        token, as T5's)."""
+        each label's score divided, pixel by pixel, by the summed score of every label token (`tokens.positions`;
+        the caption's words are not labels, so they are left out, as GoCA leaves out words matched to no object)."""
         from promptseg.diffusion import aggregation
-        from promptseg.text.labels import leading_specials
 
         store = attention_pass(self.backbone, prepared.extra["noisy"], self.config.timestep, text, self.layers,
                                self_products=self.config.refine_iterations, keep_layers=True,
@@ -223,11 +238,10 @@ class Baseline:
         else:
             weights = torch.full((len(store.layer_maps),), 1 / len(store.layer_maps))
         cross = aggregation.aggregate(store.layer_maps, weights)
-        tokenizer = self.backbone.tokenizer
-        special = [0] if leading_specials(tokenizer) else [len(tokenizer(tokens.prompt).input_ids) - 1]
         label = label_scores(cross, tokens.positions)
         if self.config.goca_rescale:
-            label = aggregation.rescale(label, cross, special)
+            entities = [p for spans in tokens.positions for span in spans for p in span]
+            label = aggregation.rescale(label, cross, entities)
         self.last_block_weights = weights
         return {grid: label}, {g: store.self_attention(g) for g in self.self_grids}
 
@@ -235,6 +249,13 @@ class Baseline:
         """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention
         ((B, N, N) tensors or `SelfAttention` operators)."""
         maps = {g: tokens_to_maps(c, g) for g, c in label_cross.items()}
+        if self.config.readout == "seg4diff":  # shares compared across labels: no per-label normalisation
+            mixed = weighted_sum(maps, self.cross_grids, self.target, normalize=False)
+            if self.self_grids:
+                propagate = mix_self_attention(self_attn, self.self_grids, self.target)
+                mixed = tokens_to_maps(refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations),
+                                       self.target)
+            return mixed / mixed.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
         mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
         if not self.self_grids:
             return minmax(mixed)
@@ -276,3 +297,20 @@ class Baseline:
         if self.config.conditioning == "prompt":
             return self.segment(self.prepare(image, prompt), labels)
         return self.segment(self.prepare(image), labels, caption=prompt)
+
+
+def reference_module(backbone, place: str) -> str:
+    """The module path of GoCA's reference `place` ("block9", "single8", either with ".attn") in `backbone`'s
+    transformer.
+
+    Raises:
+        ValueError: a place that names no block of this transformer, or another suffix than ".attn".
+    """
+    block, _, part = place.partition(".")
+    if part not in ("", "attn"):
+        raise ValueError(f"goca_reference {place!r}: name a block ('block9', 'single8') or its attention output "
+                         "('single8.attn')")
+    (index,) = backbone.blocks_for([block])
+    doubles = len(backbone.denoiser.transformer_blocks)
+    path = f"transformer_blocks.{index}" if index < doubles else f"single_transformer_blocks.{index - doubles}"
+    return f"{path}.attn" if part else path

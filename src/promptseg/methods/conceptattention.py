@@ -11,8 +11,14 @@ blocks of an SD3-style transformer or FLUX's double-stream blocks (`promptseg.di
    (multi-token names count whole: the reference keeps a concept's first token only, its issue #18), plus the
    background concepts;
 3. per read block, each image token's attention output dotted with each concept's (concepts normalised per
-   channel), softmaxed over the concepts; mean over the blocks;
-4. per label: mean over a synonym's tokens, max over synonyms; pixels won by a background concept are background.
+   channel, or to unit length as the reference's SD3 pipeline); per label the mean over a synonym's tokens and the
+   max over its synonyms, then the softmax over the labels (pooled before the softmax, so a label's share is not
+   divided among its tokens and synonyms: the reference's concepts are one token each, a name of several tokens
+   or synonyms would otherwise lose to a one-token name); mean over the blocks;
+4. pixels won by a background concept are background.
+
+On FLUX the pooled CLIP vector is zeroed for the whole pass, as the reference encodes images (its
+`concept_vec = zeros_like(vec)`, concept_attention/utils.py; segmentation.py passes it as `y`).
 
 The pass stops after the last read block. UNets have no joint attention: this method needs a transformer backbone.
 """
@@ -44,8 +50,17 @@ class ConceptAttentionConfig:
     blocks: tuple[int, ...] | None = None
     """Joint blocks whose maps are averaged; None: every block (the reference's SD3 segmentation reads
     `layer_range` (0, 38), every block of SD3.5-large; its FLUX VOC experiment reads double blocks 14-17 of 19)."""
-    normalize_concepts: bool = True
-    """Normalise the concepts' output vectors per channel over the concepts (`normalize_concepts`, the reference)."""
+    normalize_concepts: bool | str = True
+    """How the concepts' output vectors are normalised: True / "linear", per channel over the concepts (the
+    reference's FLUX code, `linear_normalization`); "l2", each to unit length (its current SD3 pipeline,
+    `_compute_heatmaps`); False: not at all."""
+    pool_before_softmax: bool = True
+    """Pool a label's tokens and synonyms (mean, then max) before the softmax over concepts, so that a label's
+    share is not divided by its token and synonym count; False: every token is a concept of its own in the
+    softmax and the label's score is pooled after it (a one-token concept per name, as the reference)."""
+    zero_pooled: bool | None = None
+    """Zero the pooled text vector that conditions the adaLN; None: as the reference on this family (FLUX: zeroed,
+    `concept_vec = zeros_like(vec)`; SD3: the prompt's pooled vector, its SD3 pipeline)."""
     softmax: bool = True
     """Softmax each image token's concept scores over the concepts, per block (the paper, eq. 9; its SD3 code)."""
     attend_prompt: bool = False
@@ -86,6 +101,9 @@ class ConceptAttention:
         self.backbone = backbone
         n = len(blocks)
         self.blocks = list(range(n)) if self.config.blocks is None else sorted(set(self.config.blocks))
+        if self.config.normalize_concepts not in (True, False, "linear", "l2"):
+            raise ValueError(f"normalize_concepts must be true/'linear', 'l2' or false, got "
+                             f"{self.config.normalize_concepts!r}")
         if self.blocks[0] < 0 or self.blocks[-1] >= n:
             raise ValueError(f"blocks {list(self.config.blocks)} are not blocks of this transformer (0..{n - 1})")
 
@@ -132,15 +150,21 @@ class ConceptAttention:
         rows, positions = self.concepts(read)
         conditioning = caption or self.labels_prompt(labels)
         text = self.backbone.encode_text(conditioning)
+        zero = self.config.zero_pooled
+        if zero or (zero is None and self.backbone.family == "flux"):
+            text = text.clone()
+            text[:, -1] = 0  # the pooled row (`split_text`)
+        pool = self.config.pool_before_softmax
         stream = ConceptStream(self.backbone.transformer, rows, self.blocks, normalize=self.config.normalize_concepts,
-                               softmax=self.config.softmax, attend_prompt=self.config.attend_prompt)
+                               softmax=self.config.softmax, attend_prompt=self.config.attend_prompt,
+                               groups=positions if pool else None)
         with stream:
             t = torch.tensor([self.config.timestep], device=self.backbone.device)
             run_until_captured(self.backbone.predict, prepared.extra["noisy"], t, text)
-        scores = label_scores(stream.mean_map(), positions)  # (1, N, K)
+        scores = stream.mean_map() if pool else label_scores(stream.mean_map(), positions)  # (1, N, K)
         maps = tokens_to_maps(scores, self.backbone.grid)[0]  # (K, h, w)
-        if not self.config.softmax:  # raw dot products: each label's map scaled to [0, 1] over the image
-            maps = minmax(maps[None])[0]
+        if not self.config.softmax:  # raw dot products: scaled to [0, 1] over every label at once (argmax kept)
+            maps = minmax(maps.reshape(1, 1, -1)).view_as(maps)
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         threshold = None if background else self.config.background_threshold
         result = finish(maps, read, prepared.size, threshold, timings)

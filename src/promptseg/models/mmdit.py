@@ -10,7 +10,8 @@ What the interface means here (`promptseg.models.base.DiffusionBackbone`):
 - **text**: SD3's conditioning, as `StableDiffusion3Pipeline.encode_prompt` builds it: each CLIP encoder's
   penultimate hidden states (the last for a model whose settings say `"clip_hidden_layer": "last"`, as shapes-dit),
   concatenated along channels and zero-padded to the transformer's `joint_attention_dim`, then T5's 256 token states
-  (zeros when T5 is not loaded, as the pipeline does); the pooled vector (the CLIP encoders' pooled outputs,
+  (zeros when T5 is not loaded, as the pipeline does; `"max_sequence_length"` in the model's settings sets the
+  count: SD3's profile reads 77 zero rows, as Seg4Diff runs it); the pooled vector (the CLIP encoders' pooled outputs,
   concatenated) goes to the adaLN conditioning. `encode_text` returns the token states with the pooled vector as one
   last row, zero-padded (B, T + 1, D): one tensor, so every method passes it on as it passes a UNet's; `predict`
   splits it. Word positions are found in the first CLIP encoder's tokens (the first 77 rows);
@@ -34,7 +35,8 @@ from promptseg.models.base import DiffusionBackbone, run_text_encoder
 from promptseg.models.hub import choose_device, choose_dtype
 
 T5_LENGTH = 256
-"""T5 token states SD3's pipeline appends (`max_sequence_length` 256)."""
+"""T5 token states SD3's pipeline appends by default (`max_sequence_length` 256; zeros of that length without T5,
+diffusers 0.42). The model's `"max_sequence_length"` setting changes it (Seg4Diff runs SD3 with 77)."""
 PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
 """The diffusers pipelines whose folders this family loads."""
 
@@ -121,14 +123,19 @@ class DiTBackbone(DiffusionBackbone):
         clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
         parts = [clip]
         if self.t5_encoder is not None:
-            ids = self.t5_tokenizer(list(prompts), padding="max_length", max_length=T5_LENGTH, truncation=True,
+            ids = self.t5_tokenizer(list(prompts), padding="max_length", max_length=self.t5_length, truncation=True,
                                     return_tensors="pt").input_ids.to(self.device)
             parts.append(self.t5_encoder(ids)[0].to(clip.dtype))
         elif len(self.text_encoders) > 1:  # SD3's layout without T5: the pipeline's zeros
-            parts.append(clip.new_zeros(clip.shape[0], T5_LENGTH, width))
+            parts.append(clip.new_zeros(clip.shape[0], self.t5_length, width))
         pooled = torch.cat(pooled, dim=-1)
         pooled_row = torch.nn.functional.pad(pooled, (0, width - pooled.shape[-1]))[:, None].to(clip.dtype)
         return torch.cat(parts + [pooled_row], dim=1)
+
+    @property
+    def t5_length(self) -> int:
+        """T5's rows in the text states (zeros without T5): the `"max_sequence_length"` setting, else 256."""
+        return int(self.method_defaults.get("max_sequence_length", T5_LENGTH))
 
     def split_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(token states (B, T, D), pooled (B, P)) of an `encode_text` result."""
