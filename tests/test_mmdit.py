@@ -33,11 +33,13 @@ def test_an_sd3_folder_loads_as_the_mmdit_family_with_its_topology(sd3):
     assert sd3.latent_size == (32, 32) and sd3.grid == (16, 16) and sd3.image_size == (256, 256)
     assert len(sd3.transformer.transformer_blocks) == 24 == dit_configs("sd3")["transformer"]["num_layers"]
     text = sd3.encode_text(["a cat", "a dog"])
-    # 77 CLIP rows (CLIP-L | CLIP-G, padded to the joint width) + T5's 256 zero rows + the pooled row
-    assert text.shape == (2, 77 + 256 + 1, 128)
-    assert torch.all(text[:, 77:333] == 0)
+    # 77 CLIP rows (CLIP-L | CLIP-G, padded to the joint width) + 77 zero T5 rows (the SD3 profile's
+    # max_sequence_length, Seg4Diff's; diffusers' default would be 256) + the pooled row
+    assert sd3.method_defaults["max_sequence_length"] == 77 and sd3.t5_length == 77
+    assert text.shape == (2, 77 + 77 + 1, 128)
+    assert torch.all(text[:, 77:154] == 0)
     states, pooled = sd3.split_text(text)
-    assert states.shape == (2, 333, 128) and pooled.shape == (2, 32 + 48)
+    assert states.shape == (2, 154, 128) and pooled.shape == (2, 32 + 48)
     assert not torch.equal(pooled[0], pooled[1])
 
 
@@ -112,7 +114,7 @@ def test_blocks_are_named_by_places_and_default_to_the_grounding_block(sd3):
     assert list(plan.cross) == [(16, 16)] and plan.self == {(16, 16): 1.0}
     assert {layer.block for layer in plan.layers} == {9}
     store = attention_pass(sd3, torch.randn(1, 16, 32, 32), 100, sd3.encode_text("a cat"), plan.layers)
-    assert store.mean("cross", (16, 16)).shape == (1, 256, 333)
+    assert store.mean("cross", (16, 16)).shape == (1, 256, 154)
 
 
 def test_other_text_cannot_be_read_from_kept_queries_on_a_transformer(sd3):
@@ -169,11 +171,13 @@ def test_architecture_profiles_are_recognised_from_the_config_and_the_folder_ove
     (folder / "transformer" / "config.json").write_text(json.dumps(config))
     assert architecture_profile(folder).name == "sd3-medium"
     settings = model_settings(str(folder))
-    assert settings["blocks"] == [9] and settings["baseline"] == {"timestep": 515}
+    assert settings["blocks"] == [9] and settings["baseline"]["timestep"] == 515
+    assert settings["baseline"]["readout"] == "seg4diff" and settings["load_t5"] is False
     assert settings["filter"] == "clip" and "blip" in settings["filters"]["clip"]["captioner"]  # the papers' filter
     (folder / "promptseg_settings.json").write_text(json.dumps({"blocks": [2], "baseline": {"template": "a {}"}}))
     settings = model_settings(str(folder))
-    assert settings["blocks"] == [2] and settings["baseline"] == {"timestep": 515, "template": "a {}"}
+    assert settings["blocks"] == [2] and settings["baseline"]["template"] == "a {}"  # the folder's, over Seg4Diff's
+    assert settings["baseline"]["timestep"] == 515
     (folder / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": 6}))
     assert architecture_profile(folder) is None
     assert architecture_profile("owner/not-in-the-cache") is None
@@ -192,7 +196,8 @@ def test_settings_command_names_each_values_origin(tmp_path, capsys):
     lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
     assert "515" in lines["timestep"] and "profile sd3-medium: Seg4Diff" in lines["timestep"]
     assert lines["seed"].split()[2] == "3" and lines["seed"].endswith("model folder")
-    assert lines["template"].endswith("default") and "[9]" in lines["blocks"]
+    assert lines["cross_weights"].endswith("default") and "[9]" in lines["blocks"]
+    assert "profile sd3-medium" in lines["load_t5"] and "77" in lines["max_sequence_length"]
 
 
 def test_real_sd_widths_get_the_papers_filter_and_reduced_copies_do_not(tmp_path):

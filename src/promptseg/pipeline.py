@@ -262,7 +262,7 @@ def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None =
             else:
                 origin = "default"
             rows.append(SettingOrigin(name, item.name, getattr(config, item.name), origin))
-    for key in ("blocks", "clip_hidden_layer", "cross_readout", "filter", "refine"):
+    for key in ("blocks", "clip_hidden_layer", "cross_readout", "load_t5", "max_sequence_length", "filter", "refine"):
         if key in settings:
             if key in own:
                 origin = "model folder"

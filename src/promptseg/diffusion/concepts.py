@@ -46,7 +46,7 @@ class ConceptStream:
         normalize (`bool` or `str`, defaults to `True`): how the concepts' output vectors are normalised before the
             dot product: True or "linear", per channel over the concepts (`linear_normalization`, the reference's
             FLUX code); "l2", each concept to unit length over its channels (the reference's current SD3
-            pipeline); False: not at all.
+            pipeline); False or "none": not at all.
         softmax (`bool`, defaults to `True`): softmax each image token's scores over the concepts (the paper); else
             the raw dot products are kept.
         groups (`list[list[list[int]]]`, *optional*): concept rows grouped by label, then synonym (the layout of
@@ -62,8 +62,8 @@ class ConceptStream:
 
     def __init__(self, transformer, concepts: torch.Tensor, blocks, normalize: bool | str = True, softmax: bool = True,
                  attend_prompt: bool = False, keep_outputs: bool = False, groups: list | None = None):
-        if normalize not in (True, False, "linear", "l2"):
-            raise ValueError(f"normalize must be True/'linear', 'l2' or False, got {normalize!r}")
+        if normalize not in (True, False, "linear", "l2", "none"):
+            raise ValueError(f"normalize must be 'linear' (True), 'l2' or 'none' (False), got {normalize!r}")
         n = len(transformer.transformer_blocks)
         blocks = sorted(set(int(b) for b in blocks))
         if not blocks or blocks[0] < 0 or blocks[-1] >= n:

@@ -50,10 +50,10 @@ class ConceptAttentionConfig:
     blocks: tuple[int, ...] | None = None
     """Joint blocks whose maps are averaged; None: every block (the reference's SD3 segmentation reads
     `layer_range` (0, 38), every block of SD3.5-large; its FLUX VOC experiment reads double blocks 14-17 of 19)."""
-    normalize_concepts: bool | str = True
-    """How the concepts' output vectors are normalised: True / "linear", per channel over the concepts (the
-    reference's FLUX code, `linear_normalization`); "l2", each to unit length (its current SD3 pipeline,
-    `_compute_heatmaps`); False: not at all."""
+    normalize_concepts: str = "linear"
+    """How the concepts' output vectors are normalised: "linear", per channel over the concepts (the reference's
+    FLUX code, `linear_normalization`); "l2", each to unit length (its current SD3 pipeline, `_compute_heatmaps`);
+    "none" (true and false are read as "linear" and "none")."""
     pool_before_softmax: bool = True
     """Pool a label's tokens and synonyms (mean, then max) before the softmax over concepts, so that a label's
     share is not divided by its token and synonym count; False: every token is a concept of its own in the
@@ -101,8 +101,8 @@ class ConceptAttention:
         self.backbone = backbone
         n = len(blocks)
         self.blocks = list(range(n)) if self.config.blocks is None else sorted(set(self.config.blocks))
-        if self.config.normalize_concepts not in (True, False, "linear", "l2"):
-            raise ValueError(f"normalize_concepts must be true/'linear', 'l2' or false, got "
+        if self.config.normalize_concepts not in (True, False, "linear", "l2", "none"):
+            raise ValueError(f"normalize_concepts must be 'linear', 'l2' or 'none', got "
                              f"{self.config.normalize_concepts!r}")
         if self.blocks[0] < 0 or self.blocks[-1] >= n:
             raise ValueError(f"blocks {list(self.config.blocks)} are not blocks of this transformer (0..{n - 1})")
