@@ -130,3 +130,34 @@ def refer_files(
     pipe.load()
     return _each_file(paths, lambda image, stem: save_refer(pipe.refer(image, expression), image, out_dir, stem),
                       on_progress)
+
+
+def map_files(
+    paths: Sequence[str | Path],
+    words: Sequence[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    out_dir: str | Path = "promptseg_maps",
+    device: str | None = None,
+    dtype: str | None = None,
+    places: Sequence[str] | None = None,
+    timestep: int | None = None,
+    per_layer: bool = False,
+    seed: int = 0,
+    allow_pickle: bool = False,
+    on_progress: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Write each image file's word heat maps to `out_dir` (`promptseg.io.heatmaps.save_word_maps`); an unreadable
+    file is reported in its outcome and the others go on."""
+    from promptseg.io.heatmaps import save_word_maps
+
+    words = [w.strip() for w in words]
+    if not words or any(not w for w in words):
+        raise ValueError(f"give the words to map, e.g. --words 'cat,red car'; got {list(words)!r}")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no image files given")
+    pipe = Pipeline(model, "baseline", device=device, dtype=dtype, allow_pickle=allow_pickle)
+    return _each_file(paths, lambda image, stem: save_word_maps(
+        pipe.attention_maps(image, words, places=places, timestep=timestep, per_layer=per_layer, seed=seed),
+        image, out_dir, stem), on_progress)

@@ -167,6 +167,16 @@ def cmd_refer(args: argparse.Namespace) -> int:
     return _report(outcomes, args.out)
 
 
+def cmd_maps(args: argparse.Namespace) -> int:
+    from promptseg.api import map_files
+
+    outcomes = map_files(args.images, [w for w in args.words.split(",")], model=args.model, out_dir=args.out,
+                         device=args.device, dtype=args.dtype, places=args.places.split(",") if args.places else None,
+                         timestep=args.timestep, per_layer=args.per_layer, seed=args.seed,
+                         allow_pickle=args.allow_pickle)
+    return _report(outcomes, args.out)
+
+
 def cmd_eval_refer(args: argparse.Namespace) -> int:
     from promptseg.eval.refer_runner import ReferRun, evaluate_refer
 
@@ -269,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--out", default="promptseg_out", help="output folder")
     _model_args(ref, default_method="anyword")
     ref.set_defaults(func=cmd_refer)
+
+    maps = sub.add_parser("maps", help="word heat maps: where each word is attended in each image")
+    maps.add_argument("images", nargs="+", help="image files")
+    maps.add_argument("--words", required=True, help='words or phrases, comma-separated: "cat,red car" (one map each)')
+    maps.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
+    maps.add_argument("--places", default=None, help="layers read, comma-separated: down,mid,up (UNet) or block9,"
+                      "single3,joint (transformer); default: the model's baseline read-out")
+    maps.add_argument("--timestep", type=int, default=None, help="noise level read (default: the model's baseline's)")
+    maps.add_argument("--per-layer", action="store_true", help="also store every layer's or block's maps in the .npz")
+    maps.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    maps.add_argument("--out", default="promptseg_maps", help="output folder")
+    maps.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    maps.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
+    maps.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    maps.set_defaults(func=cmd_maps)
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
     tr_sub = tr.add_subparsers(dest="trained_method", required=True)

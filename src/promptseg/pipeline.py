@@ -173,6 +173,15 @@ class Pipeline:
         return run_stages(self.method.instance, self.filter.instance, image, labels, prompt=prompt,
                           refiner=self.refiner.instance)
 
+    def attention_maps(self, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
+                       seed: int = 0):
+        """Each word's attention heat map over `image` (`promptseg.diffusion.wordmaps.word_maps`): a `WordMaps`
+        whose `maps` is (len(words), H, W) float32 at the image's size; the model's read-out by default."""
+        from promptseg.diffusion.wordmaps import word_maps
+
+        return word_maps(self.backbone, image, words, places=places, timestep=timestep, per_layer=per_layer,
+                         seed=seed)
+
     def refer(self, image, expression: str) -> ReferResult:
         """What `expression` refers to in `image`: the method's `refer` (built with task="refer")."""
         if self.task != "refer":

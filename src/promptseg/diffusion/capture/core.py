@@ -262,7 +262,7 @@ def _scale(attn) -> float:
 def capture(
     denoiser: torch.nn.Module,
     layers: Sequence[AttentionLayer],
-    store: AttentionStore,
+    store: AttentionStore | dict,
     *,
     stop_after_last: bool = False,
 ) -> Iterator[AttentionStore]:
@@ -272,7 +272,8 @@ def capture(
         denoiser: a diffusers `UNet2DConditionModel` or transformer (anything with `set_processor` modules).
         layers (`Sequence[AttentionLayer]`): the layers to record (see `select_layers`); the rest keep their
             processors. A transformer's joint block appears once per kind, with one name: it is recorded once.
-        store (`AttentionStore`): receives the maps.
+        store (`AttentionStore` or `dict[str, AttentionStore]`): receives the maps; a dict gives each layer name
+            a store of its own (per-layer maps from one forward).
         stop_after_last (`bool`, defaults to `False`): raise `StopForward` inside a forward as soon as every
             recorded layer has run once, so the rest of the UNet (and its backward pass) is skipped. Call the UNet
             through `run_until_captured` then.
@@ -310,13 +311,14 @@ def capture(
     setattr(denoiser, _ACTIVE_FLAG, True)
     try:
         for name, names_kinds in kinds.items():
+            target = store[name] if isinstance(store, dict) else store
             if name in joint:
-                processor = JointRecordingProcessor(store, names_kinds, originals[name], hook,
+                processor = JointRecordingProcessor(target, names_kinds, originals[name], hook,
                                                     getattr(denoiser, "promptseg_cross_readout", "joint"),
                                                     getattr(denoiser, "promptseg_text_tokens", None))
             else:
                 (kind,) = names_kinds
-                processor = RecordingProcessor(store, kind, hook)
+                processor = RecordingProcessor(target, kind, hook)
             modules[name].set_processor(processor)
         yield store
     finally:

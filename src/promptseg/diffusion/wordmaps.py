@@ -1,0 +1,117 @@
+"""Word heat maps: where each word of a prompt is attended in an image, the maps promptseg's methods start from.
+
+The image is encoded and noised once to the read-out's timestep; the denoiser runs once conditioned on the words
+joined by ", " ("cat, red car"), and every read-out layer (UNet) or block (transformer) is captured into a store
+of its own. A word's map in one layer is its image-to-text attention share, the mean over its tokens (a
+multi-token word is one map, as DAAM's); the aggregate is the mean over a grid's layers, mixed over grids with the
+read-out's resolution weights (the baseline's `cross_weights`), upsampled bilinearly to the image's size. Nothing
+is normalised or refined: the values are attention probabilities (a transformer's: shares of the joint softmax).
+Defaults come from the model's baseline settings (timestep, `cross_weights`, `places`; a transformer's profile
+blocks), so a map shows what the baseline reads; GoCA's activation-derived block weights are not applied here
+(every block weighs the same).
+
+    maps = word_maps(backbone, image, ["cat", "red car"])
+    maps.maps.shape     # (2, H, W) float32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from promptseg.diffusion.attention import resolve_weights
+from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
+from promptseg.diffusion.encode import prepare_pixels
+from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.readout import resize_maps, tokens_to_maps
+from promptseg.text import Label, build_prompt, label_scores, split_to_fit
+
+
+@dataclass
+class WordMaps:
+    """Heat maps of words over one image.
+
+    Attributes:
+        words (`list[str]`): the words, in order.
+        maps (`np.ndarray`): (W, H, W_img) float32, each word's aggregated map at the image's size.
+        layers (`dict[str, np.ndarray]`): per read layer or block (its processor name without ".processor"), the
+            words' (W, H, W_img) maps; empty unless asked for.
+        timestep (`int`): the noise level read.
+        prompt (`str`): what conditioned the denoiser.
+    """
+
+    words: list[str]
+    maps: np.ndarray
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    timestep: int = 0
+    prompt: str = ""
+
+
+def word_maps(backbone, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
+              seed: int = 0) -> WordMaps:
+    """Each word's attention map over `image` (PIL or HxWx3 uint8); see the module docstring.
+
+    Args:
+        backbone: a loaded `DiffusionBackbone`.
+        words (`Sequence[str]`): words or phrases, one map each.
+        places (`Sequence[str]`, *optional*): UNet parts ("down", "mid", "up") or transformer blocks ("block9",
+            "single3", "joint"); None: the model's baseline setting.
+        timestep (`int`, *optional*): the noise level; None: the model's baseline setting.
+        per_layer (`bool`, defaults to `False`): also return every layer's or block's maps.
+        seed (`int`, defaults to 0): seed of the noise.
+
+    Raises:
+        ValueError: no words, an empty or repeated word.
+    """
+    from promptseg.methods.baseline import BaselineConfig
+
+    words = [str(w).strip() for w in words]
+    if not words or any(not w for w in words):
+        raise ValueError(f"give at least one non-empty word, got {words!r}")
+    if len(set(words)) != len(words):
+        raise ValueError(f"each word once, got {words!r}")
+    defaults = {k: v for k, v in (backbone.method_defaults.get("baseline") or {}).items()
+                if k in ("timestep", "cross_weights", "places")}
+    config = BaselineConfig(**defaults)
+    if isinstance(config.cross_weights, dict):
+        config.cross_weights = {float(k): float(v) for k, v in config.cross_weights.items()}
+    timestep = config.timestep if timestep is None else int(timestep)
+    places = tuple(config.places) if places is None else tuple(places)
+    weights = resolve_weights(config.cross_weights, backbone, "cross")
+    layers = backbone.select_layers(set(), weights, places)
+    if not layers:
+        raise ValueError(f"places {list(places)} name no cross-attention layer of this {backbone.family}")
+
+    prepared = prepare_pixels(backbone, image)
+    noisy, _ = noised_latents(backbone, prepared.latents, timestep, seed)
+    labels = [Label(w, (w,)) for w in words]
+    size = prepared.size
+    per_layer_maps: dict[str, list[torch.Tensor]] = {}
+    prompts = []
+    with torch.no_grad():
+        for group in split_to_fit(backbone.tokenizer, labels, "{}", ", "):
+            tokens = build_prompt(backbone.tokenizer, group, "{}", ", ")
+            prompts.append(tokens.prompt)
+            stores = {layer.name: AttentionStore(latent_hw=tuple(noisy.shape[-2:])) for layer in layers}
+            t = torch.full((noisy.shape[0],), timestep, device=noisy.device)
+            with capture(backbone.denoiser, layers, stores, stop_after_last=True):
+                run_until_captured(backbone.predict, noisy, t, backbone.encode_text(tokens.prompt))
+            for name, store in stores.items():
+                (grid,) = store.grids("cross")
+                maps = tokens_to_maps(label_scores(store.mean("cross", grid), tokens.positions), grid)  # (1, K, h, w)
+                per_layer_maps.setdefault(name, []).append(maps)
+    layer_maps = {name: torch.cat(parts, dim=1) for name, parts in per_layer_maps.items()}  # (1, W, h, w)
+    total = sum(weights.values())
+    aggregate = 0
+    for grid, weight in weights.items():
+        on_grid = [m for name, m in layer_maps.items() if tuple(m.shape[-2:]) == tuple(grid)]
+        if on_grid:
+            aggregate = aggregate + resize_maps(torch.stack(on_grid).mean(0).float(), size) * (weight / total)
+    out = WordMaps(words=words, maps=aggregate[0].cpu().numpy().astype(np.float32), timestep=timestep,
+                   prompt=" | ".join(prompts))
+    if per_layer:
+        out.layers = {name.removesuffix(".processor"): resize_maps(m.float(), size)[0].cpu().numpy()
+                      for name, m in layer_maps.items()}
+    return out
