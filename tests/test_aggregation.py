@@ -46,7 +46,7 @@ def rescaling_factor(method, prepared, tokens, text):
     method.config = replace(method.config, goca_rescale=False)
     unscaled = method.read_attention(prepared, tokens, text)[0]
     method.config = replace(method.config, goca_rescale=True)
-    ((grid, rescaled),), ((_, unscaled),) = rescaled.items(), unscaled.items()
+    (rescaled,), (unscaled,) = rescaled.values(), unscaled.values()
     lengths = torch.tensor([float(len(spans[0])) for spans in tokens.positions])
     return rescaled, unscaled, (unscaled * lengths).sum(-1, keepdim=True)  # the mean times the count: the sum
 
