@@ -215,3 +215,36 @@ def test_real_sd_widths_get_the_papers_filter_and_reduced_copies_do_not(tmp_path
             assert (profile.name if profile else None) == (None if reduced else name)
             if profile:
                 assert profile.settings["filter"] == "clip" and "filter" in profile.sources
+
+
+def test_with_t5_loaded_words_are_read_in_t5s_rows_too(image):
+    """SD3 with T5: a word's positions are its CLIP tokens and its T5 tokens (after CLIP's 77 rows), so its map is
+    read from both encoders' rows; Segment Anyword still learns CLIP's input embeddings only."""
+    from transformers import T5Config, T5EncoderModel
+
+    from promptseg.models.dit_configs import build_dit
+    from promptseg.models.flux_configs import build_t5_tokenizer
+    from promptseg.models.mmdit import backbone_from_parts
+    from promptseg.text import build_prompt
+
+    torch.manual_seed(0)
+    parts = build_dit("sd3", reduced=True)
+    parts["t5_encoder"] = T5EncoderModel(T5Config(d_model=128, d_kv=16, d_ff=128, num_layers=1, num_heads=4,
+                                                  vocab_size=512))
+    parts["t5_tokenizer"] = build_t5_tokenizer(256)
+    backbone = backbone_from_parts("sd3-t5", parts, device="cpu", dtype="fp32", method_defaults={"max_sequence_length": 32})
+    text = backbone.encode_text("a cat")
+    assert text.shape == (1, 77 + 32 + 1, 128) and not torch.all(text[:, 77:109] == 0)
+    tokens = build_prompt(backbone.tokenizer, parse_labels(["potted plant", "cat"]), "a photograph of {}", " and ")
+    (plant,), (cat,) = tokens.positions
+    clip_rows, t5_rows = [p for p in plant if p < 77], [p - 77 for p in plant if p >= 77]
+    clip_pieces = backbone.tokenizers[0].convert_ids_to_tokens(backbone.tokenizers[0](tokens.prompt).input_ids)
+    t5_pieces = backbone.t5_tokenizer.convert_ids_to_tokens(backbone.t5_tokenizer(tokens.prompt).input_ids)
+    assert "".join(clip_pieces[i] for i in clip_rows).replace("</w>", " ").strip() == "potted plant"
+    assert "".join(t5_pieces[i] for i in t5_rows).replace("▁", " ").strip() == "potted plant"
+    assert all(77 <= p < 77 + 32 for p in cat if p >= 77) and any(p >= 77 for p in cat)
+    result = build_method("baseline", backbone, places=["block9"])(image, ["cat", "potted plant"])
+    assert result.labels[-2:] == ["cat", "potted plant"]
+    anyword = build_method("anyword", backbone, sam=None, steps=1)
+    answer = anyword.refer(anyword.prepare(image), "the cat left of the plant")
+    assert answer.mask.shape == (96, 128)

@@ -179,8 +179,14 @@ class Pipeline:
         whose `maps` is (len(words), H, W) float32 at the image's size; the model's read-out by default."""
         from promptseg.diffusion.wordmaps import word_maps
 
-        return word_maps(self.backbone, image, words, places=places, timestep=timestep, per_layer=per_layer,
-                         seed=seed)
+        if self.method.name == "baseline":
+            readout = self.method.config
+        else:
+            recommended = self._backbone.method_defaults if self._backbone is not None else model_settings(self.model)
+            readout = recommended_config("baseline", recommended, {})
+        return word_maps(self.backbone, image, words, cross_weights=readout.cross_weights,
+                         places=readout.places if places is None else places,
+                         timestep=readout.timestep if timestep is None else timestep, per_layer=per_layer, seed=seed)
 
     def refer(self, image, expression: str) -> ReferResult:
         """What `expression` refers to in `image`: the method's `refer` (built with task="refer")."""

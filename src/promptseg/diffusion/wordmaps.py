@@ -6,11 +6,11 @@ of its own. A word's map in one layer is its image-to-text attention share, the 
 multi-token word is one map, as DAAM's); the aggregate is the mean over a grid's layers, mixed over grids with the
 read-out's resolution weights (the baseline's `cross_weights`), upsampled bilinearly to the image's size. Nothing
 is normalised or refined: the values are attention probabilities (a transformer's: shares of the joint softmax).
-Defaults come from the model's baseline settings (timestep, `cross_weights`, `places`; a transformer's profile
-blocks), so a map shows what the baseline reads; GoCA's activation-derived block weights are not applied here
+`Pipeline.attention_maps` reads with the model's baseline settings (timestep, `cross_weights`, `places`; a
+transformer's profile blocks), so a map shows what the baseline reads; GoCA's activation-derived block weights are not applied here
 (every block weighs the same).
 
-    maps = word_maps(backbone, image, ["cat", "red car"])
+    maps = word_maps(backbone, image, ["cat", "red car"], cross_weights={0.25: 1.0}, places=["up"], timestep=100)
     maps.maps.shape     # (2, H, W) float32
 """
 
@@ -49,37 +49,31 @@ class WordMaps:
     prompt: str = ""
 
 
-def word_maps(backbone, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
+def word_maps(backbone, image, words, *, cross_weights: dict, places, timestep: int, per_layer: bool = False,
               seed: int = 0) -> WordMaps:
     """Each word's attention map over `image` (PIL or HxWx3 uint8); see the module docstring.
 
     Args:
         backbone: a loaded `DiffusionBackbone`.
         words (`Sequence[str]`): words or phrases, one map each.
-        places (`Sequence[str]`, *optional*): UNet parts ("down", "mid", "up") or transformer blocks ("block9",
-            "single3", "joint"); None: the model's baseline setting.
-        timestep (`int`, *optional*): the noise level; None: the model's baseline setting.
+        cross_weights (`dict[float, float]`): resolution weights of the read-out ({fraction of the latent side:
+            weight}; `Pipeline.attention_maps` passes the model's baseline setting).
+        places (`Sequence[str]`): UNet parts ("down", "mid", "up") or transformer blocks ("block9", "single3",
+            "joint").
+        timestep (`int`): the noise level.
         per_layer (`bool`, defaults to `False`): also return every layer's or block's maps.
         seed (`int`, defaults to 0): seed of the noise.
 
     Raises:
-        ValueError: no words, an empty or repeated word.
+        ValueError: no words, an empty or repeated word, or places that name no layer.
     """
-    from promptseg.methods.baseline import BaselineConfig
-
     words = [str(w).strip() for w in words]
     if not words or any(not w for w in words):
         raise ValueError(f"give at least one non-empty word, got {words!r}")
     if len(set(words)) != len(words):
         raise ValueError(f"each word once, got {words!r}")
-    defaults = {k: v for k, v in (backbone.method_defaults.get("baseline") or {}).items()
-                if k in ("timestep", "cross_weights", "places")}
-    config = BaselineConfig(**defaults)
-    if isinstance(config.cross_weights, dict):
-        config.cross_weights = {float(k): float(v) for k, v in config.cross_weights.items()}
-    timestep = config.timestep if timestep is None else int(timestep)
-    places = tuple(config.places) if places is None else tuple(places)
-    weights = resolve_weights(config.cross_weights, backbone, "cross")
+    timestep, places = int(timestep), tuple(places)
+    weights = resolve_weights({float(k): float(v) for k, v in cross_weights.items()}, backbone, "cross")
     layers = backbone.select_layers(set(), weights, places)
     if not layers:
         raise ValueError(f"places {list(places)} name no cross-attention layer of this {backbone.family}")

@@ -14,7 +14,8 @@ What the interface means here (`promptseg.models.base.DiffusionBackbone`):
   count: SD3's profile reads 77 zero rows, as Seg4Diff runs it); the pooled vector (the CLIP encoders' pooled outputs,
   concatenated) goes to the adaLN conditioning. `encode_text` returns the token states with the pooled vector as one
   last row, zero-padded (B, T + 1, D): one tensor, so every method passes it on as it passes a UNet's; `predict`
-  splits it. Word positions are found in the first CLIP encoder's tokens (the first 77 rows);
+  splits it. Word positions are found in the first CLIP encoder's tokens (the first 77 rows) and, when T5 is loaded,
+  in T5's rows too (`promptseg.text.JointTokenizer`: a word's map is the mean over both encoders' tokens);
 - **attention**: each joint block (`transformer_blocks.i.attn`) is one "cross" layer (its image queries against the
   text keys: the image-to-text block of the joint softmax, as Seg4Diff reads it; `"cross_readout": "text"` in the
   model's settings renormalises it over the text keys) and one "self" layer (image queries against image keys,
@@ -79,8 +80,18 @@ class DiTBackbone(DiffusionBackbone):
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
     def tokenizer(self):
-        """The first CLIP tokenizer: word positions are found in its tokens."""
-        return self.tokenizers[0]
+        """The first CLIP tokenizer: word positions are found in its tokens, and, when T5 is loaded, in T5's rows
+        after CLIP's too (a `JointTokenizer`: a word is read in both encoders' rows)."""
+        if self.t5_encoder is None or self.t5_tokenizer is None:
+            return self.tokenizers[0]
+        joint = self.__dict__.get("_joint_tokenizer")
+        if joint is None:
+            from promptseg.text import JointTokenizer
+
+            clip = self.tokenizers[0]
+            joint = JointTokenizer(clip, [(self.t5_tokenizer, int(clip.model_max_length), self.t5_length)])
+            self.__dict__["_joint_tokenizer"] = joint
+        return joint
 
     @property
     def text_encoder(self) -> torch.nn.Module:

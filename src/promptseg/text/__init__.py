@@ -8,6 +8,7 @@ optional extra `parse`).
 
 from promptseg.text.labels import (
     STUFF_WORDS,
+    JointTokenizer,
     Label,
     PromptTokens,
     append_to_fit,
@@ -15,6 +16,7 @@ from promptseg.text.labels import (
     fit_prompt,
     fit_synonyms,
     fit_words,
+    input_positions,
     is_stuff,
     label_scores,
     parse_labels,
@@ -22,5 +24,5 @@ from promptseg.text.labels import (
     split_to_fit,
 )
 
-__all__ = ["STUFF_WORDS", "Label", "PromptTokens", "append_to_fit", "build_prompt", "fit_prompt", "fit_synonyms", "fit_words", "is_stuff", "label_scores",
+__all__ = ["STUFF_WORDS", "JointTokenizer", "Label", "PromptTokens", "append_to_fit", "build_prompt", "fit_prompt", "fit_synonyms", "fit_words", "input_positions", "is_stuff", "label_scores",
            "parse_labels", "span_positions", "split_to_fit"]

@@ -302,7 +302,38 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
         if not pieces or ids[first : first + len(pieces)] != pieces:
             raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
         out.append(list(range(first, first + len(pieces))))
+    for other, offset, limit in getattr(tokenizer, "also", ()):  # the same words in a second encoder's rows
+        found = span_positions(other, text, spans)
+        out = [span + [offset + p for p in extra if p < limit] for span, extra in zip(out, found)]
     return out
+
+
+class JointTokenizer:
+    """A text encoder's tokenizer whose words are also read in other encoders' rows of the same text states: SD3's
+    conditioning is CLIP's 77 rows, then T5's; a word's positions (`span_positions`, `build_prompt`) are its CLIP
+    tokens and, after them, its T5 tokens offset by CLIP's rows. Everything else (calls, lengths, decoding) is the
+    primary tokenizer's.
+
+    Args:
+        primary: the tokenizer whose tokens start the text states (and whose input embeddings methods may learn).
+        also (`list[tuple]`): (tokenizer, row offset, row count) of each further encoder; tokens past its row count
+            (truncated by the encoder) are not read.
+    """
+
+    def __init__(self, primary, also):
+        self.primary, self.also = primary, list(also)
+
+    def __call__(self, *args, **kwargs):
+        return self.primary(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.primary, name)
+
+
+def input_positions(tokenizer, positions: Sequence[int]) -> list[int]:
+    """Of text-state `positions`, those that are the primary encoder's own tokens (whose input embeddings can be
+    replaced: `encode_text(token_embeds=...)`), not another encoder's rows (`JointTokenizer`)."""
+    return [p for p in positions if p < int(tokenizer.model_max_length)]
 
 
 STUFF_WORDS = (

@@ -19,7 +19,7 @@ from promptseg.methods.anyword.prompts import Region, add_support, find_regions,
 from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, register_method
 from promptseg.methods.baseline import Baseline, BaselineConfig
 from promptseg.models.sam import load_sam_cached
-from promptseg.text import label_scores, span_positions
+from promptseg.text import input_positions, label_scores, span_positions
 
 _STOPWORDS = {"a", "an", "the", "of", "to", "on", "in", "at", "and", "with", "is", "that", "which", "by", "for"}
 
@@ -206,7 +206,8 @@ class Anyword:
         work grid, and the inversion's log."""
         c = self.config
         positions = span_positions(self.backbone.tokenizer, prompt, spans)
-        flat = sorted({p for span in positions for p in span})
+        # the words' input embeddings are learnt (other encoders' rows, SD3's T5, are read, not learnt)
+        flat = input_positions(self.backbone.tokenizer, sorted({p for span in positions for p in span}))
         text, log = invert_tokens(self.backbone, prepared.latents, prompt, flat, c.steps, c.lr, c.batch,
                                   c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():
