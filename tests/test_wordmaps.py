@@ -61,3 +61,11 @@ def test_maps_run_on_reduced_transformers(family, tmp_path):
     saved = np.load(tmp_path / "out" / "noise_maps.npz")
     assert saved["maps"].shape == (2, 40, 56) and np.isfinite(saved["maps"]).all()
     assert len([k for k in saved.files if k.startswith("layer:")]) == 2
+
+
+def test_maps_run_on_the_bundled_transformer(tmp_path):
+    image = tmp_path / "scene.png"
+    ShapesDataset(split="test", n=1)[0].image.save(image)
+    assert main(["maps", str(image), "--words", "circle,sky", "--model", "shapes-dit", "--out", str(tmp_path)]) == 0
+    saved = np.load(tmp_path / "scene_maps.npz")
+    assert saved["maps"].shape == (2, 64, 64) and (saved["maps"] >= 0).all()
