@@ -78,7 +78,7 @@ def sd3(tmp_path_factory):
 
 def test_the_baseline_weighs_a_transformers_blocks_from_its_activations(sd3, tiny):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    goca = build_method("baseline", sd3, aggregation="goca", places=["block3", "block6", "block9"])
+    goca = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, places=["block3", "block6", "block9"])
     result = goca(image, ["cat", "dog"])
     assert goca.reference == "transformer_blocks.6" and result.labels[-2:] == ["cat", "dog"]
     weights = goca.last_block_weights
@@ -87,24 +87,34 @@ def test_the_baseline_weighs_a_transformers_blocks_from_its_activations(sd3, tin
     # label's score is the fixed read-out's divided by one factor a pixel
     from promptseg.text import build_prompt, parse_labels
 
-    alone = build_method("baseline", sd3, aggregation="goca", goca_rescale=False, places=["block9"])
-    fixed = build_method("baseline", sd3, places=["block9"])
+    alone = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, goca_rescale=False, places=["block9"])
+    fixed = build_method("baseline", sd3, places=["block9"], refine_iterations=1)
     prepared = alone.prepare(image)
     tokens = build_prompt(sd3.tokenizer, parse_labels(["cat", "dog"]), alone.config.template, alone.config.joiner)
     text = sd3.encode_text(tokens.prompt)
     ratio = (alone.read_attention(prepared, tokens, text)[0][(16, 16)]
              / fixed.read_attention(prepared, tokens, text)[0][(16, 16)])
     assert torch.allclose(ratio[..., 0], ratio[..., 1], rtol=1e-4) and not torch.allclose(ratio, torch.ones_like(ratio))
-    goca = build_method("baseline", sd3, aggregation="goca", places=["block9"])
+    goca = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, places=["block9"])
     rescaled, unscaled, total = rescaling_factor(goca, prepared, tokens, text)
     assert torch.allclose(rescaled, unscaled / total, rtol=1e-5)  # CLIP: not the start token's share
     assert torch.allclose(rescaled.sum(-1), torch.ones_like(total[..., 0]), rtol=1e-5)  # one-token labels
-    # refer() reads the expression's words with GoCA's aggregation too
+    # refer() reads the expression's words with GoCA's aggregation too; one label is not rescaled (its score over
+    # its own total would be 1/n at every pixel, min-maxed into float noise)
     answer = goca.refer(goca.prepare(image), "the cat on the left")
+    unscaled_answer = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, goca_rescale=False,
+                                   places=["block9"]).refer(goca.prepare(image), "the cat on the left")
     assert answer.mask.shape == (64, 64) and answer.extra["words"]
-    rescaled = build_method("baseline", sd3, aggregation="goca", places=["block9"])(image, ["cat", "dog"])
-    unscaled = build_method("baseline", sd3, aggregation="goca", goca_rescale=False, places=["block9"])(image, ["cat", "dog"])
+    assert np.allclose(answer.score, unscaled_answer.score, atol=1e-5)
+    rescaled = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, places=["block9"])(image, ["cat", "dog"])
+    unscaled = build_method("baseline", sd3, aggregation="goca", refine_iterations=1, goca_rescale=False, places=["block9"])(image, ["cat", "dog"])
     assert not np.allclose(rescaled.scores, unscaled.scores)
+    with pytest.raises(ValueError, match="refine_iterations=0"):
+        build_method("baseline", sd3, aggregation="goca", refine_iterations=0, places=["block9"])
+    with pytest.raises(ValueError, match="runs after the last block read"):
+        build_method("baseline", sd3, aggregation="goca", refine_iterations=1, goca_reference="block12", places=["block3", "block9"])
+    with pytest.raises(ValueError, match="name a block"):
+        build_method("baseline", sd3, aggregation="goca", refine_iterations=1, goca_reference="joint", places=["block3", "block9"])
     with pytest.raises(ValueError, match="aggregation='goca' weighs a transformer's blocks"):
         build_method("baseline", tiny, aggregation="goca")
     with pytest.raises(ValueError, match="aggregation must be 'fixed' or 'goca'"):

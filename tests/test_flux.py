@@ -54,6 +54,23 @@ def test_a_flux_folder_loads_with_its_block_structure_and_t5_words(flux):
         assert "".join(pieces[i] for i in span).replace("▁", "") == "red"
 
 
+def test_prompts_are_fitted_to_the_t5_length_the_backbone_runs(flux):
+    """schnell runs T5 with 256 of its tokenizer's 512 tokens: prompts are split to fit what is encoded."""
+    from promptseg.models.flux import FluxBackbone
+    from promptseg.text import split_to_fit
+
+    short = FluxBackbone(**{**{f: getattr(flux, f) for f in ("name", "transformer", "vae", "text_encoders", "tokenizers",
+                                                             "scheduler", "device", "dtype", "t5_encoder", "t5_tokenizer")},
+                            "method_defaults": {**flux.method_defaults, "max_sequence_length": 16}})
+    assert flux.tokenizer.model_max_length == 64 and short.tokenizer.model_max_length == short.text_length == 16
+    labels = parse_labels(["cat", "dog", "potted plant", "tv monitor", "sheep", "horse", "bird", "boat"])
+    groups = split_to_fit(short.tokenizer, labels, "a photograph of {}", " and ")
+    assert len(groups) > 1
+    for group in groups:
+        prompt = build_prompt(short.tokenizer, group, "a photograph of {}", " and ").prompt
+        assert short.split_text(short.encode_text(prompt))[0].shape[1] == 16
+
+
 def test_latents_are_packed_into_2x2_tokens_and_back(flux):
     latents = torch.randn(2, 16, 32, 32)
     packed = flux.pack(latents)

@@ -243,6 +243,11 @@ def test_with_t5_loaded_words_are_read_in_t5s_rows_too(image):
     assert "".join(clip_pieces[i] for i in clip_rows).replace("</w>", " ").strip() == "potted plant"
     assert "".join(t5_pieces[i] for i in t5_rows).replace("▁", " ").strip() == "potted plant"
     assert all(77 <= p < 77 + 32 for p in cat if p >= 77) and any(p >= 77 for p in cat)
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(backbone.tokenizer), pickle.loads(pickle.dumps(backbone.tokenizer))):
+        assert clone.model_max_length == 77 and clone("a cat").input_ids == backbone.tokenizer("a cat").input_ids
     result = build_method("baseline", backbone, places=["block9"])(image, ["cat", "potted plant"])
     assert result.labels[-2:] == ["cat", "potted plant"]
     anyword = build_method("anyword", backbone, sam=None, steps=1)

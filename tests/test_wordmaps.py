@@ -69,3 +69,24 @@ def test_maps_run_on_the_bundled_transformer(tmp_path):
     assert main(["maps", str(image), "--words", "circle,sky", "--model", "shapes-dit", "--out", str(tmp_path)]) == 0
     saved = np.load(tmp_path / "scene_maps.npz")
     assert saved["maps"].shape == (2, 64, 64) and (saved["maps"] >= 0).all()
+
+
+def test_several_grids_are_mixed_with_the_read_outs_weights(tiny):
+    from promptseg.diffusion.wordmaps import word_maps
+    from promptseg.models.attention_layers import grid_at_level
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    maps = word_maps(tiny, image, ["cat", "dog"], cross_weights={1.0: 1.0, 0.5: 3.0}, places=("down", "mid", "up"),
+                     timestep=100, per_layer=True)
+    grids = {layer.name.removesuffix(".processor"): grid_at_level(tiny.latent_size, layer.level)
+             for layer in tiny.attention_layers() if layer.kind == "cross"}
+    by_grid = {}
+    for name, value in maps.layers.items():
+        by_grid.setdefault(grids[name], []).append(value)
+    assert sorted(by_grid) == [(8, 8), (16, 16)]
+    expected = (np.mean(by_grid[(16, 16)], axis=0) + 3 * np.mean(by_grid[(8, 8)], axis=0)) / 4
+    assert np.allclose(maps.maps, expected, atol=1e-6)
+    # a place without one of the grids: that weight is left out, the rest renormalised
+    up_only = word_maps(tiny, image, ["cat", "dog"], cross_weights={1.0: 1.0, 0.5: 3.0}, places=("up",),
+                        timestep=100)
+    assert up_only.maps.shape == (2, 32, 32)

@@ -43,7 +43,7 @@ NO_FILTER = "none"
 NO_REFINER = "none"
 
 
-BACKBONE_SETTINGS = ("blocks", "cross_readout", "clip_hidden_layer", "load_t5")
+BACKBONE_SETTINGS = ("blocks", "cross_readout", "clip_hidden_layer", "load_t5", "max_sequence_length")
 """Model-level settings of a transformer backbone (`promptseg.models.mmdit`), recorded in a run's signature."""
 
 

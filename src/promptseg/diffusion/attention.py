@@ -88,7 +88,7 @@ def attention_pass(backbone, latents, timestep: int, text: torch.Tensor, layers,
     t = torch.full((latents.shape[0],), timestep, device=latents.device)
     hook = None
     if reference is not None:
-        image_tokens = math.prod(backbone.grid) if hasattr(backbone, "grid") else None
+        image_tokens = math.prod(latents.shape[-2:]) // getattr(backbone, "patch_size", 1) ** 2
 
         def keep(module, args, out):
             if isinstance(out, tuple):

@@ -35,9 +35,9 @@ class WordMaps:
 
     Attributes:
         words (`list[str]`): the words, in order.
-        maps (`np.ndarray`): (W, H, W_img) float32, each word's aggregated map at the image's size.
+        maps (`np.ndarray`): (n_words, height, width) float32, each word's aggregated map at the image's size.
         layers (`dict[str, np.ndarray]`): per read layer or block (its processor name without ".processor"), the
-            words' (W, H, W_img) maps; empty unless asked for.
+            words' (n_words, height, width) maps; empty unless asked for.
         timestep (`int`): the noise level read.
         prompt (`str`): what conditioned the denoiser.
     """
@@ -74,9 +74,17 @@ def word_maps(backbone, image, words, *, cross_weights: dict, places, timestep: 
         raise ValueError(f"each word once, got {words!r}")
     timestep, places = int(timestep), tuple(places)
     weights = resolve_weights({float(k): float(v) for k, v in cross_weights.items()}, backbone, "cross")
-    layers = backbone.select_layers(set(), weights, places)
+    # the read-out's grids that `places` has layers on (`--places up` on SD-1.5 has no 8x8 layer: that weight is
+    # left out, and the others renormalised)
+    layers = []
+    for grid in list(weights):
+        try:
+            layers += backbone.select_layers(set(), {grid}, places)
+        except ValueError:
+            weights.pop(grid)
     if not layers:
-        raise ValueError(f"places {list(places)} name no cross-attention layer of this {backbone.family}")
+        raise ValueError(f"places {list(places)} name no cross-attention layer of this {backbone.family} on the "
+                         f"read-out's grids")
 
     prepared = prepare_pixels(backbone, image)
     noisy, _ = noised_latents(backbone, prepared.latents, timestep, seed)
@@ -100,9 +108,8 @@ def word_maps(backbone, image, words, *, cross_weights: dict, places, timestep: 
     total = sum(weights.values())
     aggregate = 0
     for grid, weight in weights.items():
-        on_grid = [m for name, m in layer_maps.items() if tuple(m.shape[-2:]) == tuple(grid)]
-        if on_grid:
-            aggregate = aggregate + resize_maps(torch.stack(on_grid).mean(0).float(), size) * (weight / total)
+        on_grid = [m for m in layer_maps.values() if tuple(m.shape[-2:]) == tuple(grid)]
+        aggregate = aggregate + resize_maps(torch.stack(on_grid).mean(0).float(), size) * (weight / total)
     out = WordMaps(words=words, maps=aggregate[0].cpu().numpy().astype(np.float32), timestep=timestep,
                    prompt=" | ".join(prompts))
     if per_layer:

@@ -104,6 +104,8 @@ class BaselineConfig:
             raise ValueError(f"aggregation must be 'fixed' or 'goca', got {self.aggregation!r}")
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
+        if self.captioner is not None and self.readout == "seg4diff":
+            raise ValueError("readout='seg4diff' prompts the label names alone: captioner must be null")
         if self.captioner is not None and self.prompt_mode != "per_class":
             raise ValueError(f"captioner={self.captioner!r} continues one class's prompt, so it needs "
                              "prompt_mode='per_class' (or captioner=null)")
@@ -127,8 +129,15 @@ class Baseline:
             if getattr(backbone, "text_keys_reusable", True) or self.config.conditioning != "labels":
                 raise ValueError("aggregation='goca' weighs a transformer's blocks with conditioning='labels'; "
                                  f"{backbone.name!r} is a UNet or conditioning is 'prompt': use aggregation='fixed'")
+            if self.config.refine_iterations == 0:
+                raise ValueError("aggregation='goca' weighs blocks by their self-attention, which refine_iterations=0 "
+                                 "does not record: set refine_iterations >= 1, or aggregation='fixed'")
             if self.config.goca_reference is not None:
                 self.reference = reference_module(backbone, self.config.goca_reference)
+                last = max(blocks)
+                if reference_block(backbone, self.reference) > last:
+                    raise ValueError(f"goca_reference {self.config.goca_reference!r} runs after the last block read "
+                                     f"({last}): the forward stops before it; name an earlier block or read later ones")
             elif len(blocks) > 1:  # the reference: a middle block (the last ends the forward before its output)
                 name = next(layer.name for layer in self.layers if layer.block == blocks[(len(blocks) - 1) // 2])
                 self.reference = name.rsplit(".attn.", 1)[0]
@@ -168,7 +177,8 @@ class Baseline:
         Labels that do not fit one prompt are split into groups that do, one UNet pass per group (with
         conditioning="labels"); self-attention is then averaged over the passes. Each pass's prompt is completed
         by the captioner's continuation of it (per_class with `captioner`), else by `caption` (a filter's) as far
-        as it fits; the label tokens' positions are those of the label prompt either way.
+        as it fits, except with readout="seg4diff" (the names alone); the label tokens' positions are those of the
+        label prompt either way.
         """
         if caption is not None and self.config.conditioning == "prompt":
             raise ValueError("with conditioning='prompt' the caption is the prompt given to prepare(), not to segment()")
@@ -239,7 +249,8 @@ class Baseline:
             weights = torch.full((len(store.layer_maps),), 1 / len(store.layer_maps))
         cross = aggregation.aggregate(store.layer_maps, weights)
         label = label_scores(cross, tokens.positions)
-        if self.config.goca_rescale:
+        # a pass of one label (refer(), per_class) is not rescaled: its score over its own total is 1/n everywhere
+        if self.config.goca_rescale and len(tokens.positions) > 1:
             entities = [p for spans in tokens.positions for span in spans for p in span]
             label = aggregation.rescale(label, cross, entities)
         self.last_block_weights = weights
@@ -307,10 +318,17 @@ def reference_module(backbone, place: str) -> str:
         ValueError: a place that names no block of this transformer, or another suffix than ".attn".
     """
     block, _, part = place.partition(".")
-    if part not in ("", "attn"):
+    if part not in ("", "attn") or not re.fullmatch(r"(block|single)\d+", block):
         raise ValueError(f"goca_reference {place!r}: name a block ('block9', 'single8') or its attention output "
                          "('single8.attn')")
     (index,) = backbone.blocks_for([block])
     doubles = len(backbone.denoiser.transformer_blocks)
     path = f"transformer_blocks.{index}" if index < doubles else f"single_transformer_blocks.{index - doubles}"
     return f"{path}.attn" if part else path
+
+
+def reference_block(backbone, module: str) -> int:
+    """The block number (double blocks first) of a `reference_module` path."""
+    parts = module.split(".")
+    index = int(parts[1])
+    return index + (len(backbone.denoiser.transformer_blocks) if parts[0] == "single_transformer_blocks" else 0)

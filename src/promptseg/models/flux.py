@@ -68,8 +68,22 @@ class FluxBackbone(DiTBackbone):
 
     @property
     def tokenizer(self):
-        """T5's tokenizer: words are found among its SentencePiece tokens (the text stream's rows)."""
-        return self.t5_tokenizer
+        """T5's tokenizer: words are found among its SentencePiece tokens (the text stream's rows); prompts are
+        fitted to `text_length` (a `JointTokenizer` view when it differs from the tokenizer's own length)."""
+        if int(self.t5_tokenizer.model_max_length) == self.text_length:
+            return self.t5_tokenizer
+        view = self.__dict__.get("_length_view")
+        if view is None or view.max_length != self.text_length:
+            from promptseg.text import JointTokenizer
+
+            view = JointTokenizer(self.t5_tokenizer, max_length=self.text_length)
+            self.__dict__["_length_view"] = view
+        return view
+
+    @property
+    def t5_length(self) -> int:
+        """T5's rows: `text_length` (FLUX's token states are T5's alone)."""
+        return self.text_length
 
     @property
     def text_encoder(self) -> torch.nn.Module:

@@ -309,24 +309,38 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
 
 
 class JointTokenizer:
-    """A text encoder's tokenizer whose words are also read in other encoders' rows of the same text states: SD3's
-    conditioning is CLIP's 77 rows, then T5's; a word's positions (`span_positions`, `build_prompt`) are its CLIP
-    tokens and, after them, its T5 tokens offset by CLIP's rows. Everything else (calls, lengths, decoding) is the
-    primary tokenizer's.
+    """A view of the tokenizer a backbone's words are found with: its calls and decoding are the `primary`
+    tokenizer's, with two additions.
+
+    - `also`: words are also read in other encoders' rows of the same text states. SD3's conditioning is CLIP's 77
+      rows, then T5's; a word's positions (`span_positions`, `build_prompt`) are its CLIP tokens and, after them,
+      its T5 tokens offset by CLIP's rows.
+    - `max_length`: the rows the encoder is run with, when the backbone's setting differs from the tokenizer's own
+      `model_max_length` (FLUX.1-schnell's T5 runs with 256 of its tokenizer's 512): prompts are fitted to it.
 
     Args:
         primary: the tokenizer whose tokens start the text states (and whose input embeddings methods may learn).
-        also (`list[tuple]`): (tokenizer, row offset, row count) of each further encoder; tokens past its row count
-            (truncated by the encoder) are not read.
+        also (`list[tuple]`, defaults to none): (tokenizer, row offset, row count) of each further encoder; tokens
+            past its row count (truncated by the encoder) are not read.
+        max_length (`int`, *optional*): the `model_max_length` to report; None: the primary's.
     """
 
-    def __init__(self, primary, also):
-        self.primary, self.also = primary, list(also)
+    def __init__(self, primary, also=(), max_length: int | None = None):
+        self.primary, self.also, self.max_length = primary, list(also), max_length
 
     def __call__(self, *args, **kwargs):
         return self.primary(*args, **kwargs)
 
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    @property
+    def model_max_length(self) -> int:
+        return int(self.primary.model_max_length if self.max_length is None else self.max_length)
+
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("primary", "also", "max_length"):  # copy / pickle before __init__
+            raise AttributeError(name)
         return getattr(self.primary, name)
 
 

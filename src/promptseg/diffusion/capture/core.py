@@ -1,7 +1,9 @@
 """The one attention-capture core: ``with capture(denoiser, layers, store):``.
 
 Recording layers get a `RecordingProcessor`, which runs diffusers' own `AttnProcessor` (so the attention maths
-is diffusers', never a hand copy) and reads the probabilities it computes through `Attention.get_attention_scores`.
+is diffusers', never a hand copy) and reads the probabilities it computes through `Attention.get_attention_scores`
+(on a half-precision UNet the recorded ones are formed again from the same queries and keys in float32; the
+forward keeps the stock ones).
 Every other layer keeps the processor it had (the fast SDPA path). On exit, even after an exception, the
 original processors are put back. A UNet under capture refuses a second capture.
 
@@ -183,8 +185,10 @@ class JointRecordingProcessor:
         if not store.keep_graph:
             seen = {k: v.detach() for k, v in seen.items()}
         # normed and rotated in the block's dtype, as its processor does; the logits are then formed in float32
-        # whatever that dtype (as attention-map-diffusers forms them)
-        streams = {k: v.float() for k, v in self._streams(attn, seen, single, rope).items()}
+        # whatever that dtype (as attention-map-diffusers forms them); lazy records keep the block's dtype (half the
+        # memory) and upcast when they are read (`QKRecord`)
+        native = self._streams(attn, seen, single, rope)
+        streams = {k: v.float() for k, v in native.items()}
         query, key = streams["q"], streams["k"]
         if "cross" in self.kinds:
             if store.keep_queries:
@@ -196,7 +200,7 @@ class JointRecordingProcessor:
                 store.add("cross", self._cross(query, key, streams["text_k"], _scale(attn)), attn.heads)
         if "self" in self.kinds:
             if store.wants_lazy("self", query.shape[1]):
-                store.add_self_qk(query.contiguous(), key.contiguous(), attn.heads, _scale(attn))
+                store.add_self_qk(native["q"].contiguous(), native["k"].contiguous(), attn.heads, _scale(attn))
             else:
                 store.add("self", (query @ key.transpose(1, 2) * _scale(attn)).softmax(dim=-1), attn.heads)
         if self.on_recorded is not None:

@@ -155,7 +155,8 @@ class AttentionStore:
             if attn.norm_cross:
                 context = attn.norm_encoder_hidden_states(context)
             key = attn.head_to_batch_dim(attn.to_k(context))
-            probs = attn.get_attention_scores(record.query, key, None)  # (B * heads, N, T)
+            # logits in float32 whatever the UNet's dtype, as the capture records them
+            probs = attn.get_attention_scores(record.query.float(), key.float(), None)  # (B * heads, N, T)
             mean = probs.unflatten(0, (-1, attn.heads)).float().mean(dim=1)
             total = mean if total is None else total + mean
         return total / len(records)
