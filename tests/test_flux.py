@@ -199,3 +199,33 @@ def test_a_real_width_flux_config_gets_the_papers_settings(tmp_path):
     assert settings["filter"] == "clip" and "blip" in settings["filters"]["clip"]["captioner"]
     (tmp_path / "transformer" / "config.json").write_text(json.dumps(flux_configs("flux1", reduced=True)["transformer"]))
     assert model_settings(tmp_path) == {}  # a reduced copy is not FLUX's architecture
+
+
+def test_pooled_capture_reads_the_coarse_grid_from_window_means(flux, monkeypatch):
+    """With `pool_grid` (InvSeg's loss on a transformer), a block's image queries are averaged over each window of the
+    coarse grid: "cross" is the image-to-text part of the joint softmax of the pooled query over every key (text and
+    full-resolution image), "self" the softmax of pooled queries against pooled keys; heads averaged."""
+    from promptseg.diffusion.capture.core import pool_tokens
+
+    streams = {}
+    real = JointRecordingProcessor._streams
+    monkeypatch.setattr(JointRecordingProcessor, "_streams",
+                        lambda self, *a: streams.update(real(self, *a)) or dict(streams))
+    layers = flux.select_layers({(16, 16)}, {(16, 16)}, ["block4"])
+    store = AttentionStore(latent_hw=(32, 32), lazy_self_tokens=None, pool_grid=(8, 8))
+    with torch.no_grad(), capture(flux.denoiser, layers, store, stop_after_last=True):
+        run_until_captured(flux.predict, torch.randn(1, 16, 32, 32), torch.tensor([300]), flux.encode_text("a cat"))
+    q = streams["q"].unflatten(1, (8, 2, 8, 2)).mean(dim=(2, 4)).flatten(1, 2)  # (heads, 64, d) window means
+    k = pool_tokens(streams["k"], (16, 16), (8, 8))
+    scale = 16 ** -0.5
+    joint = (q @ torch.cat([streams["text_k"], streams["k"]], 1).transpose(1, 2) * scale).softmax(-1)
+    assert store.grids("cross") == [(8, 8)] and store.grids("self") == [(8, 8)]
+    assert torch.allclose(store.mean("cross", (8, 8))[0], joint[:, :, :64].mean(0), atol=1e-6)
+    assert torch.allclose(store.mean("self", (8, 8))[0], (q @ k.transpose(1, 2) * scale).softmax(-1).mean(0), atol=1e-6)
+
+
+def test_invseg_on_a_transformer_learns_on_the_papers_coarse_loss_grid(flux, image):
+    invseg = build_method("invseg", flux, steps=1)
+    assert flux.grid == (16, 16) and invseg.pool_grid == (8, 8) == invseg.loss_grid  # 1/4 of the 32x32 latent
+    result = invseg(image, ["cat", "dog"])
+    assert result.label_map.shape == (96, 128) and len(result.extra["loss"]) == 1

@@ -121,6 +121,18 @@ def split_heads(x: torch.Tensor, heads: int, norm, rope=None) -> torch.Tensor:
     return x.transpose(1, 2).flatten(0, 1)
 
 
+def pool_tokens(x: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """(B * heads, h * w, d) image tokens on `grid` -> (B * heads, th * tw, d), each the mean of its window (the grid
+    divided evenly into `target`)."""
+    (h, w), (th, tw) = grid, target
+    if (h, w) == (th, tw):
+        return x
+    if h % th or w % tw:
+        raise ValueError(f"cannot pool a {h}x{w} token grid to {th}x{tw}: not an even division")
+    x = x.unflatten(1, (th, h // th, tw, w // tw))  # (BH, th, kh, tw, kw, d)
+    return x.mean(dim=(2, 4)).flatten(1, 2)
+
+
 def merge_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B * heads, L, d) -> (B, L, heads * d): the inverse of `split_heads`'s layout."""
     return x.unflatten(0, (-1, heads)).transpose(1, 2).flatten(2)
@@ -190,6 +202,11 @@ class JointRecordingProcessor:
         native = self._streams(attn, seen, single, rope)
         streams = {k: v.float() for k, v in native.items()}
         query, key = streams["q"], streams["k"]
+        if store.pool_grid is not None:  # coarse maps: pooled image queries (and keys for "self")
+            grid = store.grid_for(query.shape[1])
+            query = pool_tokens(query, grid, store.pool_grid)
+            native = {"q": pool_tokens(native["q"], grid, store.pool_grid),
+                      "k": pool_tokens(native["k"], grid, store.pool_grid)}
         if "cross" in self.kinds:
             if store.keep_queries:
                 raise ValueError("a transformer's text keys are made inside its joint forward: cross-attention "
@@ -199,10 +216,11 @@ class JointRecordingProcessor:
             else:
                 store.add("cross", self._cross(query, key, streams["text_k"], _scale(attn)), attn.heads)
         if "self" in self.kinds:
+            self_key = key if store.pool_grid is None else native["k"].float()
             if store.wants_lazy("self", query.shape[1]):
                 store.add_self_qk(native["q"].contiguous(), native["k"].contiguous(), attn.heads, _scale(attn))
             else:
-                store.add("self", (query @ key.transpose(1, 2) * _scale(attn)).softmax(dim=-1), attn.heads)
+                store.add("self", (query @ self_key.transpose(1, 2) * _scale(attn)).softmax(dim=-1), attn.heads)
         if self.on_recorded is not None:
             self.on_recorded()
         return out

@@ -69,6 +69,10 @@ class AttentionStore:
     layer_maps: list[torch.Tensor] = field(default_factory=list)
     reference: torch.Tensor | None = None
     """Features a reader asked to keep beside the maps (the GoCA reference block's image tokens)."""
+    pool_grid: tuple[int, int] | None = None
+    """A transformer's image queries (and, for "self", keys) average-pooled to this coarser grid before the maps are
+    formed (`JointRecordingProcessor`): InvSeg's loss on SD3 / FLUX reads the coarse grid the paper's loss names
+    (1/4 of the latent side) without forming, and keeping the gradients of, a 4096 x 4096 map per head and block."""
 
     def wants_lazy(self, kind: str, seq_len: int) -> bool:
         """Whether a call of `kind` with `seq_len` query pixels is kept as query and key."""

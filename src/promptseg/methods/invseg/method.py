@@ -154,6 +154,25 @@ class InvSeg:
         )
         plan = plan_attention(backbone, c.loss_cross_weights, c.loss_self_weights, c.places)
         self.loss_cross, self.loss_self, self.loss_grid, self.loss_layers = plan.cross, plan.self, plan.target, plan.layers
+        self.pool_grid = self._transformer_loss_grid()
+        if self.pool_grid is not None:  # the loss's coarse grid, read by pooling the blocks' image tokens
+            self.loss_cross, self.loss_self, self.loss_grid = {self.pool_grid: 1.0}, {self.pool_grid: 1.0}, self.pool_grid
+
+    def _transformer_loss_grid(self) -> tuple[int, int] | None:
+        """On a transformer (every block on one token grid), the grid the loss weights name (the paper's 16x16 at
+        SD's 512 px: 1/4 of the latent side), reached by average-pooling the blocks' image queries and keys
+        (`AttentionStore.pool_grid`): the loss's self-attention is then (N/16)^2 a head, not N^2 (at FLUX's 1024 px
+        a 4096 x 4096 map per head and block, kept with its gradients). None on a UNet (its layers have the grid),
+        or when the fraction does not divide the token grid evenly."""
+        if self.backbone.family == "unet" or not hasattr(self.backbone, "grid"):
+            return None
+        token = tuple(self.backbone.grid)
+        latent = self.backbone.latent_size
+        fraction = max(float(f) for f in {**self.config.loss_cross_weights, **self.config.loss_self_weights})
+        target = (round(latent[0] * fraction), round(latent[1] * fraction))
+        if not (0 < target[0] < token[0] and token[0] % target[0] == 0 and token[1] % target[1] == 0):
+            return None
+        return target
 
     def prepare(self, image) -> PreparedImage:
         """Encode `image` for the final pass and keep its full-size pixels for the augmented views."""
@@ -231,7 +250,7 @@ class InvSeg:
             noisy = backbone.add_noise(latents, noise, torch.tensor([t], device=latents.device))
             text = text0.expand(len(boxes), -1, -1).clone()
             text[:, index] = learn  # differentiable in `learn` only
-            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True)
+            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True, pool_grid=self.pool_grid)
             timesteps = torch.full((len(boxes),), t, device=noisy.device)
             with capture(backbone.denoiser, self.loss_layers, store, stop_after_last=c.stop_forward_early):
                 if c.stop_forward_early:
