@@ -208,3 +208,23 @@ def test_stop_after_last_skips_the_rest_of_the_unet(tiny):
     finally:
         handle.remove()
     assert issubclass(StopForward, Exception)
+
+
+def test_kept_graph_maps_are_head_means_recomputed_in_the_backward_pass():
+    """With the graph kept (prompt inversion), a joint block's maps are head means under activation checkpointing:
+    the same values and gradients as the plain computation, without keeping the per-head probabilities."""
+    from promptseg.diffusion.capture.core import _head_mean, _softmax_logits
+
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 10, 4, requires_grad=True), torch.randn(6, 12, 4, requires_grad=True)
+    weights = torch.randn(2, 10, 12)
+    plain, heads = _head_mean(lambda a, b: _softmax_logits(a, b, 0.5), 3, False, q, k)
+    assert heads == 3 and plain.shape == (6, 10, 12)
+    plain_mean = plain.unflatten(0, (-1, 3)).mean(1)
+    (plain_mean * weights).sum().backward()
+    expected = q.grad.clone(), k.grad.clone()
+    q.grad = k.grad = None
+    kept, heads = _head_mean(lambda a, b: _softmax_logits(a, b, 0.5), 3, True, q, k)
+    assert heads == 1 and torch.allclose(kept, plain_mean)
+    (kept * weights).sum().backward()
+    assert torch.allclose(q.grad, expected[0], atol=1e-6) and torch.allclose(k.grad, expected[1], atol=1e-6)

@@ -202,9 +202,10 @@ def test_a_real_width_flux_config_gets_the_papers_settings(tmp_path):
 
 
 def test_pooled_capture_reads_the_coarse_grid_from_window_means(flux, monkeypatch):
-    """With `pool_grid` (InvSeg's loss on a transformer), a block's image queries are averaged over each window of the
-    coarse grid: "cross" is the image-to-text part of the joint softmax of the pooled query over every key (text and
-    full-resolution image), "self" the softmax of pooled queries against pooled keys; heads averaged."""
+    """With `pool_grid` (InvSeg's loss on a transformer), a block's image queries and keys are averaged over each
+    window of the coarse grid, as a coarse layer attends: "cross" is the image-to-text part of the joint softmax of
+    the pooled query over the text keys and the pooled image keys (each repeated over its 4-token window), "self"
+    the softmax of pooled queries against pooled keys; heads averaged."""
     from promptseg.diffusion.capture.core import pool_tokens
 
     streams = {}
@@ -217,8 +218,10 @@ def test_pooled_capture_reads_the_coarse_grid_from_window_means(flux, monkeypatc
         run_until_captured(flux.predict, torch.randn(1, 16, 32, 32), torch.tensor([300]), flux.encode_text("a cat"))
     q = streams["q"].unflatten(1, (8, 2, 8, 2)).mean(dim=(2, 4)).flatten(1, 2)  # (heads, 64, d) window means
     k = pool_tokens(streams["k"], (16, 16), (8, 8))
+    assert torch.allclose(k, streams["k"].unflatten(1, (8, 2, 8, 2)).mean(dim=(2, 4)).flatten(1, 2))
     scale = 16 ** -0.5
-    joint = (q @ torch.cat([streams["text_k"], streams["k"]], 1).transpose(1, 2) * scale).softmax(-1)
+    repeated = k.repeat_interleave(4, dim=1)  # every pooled key over its window of 4 image tokens
+    joint = (q @ torch.cat([streams["text_k"], repeated], 1).transpose(1, 2) * scale).softmax(-1)
     assert store.grids("cross") == [(8, 8)] and store.grids("self") == [(8, 8)]
     assert torch.allclose(store.mean("cross", (8, 8))[0], joint[:, :, :64].mean(0), atol=1e-6)
     assert torch.allclose(store.mean("self", (8, 8))[0], (q @ k.transpose(1, 2) * scale).softmax(-1).mean(0), atol=1e-6)

@@ -26,10 +26,13 @@ the image keys (lazily as query and key on large grids, as a UNet's).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from promptseg.diffusion.capture.store import AttentionStore
@@ -202,9 +205,11 @@ class JointRecordingProcessor:
         native = self._streams(attn, seen, single, rope)
         streams = {k: v.float() for k, v in native.items()}
         query, key = streams["q"], streams["k"]
-        if store.pool_grid is not None:  # coarse maps: pooled image queries (and keys for "self")
+        window = 1  # image keys each pooled key stands for
+        if store.pool_grid is not None:  # coarse maps: pooled image queries and keys, as a coarse layer's
             grid = store.grid_for(query.shape[1])
-            query = pool_tokens(query, grid, store.pool_grid)
+            window = query.shape[1] // math.prod(store.pool_grid)
+            query, key = (pool_tokens(x, grid, store.pool_grid) for x in (query, key))
             native = {"q": pool_tokens(native["q"], grid, store.pool_grid),
                       "k": pool_tokens(native["k"], grid, store.pool_grid)}
         if "cross" in self.kinds:
@@ -214,13 +219,14 @@ class JointRecordingProcessor:
             if self.cross_readout == "output":
                 store.add("cross", self._output_space(attn, streams), 1)
             else:
-                store.add("cross", self._cross(query, key, streams["text_k"], _scale(attn)), attn.heads)
+                cross = partial(self._cross, scale=_scale(attn), window=window)
+                store.add("cross", *_head_mean(cross, attn.heads, store.keep_graph, query, key, streams["text_k"]))
         if "self" in self.kinds:
-            self_key = key if store.pool_grid is None else native["k"].float()
             if store.wants_lazy("self", query.shape[1]):
                 store.add_self_qk(native["q"].contiguous(), native["k"].contiguous(), attn.heads, _scale(attn))
             else:
-                store.add("self", (query @ self_key.transpose(1, 2) * _scale(attn)).softmax(dim=-1), attn.heads)
+                probs = partial(_softmax_logits, scale=_scale(attn))
+                store.add("self", *_head_mean(probs, attn.heads, store.keep_graph, query, key))
         if self.on_recorded is not None:
             self.on_recorded()
         return out
@@ -261,17 +267,40 @@ class JointRecordingProcessor:
         image_out, text_out = merge_heads(image_out, attn.heads), merge_heads(text_out, attn.heads)
         return (image_out @ text_out.transpose(1, 2)).softmax(dim=-1)
 
-    def _cross(self, query, key, text_key, scale) -> torch.Tensor:
+    def _cross(self, query, key, text_key, scale, window: int = 1) -> torch.Tensor:
         """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys; the
-        joint normaliser is summed in chunks of heads, so no (B * heads, N, N) matrix is held at once."""
+        joint normaliser is summed in chunks of heads, so no (B * heads, N, N) matrix is held at once. `window`:
+        how many image keys each of `key` stands for (pooled keys: the joint softmax shares its mass between the
+        text and the image as if each pooled key were repeated over its window)."""
         text_logits = query @ text_key.transpose(1, 2) * scale
         if self.cross_readout == "text":
             return text_logits.softmax(dim=-1)
         chunk = max(1, 2 ** 25 // (query.shape[1] * key.shape[1]))
         image_lse = torch.cat([(query[i:i + chunk] @ key[i:i + chunk].transpose(1, 2) * scale).logsumexp(dim=-1)
                                for i in range(0, query.shape[0], chunk)])
+        if window > 1:
+            image_lse = image_lse + math.log(window)
         total = torch.logaddexp(image_lse, text_logits.logsumexp(dim=-1))
         return (text_logits - total[..., None]).exp()
+
+
+def _softmax_logits(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T scale) over the keys: (B * heads, N, K)."""
+    return (query @ key.transpose(1, 2) * scale).softmax(dim=-1)
+
+
+def _head_mean(probs, heads: int, keep_graph: bool, *inputs) -> tuple[torch.Tensor, int]:
+    """(maps, heads) for `AttentionStore.add`: `probs(*inputs)` as it is (B * heads, N, K), or, when the graph is
+    kept (prompt inversion), its head mean (B, N, K) computed under activation checkpointing: the per-head
+    probabilities (InvSeg on FLUX: 24 heads x 1024 x 1024 a block) are formed again in the backward pass instead of
+    being kept, so a loss block keeps its queries, keys and the head mean only."""
+    if not keep_graph or not torch.is_grad_enabled():
+        return probs(*inputs), heads
+
+    def mean(*tensors):
+        return probs(*tensors).unflatten(0, (-1, heads)).mean(dim=1)
+
+    return torch.utils.checkpoint.checkpoint(mean, *inputs, use_reentrant=False), 1
 
 
 def _scale(attn) -> float:

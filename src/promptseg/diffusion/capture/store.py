@@ -70,9 +70,11 @@ class AttentionStore:
     reference: torch.Tensor | None = None
     """Features a reader asked to keep beside the maps (the GoCA reference block's image tokens)."""
     pool_grid: tuple[int, int] | None = None
-    """A transformer's image queries (and, for "self", keys) average-pooled to this coarser grid before the maps are
-    formed (`JointRecordingProcessor`): InvSeg's loss on SD3 / FLUX reads the coarse grid the paper's loss names
-    (1/4 of the latent side) without forming, and keeping the gradients of, a 4096 x 4096 map per head and block."""
+    """A transformer's image queries and keys average-pooled to this coarser grid before the maps are formed
+    (`JointRecordingProcessor`), as a coarse layer of a UNet attends: "cross" is the image-to-text part of the joint
+    softmax over the text keys and the pooled image keys (each standing for its window), "self" the softmax over the
+    pooled image keys. InvSeg's loss on SD3 / FLUX reads the coarse grid the paper's loss names (1/4 of the latent
+    side) without forming, and keeping the gradients of, a 4096 x 4096 map per head and block."""
 
     def wants_lazy(self, kind: str, seq_len: int) -> bool:
         """Whether a call of `kind` with `seq_len` query pixels is kept as query and key."""
