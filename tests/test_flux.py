@@ -232,3 +232,16 @@ def test_invseg_on_a_transformer_learns_on_the_papers_coarse_loss_grid(flux, ima
     assert flux.grid == (16, 16) and invseg.pool_grid == (8, 8) == invseg.loss_grid  # 1/4 of the 32x32 latent
     result = invseg(image, ["cat", "dog"])
     assert result.label_map.shape == (96, 128) and len(result.extra["loss"]) == 1
+
+
+def test_inversion_with_recomputed_blocks_learns_what_kept_activations_learn(flux, image):
+    """Gradient checkpointing (the default on a transformer) re-runs each block in the backward pass; the capture
+    computes its maps again there without recording them or stopping the forward, so the optimisation is the same."""
+    runs = {flag: build_method("invseg", flux, steps=2, recompute=flag)(image, ["cat", "dog"]) for flag in (True, False)}
+    assert not flux.transformer.is_gradient_checkpointing  # restored after the inversion
+    assert np.allclose(runs[True].extra["loss"], runs[False].extra["loss"], rtol=1e-5)
+    assert np.allclose(runs[True].extra["grad_norm"], runs[False].extra["grad_norm"], rtol=1e-4)
+    assert np.allclose(runs[True].scores, runs[False].scores, atol=1e-5)
+    anyword = {flag: build_method("anyword", flux, sam=None, steps=2, recompute=flag) for flag in (True, False)}
+    answers = {flag: m.refer(m.prepare(image), "the red cat") for flag, m in anyword.items()}
+    assert np.allclose(answers[True].extra["inversion_loss"], answers[False].extra["inversion_loss"], rtol=1e-5)

@@ -63,7 +63,8 @@ class RecordingProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         stock_scores = attn.get_attention_scores
-        store, kind = self.store, self.kind
+        recomputing = _recomputing()
+        store, kind = (self.store.scratch() if recomputing else self.store), self.kind
         seq_len = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
         if store.wants_lazy(kind, seq_len) and attention_mask is None:
             out = self._lazy_call(attn, hidden_states, encoder_hidden_states, temb)
@@ -88,7 +89,7 @@ class RecordingProcessor:
             out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         finally:
             del attn.get_attention_scores
-        if self.on_recorded is not None:
+        if self.on_recorded is not None and not recomputing:
             self.on_recorded()
         return out
 
@@ -196,7 +197,10 @@ class JointRecordingProcessor:
         finally:
             for hook in hooks:
                 hook.remove()
-        store = self.store
+        # a block re-run by activation checkpointing in the backward pass computes its maps again (the same saved
+        # tensors, in the same order) into a scratch store, and does not count towards stopping the forward
+        recomputing = _recomputing()
+        store = self.store.scratch() if recomputing else self.store
         if not store.keep_graph:
             seen = {k: v.detach() for k, v in seen.items()}
         # normed and rotated in the block's dtype, as its processor does; the logits are then formed in float32
@@ -212,6 +216,7 @@ class JointRecordingProcessor:
             query, key = (pool_tokens(x, grid, store.pool_grid) for x in (query, key))
             native = {"q": pool_tokens(native["q"], grid, store.pool_grid),
                       "k": pool_tokens(native["k"], grid, store.pool_grid)}
+        checkpointed = store.keep_graph and not store.blocks_recomputed  # the maps' own recomputation
         if "cross" in self.kinds:
             if store.keep_queries:
                 raise ValueError("a transformer's text keys are made inside its joint forward: cross-attention "
@@ -220,14 +225,14 @@ class JointRecordingProcessor:
                 store.add("cross", self._output_space(attn, streams), 1)
             else:
                 cross = partial(self._cross, scale=_scale(attn), window=window)
-                store.add("cross", *_head_mean(cross, attn.heads, store.keep_graph, query, key, streams["text_k"]))
+                store.add("cross", *_head_mean(cross, attn.heads, checkpointed, query, key, streams["text_k"]))
         if "self" in self.kinds:
             if store.wants_lazy("self", query.shape[1]):
                 store.add_self_qk(native["q"].contiguous(), native["k"].contiguous(), attn.heads, _scale(attn))
             else:
                 probs = partial(_softmax_logits, scale=_scale(attn))
-                store.add("self", *_head_mean(probs, attn.heads, store.keep_graph, query, key))
-        if self.on_recorded is not None:
+                store.add("self", *_head_mean(probs, attn.heads, checkpointed, query, key))
+        if self.on_recorded is not None and not recomputing:
             self.on_recorded()
         return out
 
@@ -284,17 +289,23 @@ class JointRecordingProcessor:
         return (text_logits - total[..., None]).exp()
 
 
+def _recomputing() -> bool:
+    """Whether this call runs inside a backward pass: a block re-run by activation checkpointing (the
+    transformer's gradient checkpointing during prompt inversion, `promptseg.diffusion.memory`)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _softmax_logits(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T scale) over the keys: (B * heads, N, K)."""
     return (query @ key.transpose(1, 2) * scale).softmax(dim=-1)
 
 
-def _head_mean(probs, heads: int, keep_graph: bool, *inputs) -> tuple[torch.Tensor, int]:
-    """(maps, heads) for `AttentionStore.add`: `probs(*inputs)` as it is (B * heads, N, K), or, when the graph is
-    kept (prompt inversion), its head mean (B, N, K) computed under activation checkpointing: the per-head
-    probabilities (InvSeg on FLUX: 24 heads x 1024 x 1024 a block) are formed again in the backward pass instead of
-    being kept, so a loss block keeps its queries, keys and the head mean only."""
-    if not keep_graph or not torch.is_grad_enabled():
+def _head_mean(probs, heads: int, checkpointed: bool, *inputs) -> tuple[torch.Tensor, int]:
+    """(maps, heads) for `AttentionStore.add`: `probs(*inputs)` as it is (B * heads, N, K), or, `checkpointed`
+    (prompt inversion without recomputed blocks), its head mean (B, N, K) computed under activation checkpointing:
+    the per-head probabilities (InvSeg on FLUX: 24 heads x 1024 x 1024 a block) are formed again in the backward
+    pass instead of being kept, so a loss block keeps its queries, keys and the head mean only."""
+    if not checkpointed or not torch.is_grad_enabled():
         return probs(*inputs), heads
 
     def mean(*tensors):

@@ -69,12 +69,21 @@ class AttentionStore:
     layer_maps: list[torch.Tensor] = field(default_factory=list)
     reference: torch.Tensor | None = None
     """Features a reader asked to keep beside the maps (the GoCA reference block's image tokens)."""
+    blocks_recomputed: bool = False
+    """The denoiser's blocks are re-run in the backward pass (gradient checkpointing, `promptseg.diffusion.memory`):
+    nothing inside a block is kept, so the maps need no checkpointing of their own."""
     pool_grid: tuple[int, int] | None = None
     """A transformer's image queries and keys average-pooled to this coarser grid before the maps are formed
     (`JointRecordingProcessor`), as a coarse layer of a UNet attends: "cross" is the image-to-text part of the joint
     softmax over the text keys and the pooled image keys (each standing for its window), "self" the softmax over the
     pooled image keys. InvSeg's loss on SD3 / FLUX reads the coarse grid the paper's loss names (1/4 of the latent
     side) without forming, and keeping the gradients of, a 4096 x 4096 map per head and block."""
+
+    def scratch(self) -> AttentionStore:
+        """An empty store with these settings (where a block re-run in the backward pass records, unread)."""
+        return AttentionStore(latent_hw=self.latent_hw, keep_queries=self.keep_queries, keep_graph=self.keep_graph,
+                              lazy_self_tokens=self.lazy_self_tokens, pool_grid=self.pool_grid,
+                              blocks_recomputed=self.blocks_recomputed)
 
     def wants_lazy(self, kind: str, seq_len: int) -> bool:
         """Whether a call of `kind` with `seq_len` query pixels is kept as query and key."""

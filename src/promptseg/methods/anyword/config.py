@@ -28,6 +28,10 @@ class AnywordConfig:
     """Noise draws per UNet pass of the inversion, their gradients accumulated over `batch` (the same gradient):
     1 keeps the activation memory of one draw (half of a batch of 2: issue 22's memory bound); None: all `batch`
     draws in one pass (faster on a GPU with memory to spare)."""
+    recompute: bool | None = None
+    """Recompute the denoiser's blocks in the backward pass of the inversion instead of keeping their activations
+    (gradient checkpointing, `promptseg.diffusion.memory`): about one more forward a step for the memory of one
+    block. None: on a transformer, off on a UNet."""
     train_timesteps: tuple[int, int] = (50, 500)
     """Range of the timesteps drawn for the denoising loss."""
     timesteps: tuple[int, ...] = (100, 300, 500)

@@ -40,6 +40,7 @@ import torch
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.encode import PreparedImage, to_pil
+from promptseg.diffusion.memory import recomputed
 from promptseg.diffusion.precision import loss_scaler
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -109,6 +110,10 @@ class InvSegConfig:
     "latents": the crop of the image's latents, resampled to the latent size (no VAE encode after the first: at
     SD-1.5's 512 px one encode costs 1.36 UNet forwards on this CPU). Its effect on shapes:
     `benchmarks/results/savings.md`."""
+    recompute: bool | None = None
+    """Recompute the denoiser's blocks in the backward pass instead of keeping their activations (gradient
+    checkpointing, `promptseg.diffusion.memory`): about one more forward a step for the memory of one block. None:
+    on a transformer (FLUX.1's kept activations are tens of GB), off on a UNet (SD's fit)."""
     seed: int = 0
     """Seed of views, timesteps and noise."""
 
@@ -238,45 +243,52 @@ class InvSeg:
         log = {"loss": [], "cluster": [], "entropy": [], "grad_norm": [], "change": [], "warnings": []}
         start_norm = float(learn.detach().norm())
         last_finite = learn.detach().clone()
-        for _ in range(c.steps):
-            if pool is None:
-                boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.num_views)]
-                latents = self._view_latents(prepared, boxes)
-            else:
-                pick = torch.randperm(len(pool[0]), generator=generator)[: c.num_views].tolist()
-                boxes, latents = [pool[0][i] for i in pick], pool[1][pick]
-            t = int(torch.randint(c.train_timesteps[0], c.train_timesteps[1] + 1, (1,), generator=generator))
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-            noisy = backbone.add_noise(latents, noise, torch.tensor([t], device=latents.device))
-            text = text0.expand(len(boxes), -1, -1).clone()
-            text[:, index] = learn  # differentiable in `learn` only
-            store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True, pool_grid=self.pool_grid)
-            timesteps = torch.full((len(boxes),), t, device=noisy.device)
-            with capture(backbone.denoiser, self.loss_layers, store, stop_after_last=c.stop_forward_early):
-                if c.stop_forward_early:
-                    run_until_captured(backbone.predict, noisy, timesteps, text)
+        recompute = c.recompute if c.recompute is not None else backbone.family != "unet"
+        with recomputed(backbone.denoiser, recompute):
+            for _ in range(c.steps):
+                if pool is None:
+                    boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.num_views)]
+                    latents = self._view_latents(prepared, boxes)
                 else:
-                    backbone.predict(noisy, timesteps, text)
-            maps, attn = self._loss_maps(store, tokens.positions)
-            loss, parts = self.loss(maps, attn, boxes, image_hw)
-            if not math.isfinite(float(loss.detach())):
-                with torch.no_grad():
-                    learn.copy_(last_finite)
-                log["warnings"].append(f"non-finite loss at step {len(log['loss'])}; kept the last finite prompt")
-                break
-            last_finite = learn.detach().clone()
-            log["loss"].append(float(loss.detach()))
-            log["cluster"].append(parts["cluster"])
-            log["entropy"].append(parts["entropy"])
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimiser)
-            log["grad_norm"].append(float(learn.grad.norm()))
-            scaler.step(optimiser)
-            scaler.update()
-            log["change"].append(float((learn.detach() - text0[0, index]).norm()) / max(start_norm, 1e-12))
-            if self.on_step is not None:
-                self.on_step(len(log["loss"]), c.steps)
+                    pick = torch.randperm(len(pool[0]), generator=generator)[: c.num_views].tolist()
+                    boxes, latents = [pool[0][i] for i in pick], pool[1][pick]
+                t = int(torch.randint(c.train_timesteps[0], c.train_timesteps[1] + 1, (1,), generator=generator))
+                noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+                noisy = backbone.add_noise(latents, noise, torch.tensor([t], device=latents.device))
+                text = text0.expand(len(boxes), -1, -1).clone()
+                text[:, index] = learn  # differentiable in `learn` only
+                store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True, pool_grid=self.pool_grid,
+                                       blocks_recomputed=recompute and backbone.denoiser.is_gradient_checkpointing)
+                timesteps = torch.full((len(boxes),), t, device=noisy.device)
+                # the backward pass runs under the capture too: a block that gradient checkpointing re-runs there
+                # must compute its maps again (`recompute`)
+                with capture(backbone.denoiser, self.loss_layers, store, stop_after_last=c.stop_forward_early):
+                    if c.stop_forward_early:
+                        run_until_captured(backbone.predict, noisy, timesteps, text)
+                    else:
+                        backbone.predict(noisy, timesteps, text)
+                    maps, attn = self._loss_maps(store, tokens.positions)
+                    loss, parts = self.loss(maps, attn, boxes, image_hw)
+                    finite = math.isfinite(float(loss.detach()))
+                    if finite:
+                        optimiser.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                if not finite:
+                    with torch.no_grad():
+                        learn.copy_(last_finite)
+                    log["warnings"].append(f"non-finite loss at step {len(log['loss'])}; kept the last finite prompt")
+                    break
+                last_finite = learn.detach().clone()
+                log["loss"].append(float(loss.detach()))
+                log["cluster"].append(parts["cluster"])
+                log["entropy"].append(parts["entropy"])
+                scaler.unscale_(optimiser)
+                log["grad_norm"].append(float(learn.grad.norm()))
+                scaler.step(optimiser)
+                scaler.update()
+                log["change"].append(float((learn.detach() - text0[0, index]).norm()) / max(start_norm, 1e-12))
+                if self.on_step is not None:
+                    self.on_step(len(log["loss"]), c.steps)
         with torch.no_grad():
             if not torch.isfinite(learn).all():  # the last step's update itself went bad
                 learn.copy_(last_finite)

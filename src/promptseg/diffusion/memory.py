@@ -1,0 +1,37 @@
+"""Keeping prompt inversion's memory bounded: the denoiser's activations recomputed instead of kept.
+
+Inverting a prompt (InvSeg, Segment Anyword) backpropagates through the denoiser to the text. A transformer keeps
+every block's activations for that backward pass: at FLUX.1's size, 4608 tokens of 3072 channels in ten-odd saved
+tensors a block, tens of GB over 19 blocks. With gradient checkpointing (diffusers' own, per block) only each
+block's inputs are kept and the block runs again in the backward pass: about one more forward a step, for the
+memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
+it computes its maps again without recording them or stopping the forward.
+
+    with recomputed(backbone.denoiser):
+        loss = ...; loss.backward()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def recomputed(denoiser: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Gradient checkpointing on `denoiser` (diffusers' `enable_gradient_checkpointing`) inside the block, its
+    previous state restored after; nothing when `enabled` is False or the model does not support it."""
+    supported = getattr(denoiser, "_supports_gradient_checkpointing", False)
+    if not enabled or not supported:
+        yield
+        return
+    before = denoiser.is_gradient_checkpointing
+    if not before:
+        denoiser.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if not before:
+            denoiser.disable_gradient_checkpointing()
