@@ -46,6 +46,9 @@ def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    parser.add_argument("--offload", choices=("model", "sequential"), default=None,
+                        help="keep the weights in CPU memory and run them on --device: model (a component at a time) "
+                             "or sequential (a layer at a time: least GPU memory, slowest)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="change a method setting, value as JSON (e.g. --set timestep=50 --set 'cross_weights={\"1.0\": 1}')",
@@ -74,6 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outcomes = segment_files(
         args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
+        offload=args.offload,
         filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), on_progress=lambda outcome: bar.update(1),
         shared_synonyms=args.labels_file is not None,  # a class-name file may share words across lines (ADE-847)
@@ -95,6 +99,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         settings=_settings(args.settings), prompt=args.prompt, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
+        offload=args.offload,
         allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None,
     ))
     if summary is not None:
@@ -137,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, names=args.names, background=args.background, settings=_settings(args.settings),
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, offload=args.offload,
         class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings),
@@ -162,7 +167,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
 
     outcomes = refer_files(
         args.images, args.expression, method=args.method, model=args.model, out_dir=args.out, device=args.device,
-        dtype=args.dtype, settings=_settings(args.settings), allow_pickle=args.allow_pickle,
+        dtype=args.dtype, settings=_settings(args.settings), allow_pickle=args.allow_pickle, offload=args.offload,
     )
     return _report(outcomes, args.out)
 
@@ -173,7 +178,7 @@ def cmd_maps(args: argparse.Namespace) -> int:
     outcomes = map_files(args.images, [w for w in args.words.split(",")], model=args.model, out_dir=args.out,
                          device=args.device, dtype=args.dtype, places=args.places.split(",") if args.places else None,
                          timestep=args.timestep, per_layer=args.per_layer, seed=args.seed,
-                         allow_pickle=args.allow_pickle)
+                         allow_pickle=args.allow_pickle, offload=args.offload)
     return _report(outcomes, args.out)
 
 
@@ -187,7 +192,7 @@ def cmd_eval_refer(args: argparse.Namespace) -> int:
     run = ReferRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
-        save_vis=args.save_vis,
+        offload=args.offload, save_vis=args.save_vis,
     )
     report = evaluate_refer(run)
     if report is not None:
@@ -216,7 +221,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg.demo import serve
 
-    serve(model=args.model, host=args.host, port=args.port, device=args.device)
+    serve(model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload)
     return 0
 
 
@@ -293,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     maps.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
     maps.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    maps.add_argument("--offload", choices=("model", "sequential"), default=None,
+                      help="keep the weights in CPU memory and run them on --device (model or sequential)")
     maps.set_defaults(func=cmd_maps)
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
@@ -314,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    demo.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
+    demo.add_argument("--offload", choices=("model", "sequential"), default=None,
+                      help="keep the weights in CPU memory and run them on --device (model or sequential)")
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=_listing("filters"))

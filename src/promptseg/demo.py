@@ -83,10 +83,13 @@ class DemoSession:
     Args:
         model (`str`, defaults to "shapes"): what `load_backbone` takes.
         device (`str`, *optional*): "cpu", "cuda", ...
+        dtype (`str`, *optional*): "fp32", "fp16", "bf16" (the device's default when None).
+        offload (`str`, *optional*): "model" or "sequential" (`promptseg.models.offload`).
     """
 
-    def __init__(self, model: str = "shapes", device: str | None = None):
-        self.model, self.device = model, device
+    def __init__(self, model: str = "shapes", device: str | None = None, dtype: str | None = None,
+                 offload: str | None = None):
+        self.model, self.device, self.dtype, self.offload = model, device, dtype, offload
         self._backbone = None
         self._built: dict = {}  # stages built once per name and settings, shared by every request's pipeline
         self._lock = threading.Lock()
@@ -97,7 +100,7 @@ class DemoSession:
         if self._backbone is None:
             from promptseg.models import load_backbone
 
-            self._backbone = load_backbone(self.model, device=self.device)
+            self._backbone = load_backbone(self.model, device=self.device, dtype=self.dtype, offload=self.offload)
         return self._backbone
 
     def pipeline(self, method: str, filter_name: str | None = None, refine_name: str | None = None,
@@ -313,12 +316,13 @@ def build_app(session: DemoSession):
     return app
 
 
-def serve(model: str = "shapes", host: str = "127.0.0.1", port: int = 7860, device: str | None = None) -> None:
+def serve(model: str = "shapes", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
+          dtype: str | None = None, offload: str | None = None) -> None:
     """Start the app and block (Ctrl-C stops it)."""
     try:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ImportError("the demo needs Gradio: pip install 'promptseg[demo]'") from err
-    session = DemoSession(model, device)
+    session = DemoSession(model, device, dtype, offload)
     session.backbone  # noqa: B018 (load once, before the first request)
     build_app(session).launch(server_name=host, server_port=port, show_error=False, footer_links=[])

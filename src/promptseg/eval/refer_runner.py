@@ -37,6 +37,8 @@ class ReferRun:
     settings: dict = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
+    offload: str | None = None
+    """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
     save_vis: int = 0
 
 
@@ -49,7 +51,7 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
     from promptseg.pipeline import Pipeline
 
     pipe = Pipeline(run.model, run.method, settings=run.settings, task="refer", device=run.device, dtype=run.dtype,
-                    backbone=backbone)
+                    backbone=backbone, offload=run.offload)
     dataset = get_refer_dataset(run.dataset, run.root, run.split, run.limit)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:

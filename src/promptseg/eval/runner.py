@@ -55,6 +55,8 @@ class EvalRun:
     settings: dict = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
+    offload: str | None = None
+    """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
     class_names_file: str | None = None
     save_vis: int = 0
     filter: str | None = None
@@ -138,7 +140,8 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     def pipeline(settings: dict) -> Pipeline:
         return Pipeline(run.model, run.method, settings=settings, filter=run.filter,
                         filter_settings=run.filter_settings, refine=run.refine, refine_settings=run.refine_settings,
-                        labels_known=run.names == "oracle", device=run.device, dtype=run.dtype, backbone=backbone)
+                        labels_known=run.names == "oracle", device=run.device, dtype=run.dtype, backbone=backbone,
+                        offload=run.offload)
 
     pipe = pipeline(run.settings)
     background, settings = background_protocol(run, dataset, pipe.method.config)

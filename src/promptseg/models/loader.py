@@ -108,6 +108,7 @@ def load_backbone(
     config: str | None = None,
     allow_pickle: bool = False,
     local_files_only: bool | None = None,
+    offload: str | None = None,
 ) -> DiffusionBackbone:
     """Load a diffusion backbone (SD 1.x/2.x and SDXL UNets, SD3/3.5 MMDiT, FLUX.1), frozen, on `device` in `dtype`.
 
@@ -121,6 +122,8 @@ def load_backbone(
             configs describe it (diffusers' `from_single_file(config=...)`).
         allow_pickle (`bool`, defaults to `False`): allow `.ckpt`/`.bin`/`.pt` files, which can run code on load.
         local_files_only (`bool`, *optional*): never touch the network for hub ids; defaults to `HF_HUB_OFFLINE`.
+        offload (`str`, *optional*): "model" or "sequential": the weights stay in CPU memory and run on `device`
+            (`promptseg.models.offload`), for a card smaller than the model; None: everything on `device`.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -129,6 +132,15 @@ def load_backbone(
     """
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
+    if offload is not None:
+        from promptseg.models.offload import OFFLOAD_MODES
+        from promptseg.models.offload import offload as apply_offload
+
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES} or None, got {offload!r}")
+        backbone = load_backbone(name, device="cpu", dtype=dtype, config=config, allow_pickle=allow_pickle,
+                                 local_files_only=local_files_only)
+        return apply_offload(backbone, offload, device)
     key = str(name)
     if local_files_only is None:
         local_files_only = hub_offline()
