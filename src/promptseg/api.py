@@ -81,6 +81,7 @@ def segment_files(
     on_progress: Callable[[FileOutcome], None] | None = None,
     shared_synonyms: bool = False,
     offload: str | None = None,
+    quantize: str | None = None,
 ) -> list[FileOutcome]:
     """Segment each image file into `labels` and write its four outputs to `out_dir`.
 
@@ -97,7 +98,7 @@ def segment_files(
     labels = parse_labels(labels, shared_synonyms=shared_synonyms)
     pipe = Pipeline(model, method, settings=settings, filter=filter, filter_settings=filter_settings, refine=refine,
                     refine_settings=refine_settings, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                    offload=offload)
+                    offload=offload, quantize=quantize)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
@@ -119,6 +120,7 @@ def refer_files(
     allow_pickle: bool = False,
     on_progress: Callable[[FileOutcome], None] | None = None,
     offload: str | None = None,
+    quantize: str | None = None,
 ) -> list[FileOutcome]:
     """Segment what `expression` refers to in each image file; write its mask PNG, overlay and RLE JSON to
     `out_dir` (`io.save_refer`). The method must answer expressions (`anyword`, `baseline`). Settings are checked
@@ -126,7 +128,7 @@ def refer_files(
 
     check_expression(expression)
     pipe = Pipeline(model, method, settings=settings, task="refer", device=device, dtype=dtype,
-                    allow_pickle=allow_pickle, offload=offload)
+                    allow_pickle=allow_pickle, offload=offload, quantize=quantize)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
@@ -150,6 +152,7 @@ def map_files(
     allow_pickle: bool = False,
     on_progress: Callable[[FileOutcome], None] | None = None,
     offload: str | None = None,
+    quantize: str | None = None,
 ) -> list[FileOutcome]:
     """Write each image file's word heat maps to `out_dir` (`promptseg.io.heatmaps.save_word_maps`); an unreadable
     file is reported in its outcome and the others go on."""
@@ -161,7 +164,7 @@ def map_files(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
-    pipe = Pipeline(model, "baseline", device=device, dtype=dtype, allow_pickle=allow_pickle, offload=offload)
+    pipe = Pipeline(model, "baseline", device=device, dtype=dtype, allow_pickle=allow_pickle, offload=offload, quantize=quantize)
     return _each_file(paths, lambda image, stem: save_word_maps(
         pipe.attention_maps(image, words, places=places, timestep=timestep, per_layer=per_layer, seed=seed),
         image, out_dir, stem), on_progress)

@@ -49,6 +49,8 @@ def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline
     parser.add_argument("--offload", choices=("model", "sequential"), default=None,
                         help="keep the weights in CPU memory and run them on --device: model (a component at a time) "
                              "or sequential (a layer at a time: least GPU memory, slowest)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="change a method setting, value as JSON (e.g. --set timestep=50 --set 'cross_weights={\"1.0\": 1}')",
@@ -77,7 +79,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outcomes = segment_files(
         args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
-        offload=args.offload,
+        offload=args.offload, quantize=args.quantize,
         filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), on_progress=lambda outcome: bar.update(1),
         shared_synonyms=args.labels_file is not None,  # a class-name file may share words across lines (ADE-847)
@@ -99,7 +101,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         settings=_settings(args.settings), prompt=args.prompt, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
-        offload=args.offload,
+        offload=args.offload, quantize=args.quantize,
         allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None,
     ))
     if summary is not None:
@@ -142,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = EvalRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, names=args.names, background=args.background, settings=_settings(args.settings),
-        device=args.device, dtype=args.dtype, offload=args.offload,
+        device=args.device, dtype=args.dtype, offload=args.offload, quantize=args.quantize,
         class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings),
@@ -168,6 +170,7 @@ def cmd_refer(args: argparse.Namespace) -> int:
     outcomes = refer_files(
         args.images, args.expression, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), allow_pickle=args.allow_pickle, offload=args.offload,
+        quantize=args.quantize,
     )
     return _report(outcomes, args.out)
 
@@ -178,7 +181,7 @@ def cmd_maps(args: argparse.Namespace) -> int:
     outcomes = map_files(args.images, [w for w in args.words.split(",")], model=args.model, out_dir=args.out,
                          device=args.device, dtype=args.dtype, places=args.places.split(",") if args.places else None,
                          timestep=args.timestep, per_layer=args.per_layer, seed=args.seed,
-                         allow_pickle=args.allow_pickle, offload=args.offload)
+                         allow_pickle=args.allow_pickle, offload=args.offload, quantize=args.quantize)
     return _report(outcomes, args.out)
 
 
@@ -192,7 +195,7 @@ def cmd_eval_refer(args: argparse.Namespace) -> int:
     run = ReferRun(
         dataset=args.dataset, method=args.method, model=args.model, out=args.out, root=args.root, split=args.split,
         limit=args.limit, settings=_settings(args.settings), device=args.device, dtype=args.dtype,
-        offload=args.offload, save_vis=args.save_vis,
+        offload=args.offload, quantize=args.quantize, save_vis=args.save_vis,
     )
     report = evaluate_refer(run)
     if report is not None:
@@ -221,7 +224,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg.demo import serve
 
-    serve(model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload)
+    serve(model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload,
+          quantize=args.quantize)
     return 0
 
 
@@ -300,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     maps.add_argument("--offload", choices=("model", "sequential"), default=None,
                       help="keep the weights in CPU memory and run them on --device (model or sequential)")
+    maps.add_argument("--quantize", choices=("int8",), default=None,
+                      help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
     maps.set_defaults(func=cmd_maps)
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
@@ -324,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
     demo.add_argument("--offload", choices=("model", "sequential"), default=None,
                       help="keep the weights in CPU memory and run them on --device (model or sequential)")
+    demo.add_argument("--quantize", choices=("int8",), default=None,
+                      help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=_listing("filters"))

@@ -85,11 +85,13 @@ class DemoSession:
         device (`str`, *optional*): "cpu", "cuda", ...
         dtype (`str`, *optional*): "fp32", "fp16", "bf16" (the device's default when None).
         offload (`str`, *optional*): "model" or "sequential" (`promptseg.models.offload`).
+        quantize (`str`, *optional*): "int8" (`promptseg.models.quantize`).
     """
 
     def __init__(self, model: str = "shapes", device: str | None = None, dtype: str | None = None,
-                 offload: str | None = None):
+                 offload: str | None = None, quantize: str | None = None):
         self.model, self.device, self.dtype, self.offload = model, device, dtype, offload
+        self.quantize = quantize
         self._backbone = None
         self._built: dict = {}  # stages built once per name and settings, shared by every request's pipeline
         self._lock = threading.Lock()
@@ -100,7 +102,8 @@ class DemoSession:
         if self._backbone is None:
             from promptseg.models import load_backbone
 
-            self._backbone = load_backbone(self.model, device=self.device, dtype=self.dtype, offload=self.offload)
+            self._backbone = load_backbone(self.model, device=self.device, dtype=self.dtype, offload=self.offload,
+                                           quantize=self.quantize)
         return self._backbone
 
     def pipeline(self, method: str, filter_name: str | None = None, refine_name: str | None = None,
@@ -317,12 +320,12 @@ def build_app(session: DemoSession):
 
 
 def serve(model: str = "shapes", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
-          dtype: str | None = None, offload: str | None = None) -> None:
+          dtype: str | None = None, offload: str | None = None, quantize: str | None = None) -> None:
     """Start the app and block (Ctrl-C stops it)."""
     try:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ImportError("the demo needs Gradio: pip install 'promptseg[demo]'") from err
-    session = DemoSession(model, device, dtype, offload)
+    session = DemoSession(model, device, dtype, offload, quantize)
     session.backbone  # noqa: B018 (load once, before the first request)
     build_app(session).launch(server_name=host, server_port=port, show_error=False, footer_links=[])

@@ -128,6 +128,8 @@ class LabelRun:
     shared_synonyms: bool = False
     offload: str | None = None
     """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
+    quantize: str | None = None
+    """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
     """The vocabulary is a dataset's class list, whose lines may share words (ADE20K-847 has "screen" in five lines):
     each class keeps the words no earlier class took (`parse_labels`); False: a word used twice is an error."""
 
@@ -143,7 +145,8 @@ def _setup(run: LabelRun, backbone=None):
     labels = parse_labels(run.vocabulary, shared_synonyms=run.shared_synonyms)
     pipe = Pipeline(run.model, run.method, settings=run.settings, filter=run.filter, filter_settings=run.filter_settings,
                     refine=run.refine, refine_settings=run.refine_settings, device=run.device, dtype=run.dtype,
-                    allow_pickle=run.allow_pickle, backbone=backbone, offload=run.offload)
+                    allow_pickle=run.allow_pickle, backbone=backbone, offload=run.offload,
+                    quantize=run.quantize)
     signature = {**pipe.signature, "prompt": run.prompt, "vocabulary": [", ".join(label.synonyms) for label in labels],
                  "min_area": int(run.min_area)}
     return pipe, labels, category_table(labels), signature

@@ -87,7 +87,7 @@ class Pipeline:
             --names oracle`): nothing is left for a filter to decide, so none runs unless `filter` names one.
         task (`str`, defaults to "segment"): "segment" (labels -> label map) or "refer" (a sentence -> a mask; the
             method must answer expressions, and no filter or refiner runs).
-        device, dtype, allow_pickle, offload: as for `load_backbone`.
+        device, dtype, allow_pickle, offload, quantize: as for `load_backbone`.
         backbone (*optional*): an already loaded backbone of `model` (sweeps and the demo reuse one load).
         built (`dict`, *optional*): a cache of built stages shared between pipelines on one backbone (the demo's):
             a stage with the same kind, name and settings is built once.
@@ -101,11 +101,12 @@ class Pipeline:
                  filter: str | None = None, filter_settings: dict | None = None, refine: str | None = None,
                  refine_settings: dict | None = None, labels_known: bool = False, task: str = "segment",
                  device=None, dtype=None, allow_pickle: bool = False, backbone=None, built: dict | None = None,
-                 offload: str | None = None):
+                 offload: str | None = None, quantize: str | None = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
         self.model, self.task = str(model), task
-        self.device, self.dtype, self.allow_pickle, self.offload = device, dtype, allow_pickle, offload
+        self.device, self.dtype, self.allow_pickle = device, dtype, allow_pickle
+        self.offload, self.quantize = offload, quantize
         self._backbone = backbone
         self._built = built if built is not None else {}
         recommended = backbone.method_defaults if backbone is not None else model_settings(self.model)
@@ -148,7 +149,8 @@ class Pipeline:
         """The backbone, loaded on first use."""
         if self._backbone is None:
             self._backbone = load_backbone(self.model, device=self.device, dtype=self.dtype,
-                                           allow_pickle=self.allow_pickle, offload=self.offload)
+                                           allow_pickle=self.allow_pickle, offload=self.offload,
+                                           quantize=self.quantize)
         return self._backbone
 
     def load(self) -> Pipeline:

@@ -39,6 +39,8 @@ class ReferRun:
     dtype: str | None = None
     offload: str | None = None
     """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
+    quantize: str | None = None
+    """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
     save_vis: int = 0
 
 
@@ -51,7 +53,7 @@ def evaluate_refer(run: ReferRun, progress: bool = True, backbone=None) -> dict 
     from promptseg.pipeline import Pipeline
 
     pipe = Pipeline(run.model, run.method, settings=run.settings, task="refer", device=run.device, dtype=run.dtype,
-                    backbone=backbone, offload=run.offload)
+                    backbone=backbone, offload=run.offload, quantize=run.quantize)
     dataset = get_refer_dataset(run.dataset, run.root, run.split, run.limit)
     n = len(dataset) if run.limit is None else min(run.limit, len(dataset))
     if n < 1:

@@ -57,6 +57,8 @@ class EvalRun:
     dtype: str | None = None
     offload: str | None = None
     """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
+    quantize: str | None = None
+    """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
     class_names_file: str | None = None
     save_vis: int = 0
     filter: str | None = None
@@ -141,7 +143,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         return Pipeline(run.model, run.method, settings=settings, filter=run.filter,
                         filter_settings=run.filter_settings, refine=run.refine, refine_settings=run.refine_settings,
                         labels_known=run.names == "oracle", device=run.device, dtype=run.dtype, backbone=backbone,
-                        offload=run.offload)
+                        offload=run.offload, quantize=run.quantize)
 
     pipe = pipeline(run.settings)
     background, settings = background_protocol(run, dataset, pipe.method.config)

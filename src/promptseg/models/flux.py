@@ -211,10 +211,10 @@ class FluxBackbone(DiTBackbone):
                 for i, name in enumerate(names) for kind in ("cross", "self")]
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype) -> dict:
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
     """The components of a FLUX diffusers folder or hub id: transformer, VAE, scheduler, CLIP-L and its tokenizer,
     T5 and its tokenizer."""
-    _, part = folder_parts(source, local_only, dtype)
+    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
     return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
             "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")],
             "t5_encoder": part("text_encoder_2"), "t5_tokenizer": part("tokenizer_2")}

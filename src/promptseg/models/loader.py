@@ -76,15 +76,16 @@ def _hub_family(name: str, local_only: bool) -> str:
     return "unet"
 
 
-def _load_transformer(key: str, source: str, local_only: bool, device, dtype, family: str) -> DiffusionBackbone:
+def _load_transformer(key: str, source: str, local_only: bool, device, dtype, family: str,
+                      denoiser_kwargs: dict | None = None) -> DiffusionBackbone:
     """An MMDiT or FLUX backbone from a folder or hub id, with the settings its folder or architecture recommends
     (read again after a hub download, which brings the configs the architecture is recognised from)."""
     settings = model_settings(key)
     if family == "flux":
-        parts = flux.load_folder(source, local_only, dtype)
+        parts = flux.load_folder(source, local_only, dtype, denoiser_kwargs)
         return flux.backbone_from_parts(key, parts, device=device, dtype=dtype,
                                         method_defaults=settings or model_settings(key))
-    parts = mmdit.load_folder(source, local_only, dtype, settings)
+    parts = mmdit.load_folder(source, local_only, dtype, settings, denoiser_kwargs)
     return mmdit.backbone_from_parts(key, parts, device=device, dtype=dtype,
                                      method_defaults=settings or model_settings(key))
 
@@ -109,6 +110,7 @@ def load_backbone(
     allow_pickle: bool = False,
     local_files_only: bool | None = None,
     offload: str | None = None,
+    quantize: str | None = None,
 ) -> DiffusionBackbone:
     """Load a diffusion backbone (SD 1.x/2.x and SDXL UNets, SD3/3.5 MMDiT, FLUX.1), frozen, on `device` in `dtype`.
 
@@ -124,6 +126,8 @@ def load_backbone(
         local_files_only (`bool`, *optional*): never touch the network for hub ids; defaults to `HF_HUB_OFFLINE`.
         offload (`str`, *optional*): "model" or "sequential": the weights stay in CPU memory and run on `device`
             (`promptseg.models.offload`), for a card smaller than the model; None: everything on `device`.
+        quantize (`str`, *optional*): "int8": the denoiser's weights in int8 (torchao, `promptseg.models.quantize`;
+            a folder or hub id, not a single file); None: the backbone's dtype.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -139,9 +143,14 @@ def load_backbone(
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES} or None, got {offload!r}")
         backbone = load_backbone(name, device="cpu", dtype=dtype, config=config, allow_pickle=allow_pickle,
-                                 local_files_only=local_files_only)
+                                 local_files_only=local_files_only, quantize=quantize)
         return apply_offload(backbone, offload, device)
     key = str(name)
+    quantized = None
+    if quantize is not None:
+        from promptseg.models.quantize import quantization_config
+
+        quantized = {"quantization_config": quantization_config(quantize)}
     if local_files_only is None:
         local_files_only = hub_offline()
     backbones = bundled("diffusion")
@@ -151,15 +160,15 @@ def load_backbone(
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
                                     f"train it: {BUNDLED[key].trained_by}")
         if family_of(folder) in ("mmdit", "flux"):
-            return _load_transformer(key, str(folder), True, device, dtype, family_of(folder))
-        parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"))
+            return _load_transformer(key, str(folder), True, device, dtype, family_of(folder), quantized)
+        parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"), quantized)
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
             if family_of(path) in ("mmdit", "flux"):
-                return _load_transformer(key, str(path), True, device, dtype, family_of(path))
-            parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"))
+                return _load_transformer(key, str(path), True, device, dtype, family_of(path), quantized)
+            parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"), quantized)
         elif path.is_file():
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
                 raise ValueError(
@@ -168,6 +177,9 @@ def load_backbone(
                 )
             if path.suffix not in SINGLE_FILE_SUFFIXES:
                 raise ValueError(f"unknown checkpoint type {path.suffix!r} for {path}; expected {SINGLE_FILE_SUFFIXES}")
+            if quantized is not None:
+                raise ValueError(f"quantize={quantize!r} loads a folder's or hub id's denoiser; {path} is a single "
+                                 "file: load its diffusers folder")
             parts = unet.load_single_file(path, config, local_files_only, dtype)
         elif looks_like_path or key.count("/") != 1:
             raise FileNotFoundError(
@@ -178,8 +190,8 @@ def load_backbone(
             try:
                 family = _hub_family(key, local_files_only)
                 if family in ("mmdit", "flux"):
-                    return _load_transformer(key, key, local_files_only, device, dtype, family)
-                parts = unet.load_folder(key, local_files_only, dtype)
+                    return _load_transformer(key, key, local_files_only, device, dtype, family, quantized)
+                parts = unet.load_folder(key, local_files_only, dtype, denoiser_kwargs=quantized)
             except UnsupportedModel:
                 raise
             except Exception as err:  # hub, cache and network errors all come here

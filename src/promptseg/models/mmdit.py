@@ -268,7 +268,7 @@ class DiTBackbone(DiffusionBackbone):
         return [layer for layer in self.attention_layers() if layer.block in blocks and wanted[layer.kind]]
 
 
-def folder_parts(source: str, local_only: bool, dtype: torch.dtype):
+def folder_parts(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None):
     """(`model_index.json` of a diffusers folder or hub id, `part(name)`: its component `name` loaded by the class the
     index names, in `dtype` (models; tokenizers and schedulers as they are), or None when the index has none)."""
     import diffusers
@@ -285,16 +285,19 @@ def folder_parts(source: str, local_only: bool, dtype: torch.dtype):
         module = {"diffusers": diffusers, "transformers": transformers}[library]
         loader = getattr(module, cls)
         extra = {"torch_dtype": dtype} if "Model" in cls or cls.startswith("Autoencoder") else {}  # not tokenizers
+        if name == "transformer":  # a quantization config
+            extra.update(denoiser_kwargs or {})
         return loader.from_pretrained(source, subfolder=name, **extra, **kwargs)
 
     return index, part
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dict | None = None) -> dict:
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, settings: dict | None = None,
+                denoiser_kwargs: dict | None = None) -> dict:
     """The components of an SD3-style diffusers folder or hub id, read from its `model_index.json`: the
     transformer, VAE, flow-matching scheduler, every CLIP text encoder present (`text_encoder`, `text_encoder_2`)
     and T5 (`text_encoder_3`) unless the model's settings say `"load_t5": false` or the folder has none."""
-    index, part = folder_parts(source, local_only, dtype)
+    index, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
     settings = settings or {}
     encoders = [e for e in (part("text_encoder"), part("text_encoder_2")) if e is not None]
     tokenizers = [t for t in (part("tokenizer"), part("tokenizer_2")) if t is not None]

@@ -188,8 +188,10 @@ def _freeze(*modules: torch.nn.Module) -> None:
         module.requires_grad_(False)
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: str | None = None) -> dict:
-    """The components of a diffusers folder or hub id. A local folder without `text_encoder/` whose settings name
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: str | None = None,
+                denoiser_kwargs: dict | None = None) -> dict:
+    """The components of a diffusers folder or hub id (`denoiser_kwargs` go to the UNet's `from_pretrained`: a
+    quantization config). A local folder without `text_encoder/` whose settings name
     a CLIP model (`text_from`: `"text_encoder": "scenes-clip"` in `promptseg_settings.json`) takes that CLIP's text
     tower and tokenizer: SD's recipe conditions on a CLIP text tower, and the bundle stores it once."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -209,7 +211,8 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
     with quiet_text_tower() if whole_clip else contextlib.nullcontext():
         text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
     parts = {
-        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs),
+        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs,
+                                                     **(denoiser_kwargs or {})),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
         "text_encoder": text_encoder,
         "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),

@@ -1,0 +1,48 @@
+"""Int8 denoisers (`load_backbone(..., quantize="int8")`, torchao through diffusers' `TorchAoConfig`): the label maps
+agree with float32's, the weights take a byte a parameter, and transformers segment with them."""
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg.data.shapes import ShapesDataset
+from promptseg.methods.base import build_method
+from promptseg.models import load_backbone
+from promptseg.models.quantize import weight_bytes
+
+
+def test_an_int8_shapes_unet_labels_as_float32_does():
+    plain = load_backbone("shapes", device="cpu", dtype="fp32")
+    int8 = load_backbone("shapes", device="cpu", dtype="fp32", quantize="int8")
+    # the linear layers' weights are int8 (with per-row scales); convolutions and norms keep float32 (torchao's
+    # weight-only int8 quantizes linear layers): on this small, convolution-heavy UNet 0.75 of the bytes
+    linears = [m for m in int8.unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight).__name__ != "Parameter" for m in linears)
+    assert weight_bytes(int8.unet) < 0.8 * weight_bytes(plain.unet)
+    data = ShapesDataset(split="test", n=6)
+    names = list(data.class_names)
+    agree = []
+    for sample in data:
+        maps = [build_method("baseline", b)(sample.image, names).label_map for b in (int8, plain)]
+        agree.append(np.mean(maps[0] == maps[1]))
+    assert np.mean(agree) >= 0.95, agree
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux1"])
+def test_int8_transformers_segment(family, tmp_path):
+    from PIL import Image
+
+    from promptseg.models.dit_configs import save_dit
+    from promptseg.models.flux_configs import save_flux
+
+    folder = (save_dit if family == "sd3" else save_flux)(family, tmp_path / family, reduced=True)
+    backbone = load_backbone(str(folder), device="cpu", dtype="fp32", quantize="int8")
+    assert type(backbone.transformer.transformer_blocks[0].attn.to_q.weight).__name__ != "Parameter"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    result = build_method("fastseg", backbone)(image, ["cat", "dog"])
+    assert result.label_map.shape == (48, 64)
+
+
+def test_an_unknown_quantization_is_named():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        load_backbone("shapes", device="cpu", quantize="int3")
