@@ -47,15 +47,50 @@ def test_an_unknown_offload_mode_is_named(folder):
         load_backbone(str(folder), device="cpu", offload="disk")
 
 
-def test_offload_reaches_the_model_from_every_command(folder, tmp_path):
+def test_offload_reaches_the_model_from_every_command(folder, tmp_path, monkeypatch):
+    import promptseg.pipeline
     from promptseg.cli import main
 
+    asked = []
+    real = promptseg.pipeline.load_backbone
+    monkeypatch.setattr(promptseg.pipeline, "load_backbone", lambda *a, **k: asked.append(k) or real(*a, **k))
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image)
     args = ["--model", str(folder), "--device", "cpu", "--offload", "sequential"]
-    assert main(["segment", str(image), "--labels", "cat,dog", "--out", str(tmp_path / "seg"), "--filter", "none",
-                 "--refine", "none", *args]) == 0
-    assert main(["maps", str(image), "--words", "cat", "--out", str(tmp_path / "maps"), *args]) == 0
+    commands = [
+        ["segment", str(image), "--labels", "cat,dog", "--out", str(tmp_path / "seg"), "--filter", "none",
+         "--refine", "none", *args],
+        ["maps", str(image), "--words", "cat", "--out", str(tmp_path / "maps"), *args],
+        ["label", str(image), "--labels", "cat,dog", "--out", str(tmp_path / "label"), "--filter", "none",
+         "--refine", "none", *args],
+        ["eval", "--dataset", "shapes", "--limit", "1", "--names", "all", "--filter", "none", "--refine", "none",
+         "--out", str(tmp_path / "eval"), *args],
+    ]
+    for command in commands:
+        assert main(command) == 0, command[0]
+        assert asked[-1]["offload"] == "sequential" and asked[-1]["quantize"] is None, command[0]
+    assert len(asked) == len(commands)
     assert (tmp_path / "seg" / "a.png").is_file() and (tmp_path / "maps" / "a_maps.npz").is_file()
-    pipe = Pipeline(str(folder), offload="model", device="cpu")
-    assert pipe.backbone.offloaded == "model"
+
+
+def test_a_component_running_sends_the_others_back_to_the_cpu():
+    """Model offload keeps one component on the device: before one runs, every other one that is not on the CPU
+    moves back (on a GPU machine the others sit on "cuda"; here a meta parameter stands for "not on the CPU")."""
+    import torch
+
+    from promptseg.models.offload import ExclusiveOffload
+
+    class Component(torch.nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+            self.moved = []
+
+        def to(self, *args, **kwargs):
+            self.moved.append(args)
+            return self
+
+    text, denoiser, vae = Component("cpu"), Component("meta"), Component("meta")
+    group = [text, denoiser, vae]
+    ExclusiveOffload(torch.device("cpu"), group).pre_forward(text)
+    assert text.moved == [] and denoiser.moved == [("cpu",)] and vae.moved == [("cpu",)]

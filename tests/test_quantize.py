@@ -41,6 +41,16 @@ def test_int8_transformers_segment(family, tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     result = build_method("fastseg", backbone)(image, ["cat", "dog"])
     assert result.label_map.shape == (48, 64)
+    # on a GPU the bf16 backbone is moved with its int8 weights: moved, never cast (diffusers refuses a cast)
+    from promptseg.models.flux import FluxBackbone
+    from promptseg.models.mmdit import backbone_from_parts
+
+    fields = ("transformer", "vae", "text_encoders", "tokenizers", "scheduler", "t5_encoder", "t5_tokenizer")
+    parts = {f: getattr(backbone, f) for f in fields}
+    cls = FluxBackbone if family == "flux1" else type(backbone)
+    moved = backbone_from_parts(family, parts, device="cpu", dtype="bf16", method_defaults=backbone.method_defaults,
+                                cls=cls)
+    assert moved.transformer.is_quantized and moved.vae.dtype == torch.bfloat16
 
 
 def test_an_unknown_quantization_is_named():

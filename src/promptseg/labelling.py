@@ -126,12 +126,12 @@ class LabelRun:
     dtype: str | None = None
     allow_pickle: bool = False
     shared_synonyms: bool = False
+    """The vocabulary is a dataset's class list, whose lines may share words (ADE20K-847 has "screen" in five lines):
+    each class keeps the words no earlier class took (`parse_labels`); False: a word used twice is an error."""
     offload: str | None = None
     """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
     quantize: str | None = None
     """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
-    """The vocabulary is a dataset's class list, whose lines may share words (ADE20K-847 has "screen" in five lines):
-    each class keeps the words no earlier class took (`parse_labels`); False: a word used twice is an error."""
 
 
 def _setup(run: LabelRun, backbone=None):

@@ -139,6 +139,8 @@ class Pipeline:
         out = {"model": self.model, "method": self.method.name, "settings": self.method.settings}
         if self.backbone_settings:  # a transformer's blocks and read-out (absent for UNets: older runs still match)
             out["backbone_settings"] = self.backbone_settings
+        if self.quantize:  # int8 weights change the maps; offloading does not
+            out["quantize"] = self.quantize
         if self.task == "segment":
             out.update(filter=self.filter.name, filter_settings=self.filter.settings,
                        refine=self.refiner.name, refine_settings=self.refiner.settings)

@@ -175,7 +175,7 @@ def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
 
     def replace(module, args, output):
         output = output.clone()
-        output[:, positions] = rows.to(output.dtype)
+        output[:, positions] = rows.to(output.device, output.dtype)
         return output
 
     # the embedding the forward calls: T5's encoder has its own `embed_tokens` (tied to `shared`, which

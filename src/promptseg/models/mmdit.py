@@ -327,7 +327,9 @@ def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, meth
         modules.append(backbone.t5_encoder)
     backbone.transformer.promptseg_cross_readout = method_defaults.get("cross_readout", "joint")
     for module in modules:
-        if next(module.parameters()).dtype != dtype or next(module.parameters()).device != torch.device(device):
+        if getattr(module, "is_quantized", False):  # int8 weights: moved, never cast (diffusers refuses a cast)
+            module.to(device=device)
+        elif next(module.parameters()).dtype != dtype or next(module.parameters()).device != torch.device(device):
             module.to(device=device, dtype=dtype)
         module.eval()
         module.requires_grad_(False)

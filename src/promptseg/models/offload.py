@@ -1,12 +1,13 @@
 """Fitting a big model into a small card: the backbone's weights kept in CPU memory and brought to the GPU as they
 are used (accelerate's hooks, as diffusers' `enable_model_cpu_offload` / `enable_sequential_cpu_offload` do).
 
-- "model": each component (text encoders, denoiser, VAE) moves to the execution device whole when its forward is
-  called, and the one used before it moves back: the GPU holds the largest component, not all of them (FLUX.1:
-  the 24 GB transformer, not it and the 9.5 GB T5 besides).
+- "model": each component (text encoders, denoiser, VAE) moves to the execution device whole when it runs (its
+  forward, or the VAE's `encode` / `decode`), and every other component that is there moves back first: the GPU
+  holds one component at a time (FLUX.1: the 24 GB transformer, never it and the 9.5 GB T5 together).
 - "sequential": the denoiser's and VAE's leaf modules (each linear, norm, convolution) move in for their own forward
   and out after it: the GPU holds one layer's weights at a time, at the cost of a transfer per layer and step; the
-  text encoders are offloaded whole (their input embeddings are read directly by prompt inversion).
+  text encoders move whole, one at a time, and back out before the denoiser runs (their input embeddings are read
+  directly by prompt inversion).
 
 The attention capture works under both: it reads the projections' outputs through forward hooks and calls modules,
 never their weights (tested on CPU with accelerate's hooks: the maps equal the plain run's).
@@ -18,7 +19,27 @@ from __future__ import annotations
 
 import torch
 
+try:
+    from accelerate import cpu_offload
+    from accelerate.hooks import CpuOffload, add_hook_to_module
+except ImportError:  # offloading needs accelerate (the eval extra); `offload` says so
+    cpu_offload = add_hook_to_module = None
+    CpuOffload = object
+
 OFFLOAD_MODES = ("model", "sequential")
+
+
+class ExclusiveOffload(CpuOffload):
+    """accelerate's `CpuOffload` hook (the module moves to the execution device when it runs, diffusers' VAE
+    `encode` / `decode` included), which first moves every other module of its `group` back to the CPU."""
+
+    def __init__(self, execution_device, group: list):
+        super().__init__(execution_device)
+        self.group = group
+
+    def pre_forward(self, module, *args, **kwargs):
+        _to_cpu([other for other in self.group if other is not module])
+        return super().pre_forward(module, *args, **kwargs)
 
 
 def text_modules(backbone) -> list[torch.nn.Module]:
@@ -39,20 +60,27 @@ def offload(backbone, mode: str, device: str | torch.device):
     """
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES} (or None), got {mode!r}")
-    try:
-        from accelerate import cpu_offload, cpu_offload_with_hook
-    except ImportError as err:
-        raise ImportError("offloading needs accelerate: pip install 'promptseg[eval]' (or accelerate)") from err
+    if cpu_offload is None:
+        raise ImportError("offloading needs accelerate: pip install 'promptseg[eval]' (or accelerate)")
     device = torch.device(device)
-    parts = text_modules(backbone) + [backbone.denoiser, backbone.vae]
-    for module in parts:
+    texts = text_modules(backbone)
+    whole = texts + [backbone.denoiser, backbone.vae] if mode == "model" else texts
+    for module in whole:
+        add_hook_to_module(module, ExclusiveOffload(device, whole))
         module.to("cpu")
-    hook = None
-    for module in parts:
-        if mode == "sequential" and module in (backbone.denoiser, backbone.vae):
+    if mode == "sequential":
+        for module in (backbone.denoiser, backbone.vae):
+            module.to("cpu")
             cpu_offload(module, execution_device=device)
-        else:
-            _, hook = cpu_offload_with_hook(module, execution_device=device, prev_module_hook=hook)
+        # the last text encoder used leaves before the denoiser's layers come in
+        backbone.denoiser.register_forward_pre_hook(lambda module, args: _to_cpu(texts))
     backbone.device = device
     backbone.offloaded = mode
     return backbone
+
+
+def _to_cpu(modules) -> None:
+    """Move the modules not on the CPU there (their weights wait in CPU memory)."""
+    for module in modules:
+        if next(module.parameters()).device.type != "cpu":
+            module.to("cpu")

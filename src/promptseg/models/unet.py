@@ -316,7 +316,8 @@ def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, meth
     modules = [m for m in (backbone.unet, backbone.vae, backbone.text_encoder, backbone.text_encoder_2) if m is not None]
     for module in modules:
         module.to(device)
-        if next(module.parameters()).dtype != dtype:  # loaded in `dtype` already unless built in memory
+        if next(module.parameters()).dtype != dtype and not getattr(module, "is_quantized", False):
+            # loaded in `dtype` already unless built in memory; int8 weights are never cast
             module.to(dtype)
     _freeze(*modules)
     # The VAE is all convolutions at the image's full size: channels-last runs them 18% faster on CPU (SD-1.5's

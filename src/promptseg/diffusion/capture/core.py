@@ -67,8 +67,8 @@ class RecordingProcessor:
         store, kind = (self.store.scratch() if recomputing else self.store), self.kind
         seq_len = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
         if store.wants_lazy(kind, seq_len) and attention_mask is None:
-            out = self._lazy_call(attn, hidden_states, encoder_hidden_states, temb)
-            if self.on_recorded is not None:
+            out = self._lazy_call(attn, hidden_states, encoder_hidden_states, temb, store)
+            if self.on_recorded is not None and not recomputing:
                 self.on_recorded()
             return out
 
@@ -93,7 +93,7 @@ class RecordingProcessor:
             self.on_recorded()
         return out
 
-    def _lazy_call(self, attn, hidden_states, encoder_hidden_states, temb):
+    def _lazy_call(self, attn, hidden_states, encoder_hidden_states, temb, store: AttentionStore):
         """Run the SDPA processor and keep this call's head-split query and key in the store."""
         seen = {}
         hooks = [attn.to_q.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o)),
@@ -108,7 +108,7 @@ class RecordingProcessor:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
-        self.store.add_self_qk(q.flatten(0, 1).contiguous(), k.flatten(0, 1).contiguous(), attn.heads, attn.scale)
+        store.add_self_qk(q.flatten(0, 1).contiguous(), k.flatten(0, 1).contiguous(), attn.heads, attn.scale)
         return out
 
 

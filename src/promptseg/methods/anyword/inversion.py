@@ -42,7 +42,8 @@ def invert_tokens(
     embedding = backbone.text_encoder.get_input_embeddings()
     ids = backbone.tokenizer(prompt, padding="max_length", max_length=backbone.text_length).input_ids
     index = torch.tensor([ids[p] for p in positions], device=embedding.weight.device)
-    start = embedding.weight[index].detach().float().clone()
+    # on the backbone's device: under offload the encoder's weights wait in CPU memory
+    start = embedding.weight[index].detach().float().clone().to(backbone.device)
     log = {"loss": [], "change": [], "warnings": []}
     if steps == 0 or not positions:
         with torch.no_grad():

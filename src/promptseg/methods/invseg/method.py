@@ -166,11 +166,14 @@ class InvSeg:
     def _transformer_loss_grid(self) -> tuple[int, int] | None:
         """On a transformer (every block on one token grid), the grid the loss weights name (the paper's 16x16 at
         SD's 512 px: 1/4 of the latent side), reached by average-pooling the blocks' image queries and keys
-        (`AttentionStore.pool_grid`): the loss's self-attention is then (N/16)^2 a head, not N^2 (at FLUX's 1024 px
+        (`AttentionStore.pool_grid`): the loss's self-attention is then (N/4)^2 a head, not N^2 (at FLUX's 1024 px
         a 4096 x 4096 map per head and block, kept with its gradients). None on a UNet (its layers have the grid),
         or when the fraction does not divide the token grid evenly."""
         if self.backbone.family == "unet" or not hasattr(self.backbone, "grid"):
             return None
+        if getattr(self.backbone.denoiser, "promptseg_cross_readout", "joint") == "output":
+            raise ValueError("invseg's loss reads attention probabilities; this model's cross_readout='output' (the "
+                             "attention outputs) has none on a coarse grid: set cross_readout to 'joint'")
         token = tuple(self.backbone.grid)
         latent = self.backbone.latent_size
         fraction = max(float(f) for f in {**self.config.loss_cross_weights, **self.config.loss_self_weights})
