@@ -296,4 +296,29 @@ def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None =
         else:
             origin = f"profile {profile.name}: {profile.sources.get(f'filters.{chosen}.{key}', '')}".rstrip(": ")
         rows.append(SettingOrigin(f"(filter {chosen})", key, value, origin))
+    return rows + memory_rows(folder, settings)
+
+
+def memory_rows(folder: Path, settings: dict) -> list[SettingOrigin]:
+    """What the model's weights take (`promptseg.models.footprint`: exact parameter counts from a diffusers folder's
+    configs, none read from the weights) and the loading option that fits each card; nothing for a folder that is
+    not a diffusers folder (a hub id not in the local cache, a single file)."""
+    from promptseg.models.footprint import denoiser_of, fits, folder_parameters, weights_gb
+
+    if not (Path(folder) / "model_index.json").is_file():
+        return []
+    params = folder_parameters(folder)
+    if settings.get("load_t5") is False:  # the profile leaves T5 unloaded (SD3's)
+        params.pop("text_encoder_3", None)
+    denoiser = denoiser_of(params)
+    origin = "parameter counts from the folder's configs; weights only (a method's activations come on top)"
+    rows = [SettingOrigin("(memory)", "parameters_b", round(sum(params.values()) / 1e9, 3), origin),
+            SettingOrigin("(memory)", "weights_bf16_gb", round(weights_gb(params), 2), origin)]
+    if denoiser is not None:
+        rows.append(SettingOrigin("(memory)", "weights_int8_gb", round(weights_gb(params, denoiser, int8=True), 2),
+                                  "with --quantize int8 (the denoiser at a byte a parameter)"))
+        for card, option in fits(params, denoiser).items():
+            rows.append(SettingOrigin("(memory)", f"fits_{card}gb", option or "no",
+                                      f"the first of bf16, --quantize int8, --offload model (+ int8), --offload "
+                                      f"sequential whose resident weights take at most 90% of {card} GB"))
     return rows

@@ -1,4 +1,4 @@
-"""Diffusion-transformer architectures with random weights: SD3-medium and SD3.5-medium (MMDiT).
+"""Diffusion-transformer architectures with random weights: SD3-medium, SD3.5-medium and SD3.5-large (MMDiT).
 
 The configs are written from the published `config.json` files of `stabilityai/stable-diffusion-3-medium-diffusers`
 and `stabilityai/stable-diffusion-3.5-medium` (transformer, 16-channel VAE with shift and scale, CLIP-L and CLIP-G
@@ -47,6 +47,9 @@ DIT_CONFIGS = {
 DIT_CONFIGS["sd35"] = copy.deepcopy(DIT_CONFIGS["sd3"])
 DIT_CONFIGS["sd35"]["transformer"].update(dual_attention_layers=list(range(13)), qk_norm="rms_norm",
                                           pos_embed_max_size=384)
+DIT_CONFIGS["sd35-large"] = copy.deepcopy(DIT_CONFIGS["sd3"])
+DIT_CONFIGS["sd35-large"]["transformer"].update(num_attention_heads=38, num_layers=38, caption_projection_dim=2432,
+                                                qk_norm="rms_norm")  # stabilityai/stable-diffusion-3.5-large: 8.1B
 DIT_NAMES = tuple(DIT_CONFIGS)
 
 
@@ -65,7 +68,8 @@ def dit_configs(name: str, reduced: bool = False) -> dict:
     for spec, width in zip(out["text_encoders"], widths):
         spec.update(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4, num_hidden_layers=2,
                     projection_dim=width)
-    out["transformer"].update(attention_head_dim=8, caption_projection_dim=24 * 8, joint_attention_dim=128,
+    heads = out["transformer"]["num_attention_heads"]  # kept: 24 (SD3-medium, SD3.5-medium) or 38 (SD3.5-large)
+    out["transformer"].update(attention_head_dim=8, caption_projection_dim=heads * 8, joint_attention_dim=128,
                               pooled_projection_dim=sum(widths), sample_size=32)
     out["vae"].update(block_out_channels=[16, 32, 32, 32], layers_per_block=1, norm_num_groups=8, sample_size=256)
     return out
