@@ -56,3 +56,38 @@ def test_int8_transformers_segment(family, tmp_path):
 def test_an_unknown_quantization_is_named():
     with pytest.raises(ValueError, match="quantize must be one of"):
         load_backbone("shapes", device="cpu", quantize="int3")
+
+
+def test_a_gguf_denoiser_labels_as_float32_does(tmp_path):
+    """The denoiser from a GGUF file (Q8_0 here, written by `write_gguf` from the float32 weights), the rest of the
+    model from its folder: quantized weights in the module, label maps as float32's."""
+    from promptseg.models.quantize import write_gguf
+
+    plain = load_backbone("shapes", device="cpu", dtype="fp32")
+    path = write_gguf(plain.unet, tmp_path / "unet-Q8_0.gguf", "Q8_0")
+    quantized = load_backbone("shapes", device="cpu", dtype="fp32", quantize=path)
+    weight = quantized.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    assert type(weight).__name__ == "GGUFParameter" and weight.dtype == torch.uint8
+    assert weight_bytes(quantized.unet) < weight_bytes(plain.unet)
+    data = ShapesDataset(split="test", n=6)
+    names = list(data.class_names)
+    agree = [np.mean(build_method("baseline", quantized)(s.image, names).label_map
+                     == build_method("baseline", plain)(s.image, names).label_map) for s in data]
+    assert np.mean(agree) >= 0.95, agree
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        load_backbone("shapes", device="cpu", quantize=str(tmp_path / "missing.gguf"))
+
+
+def test_a_q4_flux_transformer_segments(tmp_path):
+    from PIL import Image
+
+    from promptseg.models.flux_configs import save_flux
+    from promptseg.models.quantize import write_gguf
+
+    folder = save_flux("flux1", tmp_path / "flux", reduced=True)
+    plain = load_backbone(str(folder), device="cpu", dtype="fp32")
+    path = write_gguf(plain.transformer, tmp_path / "transformer-Q4_0.gguf", "Q4_0")
+    backbone = load_backbone(str(folder), device="cpu", dtype="fp32", quantize=path)
+    assert type(backbone.transformer.transformer_blocks[0].attn.to_k.weight).__name__ == "GGUFParameter"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    assert build_method("baseline", backbone)(image, ["cat", "dog"]).label_map.shape == (48, 64)

@@ -49,8 +49,8 @@ def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline
     parser.add_argument("--offload", choices=("model", "sequential"), default=None,
                         help="keep the weights in CPU memory and run them on --device: model (a component at a time) "
                              "or sequential (a layer at a time: least GPU memory, slowest)")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
+    parser.add_argument("--quantize", default=None,
+                        help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="change a method setting, value as JSON (e.g. --set timestep=50 --set 'cross_weights={\"1.0\": 1}')",
@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     maps.add_argument("--offload", choices=("model", "sequential"), default=None,
                       help="keep the weights in CPU memory and run them on --device (model or sequential)")
-    maps.add_argument("--quantize", choices=("int8",), default=None,
-                      help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
+    maps.add_argument("--quantize", default=None,
+                      help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
     maps.set_defaults(func=cmd_maps)
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
     demo.add_argument("--offload", choices=("model", "sequential"), default=None,
                       help="keep the weights in CPU memory and run them on --device (model or sequential)")
-    demo.add_argument("--quantize", choices=("int8",), default=None,
-                      help="load the denoiser's weights in int8 (torchao; the 'quantize' extra)")
+    demo.add_argument("--quantize", default=None,
+                      help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=_listing("filters"))

@@ -126,8 +126,10 @@ def load_backbone(
         local_files_only (`bool`, *optional*): never touch the network for hub ids; defaults to `HF_HUB_OFFLINE`.
         offload (`str`, *optional*): "model" or "sequential": the weights stay in CPU memory and run on `device`
             (`promptseg.models.offload`), for a card smaller than the model; None: everything on `device`.
-        quantize (`str`, *optional*): "int8": the denoiser's weights in int8 (torchao, `promptseg.models.quantize`;
-            a folder or hub id, not a single file); None: the backbone's dtype.
+        quantize (`str`, *optional*): "int8": the denoiser's weights in int8 (torchao); or the path of a ".gguf"
+            file holding the denoiser's weights (a quantized download, Q8_0 / Q4_0 / K-quants), the rest of the
+            model and the denoiser's config from `name` (`promptseg.models.quantize`; a folder or hub id, not a
+            single file); None: the backbone's dtype.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -148,9 +150,9 @@ def load_backbone(
     key = str(name)
     quantized = None
     if quantize is not None:
-        from promptseg.models.quantize import quantization_config
+        from promptseg.models.quantize import denoiser_kwargs
 
-        quantized = {"quantization_config": quantization_config(quantize)}
+        quantized = denoiser_kwargs(quantize)
     if local_files_only is None:
         local_files_only = hub_offline()
     backbones = bundled("diffusion")
@@ -178,7 +180,7 @@ def load_backbone(
             if path.suffix not in SINGLE_FILE_SUFFIXES:
                 raise ValueError(f"unknown checkpoint type {path.suffix!r} for {path}; expected {SINGLE_FILE_SUFFIXES}")
             if quantized is not None:
-                raise ValueError(f"quantize={quantize!r} loads a folder's or hub id's denoiser; {path} is a single "
+                raise ValueError(f"quantize / gguf replace a folder's or hub id's denoiser; {path} is a single "
                                  "file: load its diffusers folder")
             parts = unet.load_single_file(path, config, local_files_only, dtype)
         elif looks_like_path or key.count("/") != 1:

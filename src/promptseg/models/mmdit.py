@@ -285,6 +285,10 @@ def folder_parts(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwa
         module = {"diffusers": diffusers, "transformers": transformers}[library]
         loader = getattr(module, cls)
         extra = {"torch_dtype": dtype} if "Model" in cls or cls.startswith("Autoencoder") else {}  # not tokenizers
+        if name == "transformer" and (denoiser_kwargs or {}).get("gguf"):  # the denoiser from a GGUF file
+            from promptseg.models.quantize import gguf_denoiser
+
+            return gguf_denoiser(loader, denoiser_kwargs["gguf"], source, name, dtype, local_only)
         if name == "transformer":  # a quantization config
             extra.update(denoiser_kwargs or {})
         return loader.from_pretrained(source, subfolder=name, **extra, **kwargs)

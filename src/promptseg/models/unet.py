@@ -194,7 +194,7 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
     quantization config). A local folder without `text_encoder/` whose settings name
     a CLIP model (`text_from`: `"text_encoder": "scenes-clip"` in `promptseg_settings.json`) takes that CLIP's text
     tower and tokenizer: SD's recipe conditions on a CLIP text tower, and the bundle stores it once."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
     kwargs = {"local_files_only": local_only}
@@ -211,8 +211,7 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
     with quiet_text_tower() if whole_clip else contextlib.nullcontext():
         text_encoder = CLIPTextModel.from_pretrained(**text, torch_dtype=dtype, **kwargs)
     parts = {
-        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs,
-                                                     **(denoiser_kwargs or {})),
+        "unet": _unet(source, dtype, local_only, denoiser_kwargs or {}),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs),
         "text_encoder": text_encoder,
         "tokenizer": CLIPTokenizer.from_pretrained(**words, **kwargs),
@@ -225,6 +224,19 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
             source, subfolder="text_encoder_2", torch_dtype=dtype, **kwargs)
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **kwargs)
     return parts
+
+
+def _unet(source: str, dtype: torch.dtype, local_only: bool, denoiser_kwargs: dict):
+    """The folder's UNet: from its weights, with `denoiser_kwargs` (a quantization config), or from the GGUF file
+    `denoiser_kwargs["gguf"]`."""
+    from diffusers import UNet2DConditionModel
+
+    if denoiser_kwargs.get("gguf"):
+        from promptseg.models.quantize import gguf_denoiser
+
+        return gguf_denoiser(UNet2DConditionModel, denoiser_kwargs["gguf"], source, "unet", dtype, local_only)
+    return UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype,
+                                                local_files_only=local_only, **denoiser_kwargs)
 
 
 def _is_packed(path: Path) -> bool:
