@@ -2,9 +2,9 @@
 
 Inverting a prompt (InvSeg, Segment Anyword) backpropagates through the denoiser to the text. A transformer keeps
 every block's activations for that backward pass: at FLUX.1's size, 4608 tokens of 3072 channels in ten-odd saved
-tensors a block, tens of GB over its 19 double and 38 single blocks. With gradient checkpointing (diffusers' own, per block) only each
-block's inputs are kept and the block runs again in the backward pass: about one more forward a step, for the
-memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
+tensors a block, tens of GB over its 19 double and 38 single blocks. With gradient checkpointing (diffusers' own,
+per block) only each block's inputs are kept and the block runs again in the backward pass: about one more forward
+a step, for the memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
 it computes its maps again without recording them or stopping the forward.
 
     with recomputed(backbone.denoiser):
