@@ -20,12 +20,13 @@ ARCHITECTURES = {
     "sdxl": ("unet", lambda: configs("sdxl")["unet"]),
     "sd3-medium": ("transformer", lambda: dit_configs("sd3")["transformer"]),
     "sd35-medium": ("transformer", lambda: dit_configs("sd35")["transformer"]),
+    "sd35-large": ("transformer", lambda: dit_configs("sd35-large")["transformer"]),
     "flux1": ("transformer", lambda: flux_configs("flux1")["transformer"]),
     "flux1-schnell": ("transformer", lambda: flux_configs("flux1-schnell")["transformer"]),
 }
 GROUPS = {"unets": ["sd15", "sd21-base", "sd21", "sdxl"], "sd3": ["sd3-medium", "sd35-medium"],
           "flux": ["flux1", "flux1-schnell"]}
-GROUPS["transformers"] = GROUPS["sd3"] + GROUPS["flux"]
+GROUPS["transformers"] = GROUPS["sd3"] + ["sd35-large"] + GROUPS["flux"]
 GROUPS["all"] = list(ARCHITECTURES)
 
 

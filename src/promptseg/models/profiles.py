@@ -138,6 +138,20 @@ PROFILES = (
                                          "timestep_index=-2) with shift 3: timesteps[-2] = 602 (sigma 0.602)",
         },
     ),
+    Profile(
+        name="sd35-large",
+        denoiser="transformer",
+        # SD3.5-large (and -large-turbo): 38 joint blocks of 38 heads, no published grounding block
+        signature={"num_layers": 38, "patch_size": 2, "in_channels": 16},
+        settings={"conceptattention": {"normalize_concepts": "l2", "timestep": 602}, **_PAPERS_FILTER},
+        sources={
+            **_FILTER_SOURCES,
+            "conceptattention.normalize_concepts": f"{_CONCEPT_ATTENTION_SD3} (built for SD3.5-large-turbo): "
+                                                   "_compute_heatmaps, concept vectors L2-normalised",
+            "conceptattention.timestep": f"{_CONCEPT_ATTENTION_SD3}: encode_image(num_inference_steps=4, "
+                                         "timestep_index=-2) with the scheduler's shift 3: timesteps[-2] = 602",
+        },
+    ),
     _flux_profile("flux1", guidance_embeds=True),
     _flux_profile("flux1-schnell", guidance_embeds=False),
 )
