@@ -164,7 +164,8 @@ def map_files(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
-    pipe = Pipeline(model, "baseline", device=device, dtype=dtype, allow_pickle=allow_pickle, offload=offload, quantize=quantize)
+    pipe = Pipeline(model, "baseline", device=device, dtype=dtype, allow_pickle=allow_pickle, offload=offload,
+                    quantize=quantize)
     return _each_file(paths, lambda image, stem: save_word_maps(
         pipe.attention_maps(image, words, places=places, timestep=timestep, per_layer=per_layer, seed=seed),
         image, out_dir, stem), on_progress)

@@ -40,17 +40,23 @@ def _refine_args(parser: argparse.ArgumentParser) -> None:
                         help="change a refiner setting, value as JSON (e.g. --refine-set sam=facebook/sam-vit-huge)")
 
 
-def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline") -> None:
-    parser.add_argument("--method", default=default_method, help="segmentation method (see `promptseg methods`)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
+def _loading_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how the model's weights load: --device, --dtype, --offload, --quantize."""
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     parser.add_argument("--offload", choices=("model", "sequential"), default=None,
                         help="keep the weights in CPU memory and run them on --device: model (a component at a time) "
                              "or sequential (a layer at a time: least GPU memory, slowest)")
     parser.add_argument("--quantize", default=None,
-                        help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
+                        help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the "
+                             "'quantize' extra)")
+
+
+def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline") -> None:
+    parser.add_argument("--method", default=default_method, help="segmentation method (see `promptseg methods`)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
+    _loading_args(parser)
+    parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="change a method setting, value as JSON (e.g. --set timestep=50 --set 'cross_weights={\"1.0\": 1}')",
@@ -299,13 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--per-layer", action="store_true", help="also store every layer's or block's maps in the .npz")
     maps.add_argument("--seed", type=int, default=0, help="seed of the noise")
     maps.add_argument("--out", default="promptseg_maps", help="output folder")
-    maps.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
-    maps.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
+    _loading_args(maps)
     maps.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
-    maps.add_argument("--offload", choices=("model", "sequential"), default=None,
-                      help="keep the weights in CPU memory and run them on --device (model or sequential)")
-    maps.add_argument("--quantize", default=None,
-                      help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
     maps.set_defaults(func=cmd_maps)
 
     tr = sub.add_parser("train", help="train a method that learns (dpseg); runs under `accelerate launch` too")
@@ -326,12 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="shapes", help="hub id, diffusers folder, .safetensors file or 'shapes'")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
     demo.add_argument("--port", type=int, default=7860)
-    demo.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
-    demo.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16/fp16 on CUDA, fp32 on CPU)")
-    demo.add_argument("--offload", choices=("model", "sequential"), default=None,
-                      help="keep the weights in CPU memory and run them on --device (model or sequential)")
-    demo.add_argument("--quantize", default=None,
-                      help="the denoiser's weights quantized: int8 (torchao), or a .gguf file of them (the 'quantize' extra)")
+    _loading_args(demo)
     demo.set_defaults(func=cmd_demo)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=_listing("filters"))

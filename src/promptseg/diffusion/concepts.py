@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 from promptseg.diffusion.capture.core import StopForward, merge_heads, rope_rows, split_heads
 
+NORMALIZATIONS = (True, False, "linear", "l2", "none")
+"""How concept vectors may be normalised (`ConceptStream`): True = "linear", False = "none"."""
+
 
 def linear_normalization(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Shift `x` to a minimum of 0 along `dim` and divide by the sum along it (all-equal slices stay 0): the
@@ -62,7 +65,7 @@ class ConceptStream:
 
     def __init__(self, transformer, concepts: torch.Tensor, blocks, normalize: bool | str = True, softmax: bool = True,
                  attend_prompt: bool = False, keep_outputs: bool = False, groups: list | None = None):
-        if normalize not in (True, False, "linear", "l2", "none"):
+        if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be 'linear' (True), 'l2' or 'none' (False), got {normalize!r}")
         n = len(transformer.transformer_blocks)
         blocks = sorted(set(int(b) for b in blocks))

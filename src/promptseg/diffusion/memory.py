@@ -7,7 +7,7 @@ per block) only each block's inputs are kept and the block runs again in the bac
 a step, for the memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
 it computes its maps again without recording them or stopping the forward.
 
-    with recomputed(backbone.denoiser):
+    with recomputed(backbone, config.recompute) as blocks_recomputed:
         loss = ...; loss.backward()
 """
 
@@ -16,22 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 @contextmanager
-def recomputed(denoiser: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Gradient checkpointing on `denoiser` (diffusers' `enable_gradient_checkpointing`) inside the block, its
-    previous state restored after; nothing when `enabled` is False or the model does not support it."""
-    supported = getattr(denoiser, "_supports_gradient_checkpointing", False)
-    if not enabled or not supported:
-        yield
+def recomputed(backbone, enabled: bool | None = None) -> Iterator[bool]:
+    """Gradient checkpointing on `backbone`'s denoiser (diffusers' `enable_gradient_checkpointing`) inside the block,
+    its previous state restored after. `enabled` None: on a transformer (FLUX.1's kept activations are tens of GB),
+    off on a UNet (SD's fit). Yields whether the blocks are recomputed (False when off or unsupported)."""
+    denoiser = backbone.denoiser
+    if enabled is None:
+        enabled = backbone.family != "unet"
+    if not enabled or not getattr(denoiser, "_supports_gradient_checkpointing", False):
+        yield False
         return
     before = denoiser.is_gradient_checkpointing
     if not before:
         denoiser.enable_gradient_checkpointing()
     try:
-        yield
+        yield True
     finally:
         if not before:
             denoiser.disable_gradient_checkpointing()

@@ -25,7 +25,7 @@ from promptseg.diffusion.attention import resolve_weights
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.encode import prepare_pixels
 from promptseg.diffusion.noise import noised_latents
-from promptseg.diffusion.readout import resize_maps, tokens_to_maps
+from promptseg.diffusion.readout import resize_maps, tokens_to_maps, weighted_sum
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
 
@@ -105,11 +105,9 @@ def word_maps(backbone, image, words, *, cross_weights: dict, places, timestep: 
                 maps = tokens_to_maps(label_scores(store.mean("cross", grid), tokens.positions), grid)  # (1, K, h, w)
                 per_layer_maps.setdefault(name, []).append(maps)
     layer_maps = {name: torch.cat(parts, dim=1) for name, parts in per_layer_maps.items()}  # (1, W, h, w)
-    total = sum(weights.values())
-    aggregate = 0
-    for grid, weight in weights.items():
-        on_grid = [m for m in layer_maps.values() if tuple(m.shape[-2:]) == tuple(grid)]
-        aggregate = aggregate + resize_maps(torch.stack(on_grid).mean(0).float(), size) * (weight / total)
+    per_grid = {grid: torch.stack([m for m in layer_maps.values() if tuple(m.shape[-2:]) == tuple(grid)]).mean(0)
+                for grid in weights}  # the mean over a grid's layers, (1, W, h, w)
+    aggregate = weighted_sum({g: m.float() for g, m in per_grid.items()}, weights, size, normalize=False)
     out = WordMaps(words=words, maps=aggregate[0].cpu().numpy().astype(np.float32), timestep=timestep,
                    prompt=" | ".join(prompts))
     if per_layer:

@@ -133,9 +133,9 @@ class Baseline:
                 raise ValueError("aggregation='goca' weighs blocks by their self-attention, which refine_iterations=0 "
                                  "does not record: set refine_iterations >= 1, or aggregation='fixed'")
             if self.config.goca_reference is not None:
-                self.reference = reference_module(backbone, self.config.goca_reference)
+                self.reference, block = reference_module(backbone, self.config.goca_reference)
                 last = max(blocks)
-                if reference_block(backbone, self.reference) > last:
+                if block > last:
                     raise ValueError(f"goca_reference {self.config.goca_reference!r} runs after the last block read "
                                      f"({last}): the forward stops before it; name an earlier block or read later ones")
             elif len(blocks) > 1:  # the reference: a middle block (the last ends the forward before its output)
@@ -260,19 +260,15 @@ class Baseline:
         """(B, K, h, w) refined scores in [0, 1] from per-grid label cross-attention (B, N, K) and self-attention
         ((B, N, N) tensors or `SelfAttention` operators)."""
         maps = {g: tokens_to_maps(c, g) for g, c in label_cross.items()}
-        if self.config.readout == "seg4diff":  # shares compared across labels: no per-label normalisation
-            mixed = weighted_sum(maps, self.cross_grids, self.target, normalize=False)
-            if self.self_grids:
-                propagate = mix_self_attention(self_attn, self.self_grids, self.target)
-                mixed = tokens_to_maps(refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations),
-                                       self.target)
+        seg4diff = self.config.readout == "seg4diff"  # shares compared across labels: no per-label normalisation
+        mixed = weighted_sum(maps, self.cross_grids, self.target, normalize=not seg4diff)  # (B, K, H, W)
+        if self.self_grids:
+            propagate = mix_self_attention(self_attn, self.self_grids, self.target)
+            mixed = tokens_to_maps(refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations),
+                                   self.target)
+        if seg4diff:  # one common factor a batch item: the argmax is kept
             return mixed / mixed.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
-        mixed = weighted_sum(maps, self.cross_grids, self.target)  # (B, K, H, W)
-        if not self.self_grids:
-            return minmax(mixed)
-        propagate = mix_self_attention(self_attn, self.self_grids, self.target)
-        refined = refine(propagate, maps_to_tokens(mixed), self.config.refine_iterations)
-        return minmax(tokens_to_maps(refined, self.target))
+        return minmax(mixed)
 
     def refer(self, prepared: PreparedImage, expression: str) -> ReferResult:
         """The baseline's answer to a referring expression: the UNet sees the expression; the mean map of the target's
@@ -310,9 +306,9 @@ class Baseline:
         return self.segment(self.prepare(image), labels, caption=prompt)
 
 
-def reference_module(backbone, place: str) -> str:
-    """The module path of GoCA's reference `place` ("block9", "single8", either with ".attn") in `backbone`'s
-    transformer.
+def reference_module(backbone, place: str) -> tuple[str, int]:
+    """(module path, block number with double blocks first) of GoCA's reference `place` ("block9", "single8",
+    either with ".attn") in `backbone`'s transformer.
 
     Raises:
         ValueError: a place that names no block of this transformer, or another suffix than ".attn".
@@ -324,11 +320,4 @@ def reference_module(backbone, place: str) -> str:
     (index,) = backbone.blocks_for([block])
     doubles = len(backbone.denoiser.transformer_blocks)
     path = f"transformer_blocks.{index}" if index < doubles else f"single_transformer_blocks.{index - doubles}"
-    return f"{path}.attn" if part else path
-
-
-def reference_block(backbone, module: str) -> int:
-    """The block number (double blocks first) of a `reference_module` path."""
-    parts = module.split(".")
-    index = int(parts[1])
-    return index + (len(backbone.denoiser.transformer_blocks) if parts[0] == "single_transformer_blocks" else 0)
+    return (f"{path}.attn" if part else path), index

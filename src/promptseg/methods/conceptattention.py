@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from promptseg.diffusion.capture import run_until_captured
-from promptseg.diffusion.concepts import ConceptStream
+from promptseg.diffusion.concepts import NORMALIZATIONS, ConceptStream
 from promptseg.diffusion.encode import PreparedImage, prepare_pixels
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import minmax, tokens_to_maps
@@ -101,7 +101,7 @@ class ConceptAttention:
         self.backbone = backbone
         n = len(blocks)
         self.blocks = list(range(n)) if self.config.blocks is None else sorted(set(self.config.blocks))
-        if self.config.normalize_concepts not in (True, False, "linear", "l2", "none"):
+        if self.config.normalize_concepts not in NORMALIZATIONS:
             raise ValueError(f"normalize_concepts must be 'linear', 'l2' or 'none', got "
                              f"{self.config.normalize_concepts!r}")
         if self.blocks[0] < 0 or self.blocks[-1] >= n:

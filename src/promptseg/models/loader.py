@@ -139,11 +139,10 @@ def load_backbone(
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     if offload is not None:
-        from promptseg.models.offload import OFFLOAD_MODES
+        from promptseg.models.offload import check_mode
         from promptseg.models.offload import offload as apply_offload
 
-        if offload not in OFFLOAD_MODES:
-            raise ValueError(f"offload must be one of {OFFLOAD_MODES} or None, got {offload!r}")
+        check_mode(offload)
         backbone = load_backbone(name, device="cpu", dtype=dtype, config=config, allow_pickle=allow_pickle,
                                  local_files_only=local_files_only, quantize=quantize)
         return apply_offload(backbone, offload, device)
@@ -180,7 +179,7 @@ def load_backbone(
             if path.suffix not in SINGLE_FILE_SUFFIXES:
                 raise ValueError(f"unknown checkpoint type {path.suffix!r} for {path}; expected {SINGLE_FILE_SUFFIXES}")
             if quantized is not None:
-                raise ValueError(f"quantize / gguf replace a folder's or hub id's denoiser; {path} is a single "
+                raise ValueError(f"quantize={quantize!r} replaces a folder's or hub id's denoiser; {path} is a single "
                                  "file: load its diffusers folder")
             parts = unet.load_single_file(path, config, local_files_only, dtype)
         elif looks_like_path or key.count("/") != 1:

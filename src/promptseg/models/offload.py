@@ -29,6 +29,12 @@ except ImportError:  # offloading needs accelerate (the eval extra); `offload` s
 OFFLOAD_MODES = ("model", "sequential")
 
 
+def check_mode(mode: str) -> None:
+    """Raise a ValueError naming `mode` unless it is one of `OFFLOAD_MODES` (before any weights load)."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {OFFLOAD_MODES} or None, got {mode!r}")
+
+
 class ExclusiveOffload(CpuOffload):
     """accelerate's `CpuOffload` hook (the module moves to the execution device when it runs, diffusers' VAE
     `encode` / `decode` included), which first moves every other module of its `group` back to the CPU."""
@@ -58,8 +64,7 @@ def offload(backbone, mode: str, device: str | torch.device):
         ValueError: an unknown mode.
         ImportError: accelerate is missing.
     """
-    if mode not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be one of {OFFLOAD_MODES} (or None), got {mode!r}")
+    check_mode(mode)
     if cpu_offload is None:
         raise ImportError("offloading needs accelerate: pip install 'promptseg[eval]' (or accelerate)")
     device = torch.device(device)

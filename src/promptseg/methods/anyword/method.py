@@ -209,8 +209,7 @@ class Anyword:
         positions = span_positions(self.backbone.tokenizer, prompt, spans)
         # the words' input embeddings are learnt (other encoders' rows, SD3's T5, are read, not learnt)
         flat = input_positions(self.backbone.tokenizer, sorted({p for span in positions for p in span}))
-        recompute = c.recompute if c.recompute is not None else self.backbone.family != "unet"
-        with recomputed(self.backbone.denoiser, recompute):
+        with recomputed(self.backbone, c.recompute):
             text, log = invert_tokens(self.backbone, prepared.latents, prompt, flat, c.steps, c.lr, c.batch,
                                       c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():

@@ -246,8 +246,7 @@ class InvSeg:
         log = {"loss": [], "cluster": [], "entropy": [], "grad_norm": [], "change": [], "warnings": []}
         start_norm = float(learn.detach().norm())
         last_finite = learn.detach().clone()
-        recompute = c.recompute if c.recompute is not None else backbone.family != "unet"
-        with recomputed(backbone.denoiser, recompute):
+        with recomputed(backbone, c.recompute) as blocks_recomputed:
             for _ in range(c.steps):
                 if pool is None:
                     boxes = [random_crop_box(generator, *image_hw, (c.min_crop_scale, 1.0)) for _ in range(c.num_views)]
@@ -261,10 +260,10 @@ class InvSeg:
                 text = text0.expand(len(boxes), -1, -1).clone()
                 text[:, index] = learn  # differentiable in `learn` only
                 store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_graph=True, pool_grid=self.pool_grid,
-                                       blocks_recomputed=recompute and backbone.denoiser.is_gradient_checkpointing)
+                                       blocks_recomputed=blocks_recomputed)
                 timesteps = torch.full((len(boxes),), t, device=noisy.device)
                 # the backward pass runs under the capture too: a block that gradient checkpointing re-runs there
-                # must compute its maps again (`recompute`)
+                # must compute its maps again (`blocks_recomputed`)
                 with capture(backbone.denoiser, self.loss_layers, store, stop_after_last=c.stop_forward_early):
                     if c.stop_forward_early:
                         run_until_captured(backbone.predict, noisy, timesteps, text)
