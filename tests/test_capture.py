@@ -228,3 +228,21 @@ def test_kept_graph_maps_are_head_means_recomputed_in_the_backward_pass():
     assert heads == 1 and torch.allclose(kept, plain_mean)
     (kept * weights).sum().backward()
     assert torch.allclose(q.grad, expected[0], atol=1e-6) and torch.allclose(k.grad, expected[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_the_text_share_of_the_joint_softmax_equals_its_explicit_normalisers(window):
+    """One fused attention call gives what summing exp(q k^T) over every image key gives, gradients included."""
+    from promptseg.diffusion.capture.core import text_share
+
+    torch.manual_seed(0)
+    query = (torch.randn(6, 50, 8) * 2).requires_grad_()
+    key, text_key = torch.randn(6, 40, 8) * 2, torch.randn(6, 7, 8) * 2
+    image = (query @ key.transpose(1, 2) * 0.35).logsumexp(-1) + math.log(window)
+    text = (query @ text_key.transpose(1, 2) * 0.35).logsumexp(-1)
+    expected = (text - torch.logaddexp(image, text)).exp()
+    got = text_share(query, key, text_key, 0.35, window)
+    assert torch.allclose(got, expected, atol=1e-6)
+    (grad,) = torch.autograd.grad(got.sum(), query)
+    (reference,) = torch.autograd.grad(expected.sum(), query)
+    assert torch.allclose(grad, reference, atol=1e-5)

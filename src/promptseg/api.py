@@ -41,24 +41,56 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _each_file(paths: list[Path], work, on_progress) -> list[FileOutcome]:
-    """Run `work(image, stem) -> outputs` on each readable file; an unreadable one gets its error and the rest go on."""
+def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given (one that cannot be read is reported beside the others' outputs), folders walked recursively
+    and glob patterns expanded as `promptseg label` does (`promptseg.labelling.collect_images`), in order, each
+    once.
+
+    Raises:
+        FileNotFoundError: a folder or pattern with no image in it.
+    """
+    from promptseg.labelling import collect_images
+
+    out = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir() or (not path.exists() and any(c in str(item) for c in "*?[")):
+            out += collect_images([item])[1]
+        else:
+            out.append(path)
+    return list(dict.fromkeys(out))
+
+
+def _each_file(paths: list[Path], work, on_progress, batch_size: int = 1, work_batch=None) -> list[FileOutcome]:
+    """Run `work(image, stem) -> outputs` on each readable file, or `work_batch([(image, stem), ...]) -> [outputs]`
+    on `batch_size` files at a time; an unreadable file gets its error and the rest go on. Each file's seconds are
+    its share of its batch's."""
     import time
 
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if work_batch is None:
+        work_batch = lambda items: [work(image, stem) for image, stem in items]  # noqa: E731
     outcomes = []
-    for path, stem in zip(paths, _unique_stems(paths)):
+    named = list(zip(paths, _unique_stems(paths)))
+    for first in range(0, len(named), int(batch_size)):
         start = time.perf_counter()
-        outcome = FileOutcome(path=path)
-        try:
-            image = load_image(path)
-        except ImageLoadError as err:
-            outcome.error = str(err)
-        else:
-            outcome.outputs = work(image, stem)
-        outcome.seconds = time.perf_counter() - start
-        outcomes.append(outcome)
-        if on_progress is not None:
-            on_progress(outcome)
+        chunk, readable = [], []
+        for path, stem in named[first:first + int(batch_size)]:
+            outcome = FileOutcome(path=path)
+            try:
+                readable.append((load_image(path), stem, outcome))
+            except ImageLoadError as err:
+                outcome.error = str(err)
+            chunk.append(outcome)
+        if readable:
+            for (_, _, outcome), outputs in zip(readable, work_batch([(image, stem) for image, stem, _ in readable])):
+                outcome.outputs = outputs
+        for outcome in chunk:
+            outcome.seconds = (time.perf_counter() - start) / len(chunk)
+            outcomes.append(outcome)
+            if on_progress is not None:
+                on_progress(outcome)
     return outcomes
 
 
@@ -82,8 +114,10 @@ def segment_files(
     shared_synonyms: bool = False,
     offload: str | None = None,
     quantize: str | None = None,
+    batch_size: int = 1,
 ) -> list[FileOutcome]:
-    """Segment each image file into `labels` and write its four outputs to `out_dir`.
+    """Segment each image file (folders walked, glob patterns expanded: `image_paths`) into `labels` and write its
+    four outputs to `out_dir`; `batch_size` images at a time (`Pipeline.segment_batch`).
 
     `shared_synonyms=True` reads `labels` as a dataset's class list, whose lines may share words (ADE20K-847's
     "screen"): each class keeps the words no earlier class took; otherwise a word used twice is an error.
@@ -99,12 +133,16 @@ def segment_files(
     pipe = Pipeline(model, method, settings=settings, filter=filter, filter_settings=filter_settings, refine=refine,
                     refine_settings=refine_settings, device=device, dtype=dtype, allow_pickle=allow_pickle,
                     offload=offload, quantize=quantize)
-    paths = [Path(p) for p in paths]
+    paths = image_paths(paths)
     if not paths:
         raise ValueError("no image files given")
     pipe.load()
-    return _each_file(paths, lambda image, stem: save_result(pipe.segment(image, labels, prompt=prompt), image, out_dir,
-                                                              stem), on_progress)
+
+    def work_batch(items):
+        results = pipe.segment_batch([image for image, _ in items], labels, prompts=prompt)
+        return [save_result(result, image, out_dir, stem) for result, (image, stem) in zip(results, items)]
+
+    return _each_file(paths, None, on_progress, batch_size, work_batch)
 
 
 def refer_files(

@@ -52,6 +52,12 @@ def _loading_args(parser: argparse.ArgumentParser) -> None:
                              "'quantize' extra)")
 
 
+def _batch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images segmented together: one denoiser forward for all of them where the method allows "
+                             "(baseline, fastseg, conceptattention; the results equal one at a time)")
+
+
 def _model_args(parser: argparse.ArgumentParser, default_method: str = "baseline") -> None:
     parser.add_argument("--method", default=default_method, help="segmentation method (see `promptseg methods`)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder, .safetensors file or 'shapes'")
@@ -75,20 +81,22 @@ def _report(outcomes, out: str) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from promptseg.api import segment_files, split_cli_labels
+    from promptseg.api import image_paths, segment_files, split_cli_labels
     from promptseg.data.base import read_class_names
 
     if (args.labels is None) == (args.labels_file is None):
         raise SystemExit("give the classes with exactly one of --labels or --labels-file")
     labels = split_cli_labels(args.labels) if args.labels is not None else read_class_names(args.labels_file)
-    bar = tqdm(total=len(args.images), unit="image", disable=None)
+    paths = image_paths(args.images)
+    bar = tqdm(total=len(paths), unit="image", disable=None)
     outcomes = segment_files(
-        args.images, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
+        paths, labels, method=args.method, model=args.model, out_dir=args.out, device=args.device,
         dtype=args.dtype, settings=_settings(args.settings), prompt=args.prompt, allow_pickle=args.allow_pickle,
         offload=args.offload, quantize=args.quantize,
         filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), on_progress=lambda outcome: bar.update(1),
         shared_synonyms=args.labels_file is not None,  # a class-name file may share words across lines (ADE-847)
+        batch_size=args.batch_size,
     )
     bar.close()
     return _report(outcomes, args.out)
@@ -108,7 +116,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         filter_settings=_settings(args.filter_settings), refine=args.refine,
         refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
         offload=args.offload, quantize=args.quantize,
-        allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None,
+        allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None, batch_size=args.batch_size,
     ))
     if summary is not None:
         for item in summary["skipped"]:
@@ -153,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, offload=args.offload, quantize=args.quantize,
         class_names_file=args.class_names, save_vis=args.save_vis, filter=args.filter,
         filter_settings=_settings(args.filter_settings), refine=args.refine,
-        refine_settings=_settings(args.refine_settings),
+        refine_settings=_settings(args.refine_settings), batch_size=args.batch_size,
     )
     report = evaluate(run)
     if report is not None:
@@ -242,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images into the given classes")
-    seg.add_argument("images", nargs="+", help="image files")
+    seg.add_argument("images", nargs="+", help="image files, folders (walked recursively) or glob patterns")
     seg.add_argument("--labels", help='classes, comma-separated; "|" joins synonyms of one class: "cat,person|people"')
     seg.add_argument("--labels-file", help="file with one class a line, commas separating synonyms")
     seg.add_argument("--out", default="promptseg_out", help="output folder")
@@ -251,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(seg)
     _filter_args(seg, "the one the model recommends")
     _refine_args(seg)
+    _batch_args(seg)
     seg.set_defaults(func=cmd_segment)
 
     lab = sub.add_parser("label", help="label images into a COCO dataset (resumable; shard with accelerate launch)")
@@ -264,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(lab)
     _filter_args(lab, "the one the model recommends")
     _refine_args(lab)
+    _batch_args(lab)
     lab.set_defaults(func=cmd_label)
 
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable; shard with accelerate launch)")
@@ -286,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(ev)
     _filter_args(ev, "none with --names oracle, else the one the model recommends")
     _refine_args(ev)
+    _batch_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     ref = sub.add_parser("refer", help="segment what a sentence refers to (Segment Anyword)")

@@ -132,6 +132,8 @@ class LabelRun:
     """"model" or "sequential": weights in CPU memory, run on `device` (`promptseg.models.offload`)."""
     quantize: str | None = None
     """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
+    batch_size: int = 1
+    """Images segmented together (`Pipeline.segment_batch`); the labels equal one image at a time's."""
 
 
 def _setup(run: LabelRun, backbone=None):
@@ -182,30 +184,35 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         from tqdm import tqdm
 
         bar = tqdm(total=len(mine), unit="image", desc="labelling", dynamic_ncols=True)
-    for i in mine:
+    if int(run.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {run.batch_size}")
+    for first in range(0, len(mine), int(run.batch_size)):
+        chunk = mine[first:first + int(run.batch_size)]
         start = time.perf_counter()
-        record = {"file_name": relative[i]}
-        try:
-            image = load_image(files[i])
-        except ImageLoadError as err:
-            record["error"] = str(err).replace(str(files[i]), relative[i])
-        else:
-            if pipe.method.instance is None:
-                pipe.load()
-                start = time.perf_counter()  # the model's loading is not the first image's cost
+        records, images = {}, {}
+        for i in chunk:
+            records[i] = {"file_name": relative[i]}
             try:
-                result = pipe.segment(image, labels, prompt=run.prompt)
-            except Exception as err:  # one image's failure must not end the run: recorded, reported, retried
-                record["failed"] = f"{type(err).__name__}: {err}"
-            else:
-                write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
-                record.update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
+                images[i] = load_image(files[i])
+            except ImageLoadError as err:
+                records[i]["error"] = str(err).replace(str(files[i]), relative[i])
+        if images and pipe.method.instance is None:
+            pipe.load()
+            start = time.perf_counter()  # the model's loading is not the first images' cost
+        for i, result in zip(images, pipe.segment_each(list(images.values()), labels, run.prompt)):
+            if isinstance(result, Exception):  # one image's failure must not end the run: recorded, reported, retried
+                records[i]["failed"] = f"{type(result).__name__}: {result}"
+                continue
+            image = images[i]
+            write_semantic(out / "semantic" / semantic[i], semantic_map(result, categories), len(categories))
+            records[i].update(width=image.width, height=image.height, semantic_file=f"semantic/{semantic[i]}",
                               annotations=image_annotations(result, categories, int(run.min_area)),
                               warnings=result.warnings)
-        record["seconds"] = time.perf_counter() - start
-        atomic_write(_record_path(out, relative[i]), json.dumps(record))
-        if bar is not None:
-            bar.update(1)
+        for i in chunk:
+            records[i]["seconds"] = (time.perf_counter() - start) / len(chunk)
+            atomic_write(_record_path(out, relative[i]), json.dumps(records[i]))
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     shard.barrier()

@@ -35,6 +35,7 @@ from promptseg.methods.base import (
     recommended_config,
     require_refer,
 )
+from promptseg.methods.batching import batch_warning, batches
 from promptseg.models import DEFAULT_MODEL, load_backbone, model_settings
 from promptseg.refiners.base import REFINERS, apply_refiner
 
@@ -178,6 +179,56 @@ class Pipeline:
         return run_stages(self.method.instance, self.filter.instance, image, labels, prompt=prompt,
                           refiner=self.refiner.instance)
 
+    def segment_batch(self, images, labels, prompts=None) -> list[SegmentationResult]:
+        """`segment` of several images, batched where the method allows (`promptseg.methods.batching`): the VAE
+        and the method's recording forward see the images together, each image with the labels its filter kept and
+        its own prompt; the filter and the refiner run image by image. Results equal `segment` of each image to
+        float rounding.
+
+        Args:
+            images: PIL images or HxWx3 uint8 arrays.
+            labels: one label list for every image, or one list per image (a list of lists).
+            prompts (*optional*): one caption for every image, or one per image (None entries allowed).
+        """
+        if self.task != "segment":
+            raise ValueError("this pipeline answers referring expressions (task='refer'): call refer()")
+        images = list(images)
+        per_image = per_image_labels(labels, len(images))
+        if prompts is None or isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts for {len(images)} images: give one prompt, or one per image")
+        self.load()
+        results = run_batch(self.method.instance, self.filter.instance, images, per_image, prompts,
+                            refiner=self.refiner.instance)
+        note = batch_warning(self.method.name, self.method.instance) if len(images) > 1 else None
+        for result in results if note else []:
+            result.warnings.append(note)
+        return results
+
+    def segment_each(self, images, labels, prompts=None) -> list:
+        """`segment_batch`, except that an image that fails has its exception in its place: the batch is then run
+        image by image, so each error is its own image's and the others' results still come back (what `eval` and
+        `label` record)."""
+        images = list(images)
+        if not images:
+            return []
+        per_image = per_image_labels(labels, len(images))
+        if prompts is None or isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        if len(images) > 1:
+            try:
+                return self.segment_batch(images, per_image, prompts)
+            except Exception:  # retried one by one below
+                pass
+        out = []
+        for image, kept, prompt in zip(images, per_image, prompts):
+            try:
+                out.append(self.segment(image, kept, prompt=prompt))
+            except Exception as err:
+                out.append(err)
+        return out
+
     def attention_maps(self, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
                        seed: int = 0):
         """Each word's attention heat map over `image` (`promptseg.diffusion.wordmaps.word_maps`): a `WordMaps`
@@ -210,6 +261,75 @@ def check_expression(expression: str) -> None:
         raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
 
 
+def per_image_labels(labels, count: int) -> list[list]:
+    """`count` label lists from one list for every image or a list of lists (one per image).
+
+    Raises:
+        ValueError: a list of lists whose length is not `count`.
+    """
+    labels = list(labels)
+    if labels and all(isinstance(item, (list, tuple)) for item in labels):
+        if len(labels) != count:
+            raise ValueError(f"{len(labels)} label lists for {count} images: give one list for every image, or one "
+                             "list per image")
+        return [as_labels(item) for item in labels]
+    return [as_labels(labels)] * count
+
+
+def run_batch(method, label_filter, images, labels: list, prompts: list, refiner=None) -> list[SegmentationResult]:
+    """`run_stages` of several images: each image's filter decision, then the method on every image with kept
+    labels at once (`promptseg.methods.batching`), then the refiner image by image. The images are encoded once
+    for all stages, the VAE seeing them together."""
+    pils = [to_pil(image) for image in images]
+    with shared_encoding():
+        if hasattr(label_filter, "decide_many") and len(pils) > 1:  # the filter's model sees the images together
+            decided = label_filter.decide_many(pils, labels)
+            decisions, captions = zip(*[_filtered(method, None, pil, kept, prompt, decision)
+                                        for pil, kept, prompt, decision in zip(pils, labels, prompts, decided)])
+        else:
+            decisions, captions = zip(*[_filtered(method, label_filter, pil, kept, prompt)
+                                        for pil, kept, prompt in zip(pils, labels, prompts)])
+        rows = [i for i, decision in enumerate(decisions) if decision.kept]
+        if batches(method) and len(rows) > 1:
+            prepared = method.prepare_many([pils[i] for i in rows])
+            found = method.segment_many(prepared, [decisions[i].kept for i in rows], [captions[i] for i in rows])
+            results = dict(zip(rows, found))
+        else:
+            results = {i: _method_result(method, pils[i], decisions[i].kept, captions[i]) for i in rows}
+        return [_finished(results.get(i), decisions[i], pils[i], refiner) for i in range(len(pils))]
+
+
+def _filtered(method, label_filter, pil, labels, prompt, decision=None):
+    """(the filter's decision on `labels` for `pil` (`decision` when already made), the method's caption:
+    `prompt`, else the filter's caption unless the method learns its own)."""
+    if decision is None:
+        decision = label_filter(pil, labels) if label_filter is not None else FilterDecision(kept=list(labels))
+    if prompt is None and getattr(method, "takes_prompt", True):
+        prompt = decision.caption
+    return decision, prompt
+
+
+def _method_result(method, pil, kept, prompt) -> SegmentationResult:
+    return method(pil, kept, prompt=prompt) if prompt is not None else method(pil, kept)
+
+
+def _finished(result, decision, pil, refiner) -> SegmentationResult:
+    """The method's `result` (None: every label dropped) with the filter's decision recorded, then refined."""
+    if result is None:
+        result = empty_result((pil.height, pil.width))
+    result.warnings = list(decision.warnings) + result.warnings
+    if decision.dropped:
+        result.warnings.append(f"filter dropped {sorted(decision.dropped)}: see extra['filter']['dropped']")
+    result.extra["filter"] = decision.as_dict()
+    result.timings["filter"] = decision.seconds
+    if refiner is None:
+        return result
+    if decision.kept:
+        return apply_refiner(refiner, pil, result)
+    result.extra["refine"] = {"name": refiner.name, "regions": [], "erased": [], "seconds": 0.0}
+    return result
+
+
 def run_stages(method, label_filter, image, labels, prompt: str | None = None, refiner=None) -> SegmentationResult:
     """Filter `labels` for `image`, segment it into the kept ones, then refine the label map with `refiner`.
 
@@ -220,27 +340,11 @@ def run_stages(method, label_filter, image, labels, prompt: str | None = None, r
     the result is all background, with a warning, and the refiner is recorded with nothing redrawn. The image is
     encoded once for all stages.
     """
-    labels = as_labels(labels)
     pil = to_pil(image)
     with shared_encoding():
-        decision = label_filter(pil, labels) if label_filter is not None else FilterDecision(kept=list(labels))
-        if prompt is None and getattr(method, "takes_prompt", True):
-            prompt = decision.caption
-        if decision.kept:
-            result = method(pil, decision.kept, prompt=prompt) if prompt is not None else method(pil, decision.kept)
-        else:
-            result = empty_result((pil.height, pil.width))
-        result.warnings = list(decision.warnings) + result.warnings
-        if decision.dropped:
-            result.warnings.append(f"filter dropped {sorted(decision.dropped)}: see extra['filter']['dropped']")
-        result.extra["filter"] = decision.as_dict()
-        result.timings["filter"] = decision.seconds
-        if refiner is None:
-            return result
-        if decision.kept:
-            return apply_refiner(refiner, pil, result)
-        result.extra["refine"] = {"name": refiner.name, "regions": [], "erased": [], "seconds": 0.0}
-        return result
+        decision, prompt = _filtered(method, label_filter, pil, as_labels(labels), prompt)
+        result = _method_result(method, pil, decision.kept, prompt) if decision.kept else None
+        return _finished(result, decision, pil, refiner)
 
 
 @dataclass

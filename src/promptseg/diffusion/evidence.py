@@ -25,9 +25,13 @@ class DenoisingEvidence:
         latents (`torch.Tensor`): (1, C, h, w) clean latents of the image.
         timesteps (`tuple[int, ...]`): one (timestep, noise) draw per entry, one UNet batch.
         seed (`int`): seed of the noise draws.
+        relative (`bool`, defaults to `True`): the gain relative to the empty prompt (one UNet batch more); False:
+            the negated error alone, for a reader that only compares phrases over the same pixels (the `sam`
+            refiner naming a mask: the empty prompt's error and scale are the same for every phrase, so they change
+            no choice).
     """
 
-    def __init__(self, backbone, latents: torch.Tensor, timesteps: tuple[int, ...], seed: int):
+    def __init__(self, backbone, latents: torch.Tensor, timesteps: tuple[int, ...], seed: int, relative: bool = True):
         self.backbone = backbone
         n = len(timesteps)
         self.t = torch.tensor(timesteps, device=latents.device)
@@ -36,8 +40,8 @@ class DenoisingEvidence:
         clean = latents.expand(n, -1, -1, -1)
         self.noisy = backbone.add_noise(clean, noise, self.t)
         self.target = backbone.denoising_target(clean, noise, self.t).float()
-        self.empty = self._errors("")
-        self.scale = self.empty.mean().clamp_min(1e-12)
+        self.empty = self._errors("") if relative else None
+        self.scale = self.empty.mean().clamp_min(1e-12) if relative else None
         self.cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -47,7 +51,9 @@ class DenoisingEvidence:
         return ((prediction - self.target) ** 2).mean(1).mean(0)  # (h, w)
 
     def gain(self, phrase: str) -> torch.Tensor:
-        """(h, w) relative error drop for `phrase` (positive where the phrase explains the image)."""
+        """(h, w) relative error drop for `phrase` (positive where the phrase explains the image); the negated error
+        when not `relative`."""
         if phrase not in self.cache:
-            self.cache[phrase] = (self.empty - self._errors(phrase)) / self.scale
+            errors = self._errors(phrase)
+            self.cache[phrase] = -errors if self.empty is None else (self.empty - errors) / self.scale
         return self.cache[phrase]

@@ -69,6 +69,9 @@ class EvalRun:
     """Refiner run on the method's label map (`promptseg.refiners`): a registered name, "none", or None for the one
     the model recommends."""
     refine_settings: dict = field(default_factory=dict)
+    batch_size: int = 1
+    """Images segmented together (`Pipeline.segment_batch`): one denoiser forward for the batch where the method
+    allows it; the numbers equal a run of one image at a time (to float rounding)."""
 
 
 def _sparse(matrix: np.ndarray) -> list[list[int]]:
@@ -178,37 +181,37 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         bar = tqdm(total=len(mine), unit="image", desc=f"{run.method} on {run.dataset}", dynamic_ncols=True)
     vis_dir = out / "vis"
     failures = []
-    for i in mine:
-        sample = dataset[i]
-        record_path = per_image / f"{sample.id}.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else None
-        if record is None or "error" in record:  # a resumed run tries a failed image again
-            if candidates is not None:
-                class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
-            elif run.names == "oracle":
-                class_ids = dataset.present_classes(sample.label)
+    if int(run.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {run.batch_size}")
+    for first in range(0, len(mine), int(run.batch_size)):
+        chunk = []  # (index, sample, class ids) of the images not done yet
+        records = {}
+        for i in mine[first:first + int(run.batch_size)]:
+            sample = dataset[i]
+            record_path = per_image / f"{sample.id}.json"
+            record = json.loads(record_path.read_text()) if record_path.exists() else None
+            if record is None or "error" in record:  # a resumed run tries a failed image again
+                chunk.append((i, sample, _offered(run, dataset, sample, candidates, background, num_classes)))
             else:
-                class_ids = list(range(num_classes))
-            if background == "threshold":  # the method's threshold says background; its line is not prompted
-                class_ids = [c for c in class_ids if c != dataset.background]
-            try:
-                record, pred = _evaluate_image(pipe, sample, dataset, labels, class_ids)
-            except Exception as err:  # one image's failure must not end the run: it is recorded and reported
-                record, pred = {"id": sample.id, "error": f"{type(err).__name__}: {err}"}, None
-            atomic_write(record_path, json.dumps(record))
+                records[i] = record
+        for (i, sample, _), (record, pred) in zip(chunk, _evaluate_images(pipe, chunk, dataset, labels)):
+            atomic_write(per_image / f"{sample.id}.json", json.dumps(record))
+            records[i] = record
             if pred is not None and i < run.save_vis:
                 from promptseg.eval.vis import save_comparison
 
                 vis_dir.mkdir(exist_ok=True)
                 save_comparison(sample.image, sample.label, pred, vis_dir / f"{sample.id}.png")
-        if bar is not None:
-            bar.update(1)
-        if "error" in record:
-            failures.append({"id": record["id"], "error": record["error"]})
-            continue
-        total += _dense(record["confusion"], shape)
-        seconds += record["seconds"]
-        filter_counts += _filter_counts(record)
+        for i in sorted(records):
+            record = records[i]
+            if bar is not None:
+                bar.update(1)
+            if "error" in record:
+                failures.append({"id": record["id"], "error": record["error"]})
+                continue
+            total += _dense(record["confusion"], shape)
+            seconds += record["seconds"]
+            filter_counts += _filter_counts(record)
     if bar is not None:
         bar.close()
     atomic_write(out / f"failures.{shard.rank}.json", json.dumps(failures))
@@ -253,13 +256,48 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
     return report
 
 
-def _evaluate_image(pipe, sample, dataset, labels, class_ids: list[int]) -> tuple[dict, np.ndarray]:
-    """One image through the pipeline: its record (confusion matrix, seconds, classes offered and kept) and the
-    predicted map in dataset class ids."""
+def _offered(run: EvalRun, dataset, sample, candidates, background, num_classes: int) -> list[int]:
+    """The class ids offered for `sample`: its JSON candidates, its ground truth's (oracle) or every class; the
+    background line left out when the method's threshold judges background."""
+    if candidates is not None:
+        class_ids = _class_ids_for(candidates.get(sample.id, []), dataset)
+    elif run.names == "oracle":
+        class_ids = dataset.present_classes(sample.label)
+    else:
+        class_ids = list(range(num_classes))
+    if background == "threshold":  # the method's threshold says background; its line is not prompted
+        class_ids = [c for c in class_ids if c != dataset.background]
+    return class_ids
+
+
+def _evaluate_images(pipe, chunk: list, dataset, labels) -> list[tuple[dict, np.ndarray | None]]:
+    """(record, predicted map) of each (index, sample, class ids) of `chunk`, the images with classes to offer
+    segmented together (`Pipeline.segment_each`: one image's error is its own); each image's seconds are its share
+    of the batch."""
+    offered = [item for item in chunk if item[2]]
+    start = time.perf_counter()
+    found = pipe.segment_each([s.image for _, s, _ in offered], [[labels[c] for c in ids] for _, _, ids in offered])
+    share = (time.perf_counter() - start) / max(len(offered), 1)
+    results = {i: (result, share) for (i, _, _), result in zip(offered, found)}
+    out = []
+    for i, sample, class_ids in chunk:
+        done = results.get(i)
+        try:
+            if done is not None and isinstance(done[0], Exception):
+                raise done[0]
+            out.append(_evaluate_image(pipe, sample, dataset, labels, class_ids, done))
+        except Exception as err:  # one image's failure must not end the run: it is recorded and reported
+            out.append(({"id": sample.id, "error": f"{type(err).__name__}: {err}"}, None))
+    return out
+
+
+def _evaluate_image(pipe, sample, dataset, labels, class_ids: list[int], done=None) -> tuple[dict, np.ndarray]:
+    """One image through the pipeline (or its `done` (result, seconds) from a batch): its record (confusion matrix,
+    seconds, classes offered and kept) and the predicted map in dataset class ids."""
     start = time.perf_counter()
     kept = []
     if class_ids:
-        result = pipe.segment(sample.image, [labels[c] for c in class_ids])
+        result = done[0] if done is not None else pipe.segment(sample.image, [labels[c] for c in class_ids])
         ids = {labels[c].name: c for c in class_ids}
         kept = sorted(ids[name] for name in result.extra["filter"]["kept"])
         bg = dataset.background if dataset.background is not None else dataset.ignore_index
@@ -267,7 +305,7 @@ def _evaluate_image(pipe, sample, dataset, labels, class_ids: list[int]) -> tupl
         pred = lut[result.label_map]
     else:  # no candidate: nothing predicted
         pred = np.full(sample.label.shape, dataset.ignore_index, np.int64)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start + (done[1] if done is not None else 0.0)
     matrix = confusion(pred, sample.label, len(dataset.class_names), dataset.ignore_index)
     record = {"id": sample.id, "seconds": elapsed, "classes": class_ids, "kept": kept,
               "present": dataset.present_classes(sample.label), "confusion": _sparse(matrix)}

@@ -80,21 +80,31 @@ class ClipFilter:
 
     def scores(self, image, labels) -> np.ndarray:
         """(K,) presence scores: cosine similarity, mean over templates, max over synonyms."""
-        image_embed = self.clip.image_embeds([image])[0]
+        return self.scores_for(self.clip.image_embeds([image])[0], labels)
+
+    def scores_for(self, image_embed: torch.Tensor, labels) -> np.ndarray:
+        """`scores` from the image's (D,) CLIP embedding."""
         return np.array([float((e @ image_embed).mean(-1).max()) for e in self.label_embeds(labels)])
 
     def __call__(self, image, labels):
+        return self.decide_many([image], [labels])[0]
+
+    def decide_many(self, images, labels: list) -> list:
+        """The decision of each image on its labels, the CLIP image tower seeing the images together; each
+        decision's seconds are its share."""
         with Timer() as timer:
-            decision = decide(labels, self.scores(image, labels), self.config.threshold, self.config.min_keep,
-                              "CLIP similarity")
-            if self.captioner is not None:
+            embeds = self.clip.image_embeds(list(images))
+            decisions = [decide(kept, self.scores_for(embed, kept), self.config.threshold, self.config.min_keep,
+                                "CLIP similarity") for embed, kept in zip(embeds, labels)]
+            for image, kept, decision in zip(images, labels, decisions) if self.captioner is not None else ():
                 from promptseg.filters.caption import mentioned
 
                 decision.caption = self.captioner(image)
-                named = mentioned(decision.caption, labels)
-                for label in labels:
+                named = mentioned(decision.caption, kept)
+                for label in kept:
                     if label.name in named and label.name in decision.dropped:
                         del decision.dropped[label.name]
-                decision.kept = [label for label in labels if label.name not in decision.dropped]
-        decision.seconds = timer.seconds
-        return decision
+                decision.kept = [label for label in kept if label.name not in decision.dropped]
+        for decision in decisions:
+            decision.seconds = timer.seconds / len(decisions)
+        return decisions

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from promptseg.diffusion.attention import attention_pass, plan_attention
-from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
+from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels, to_pil
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -29,6 +29,7 @@ from promptseg.diffusion.readout import (
     weighted_sum,
 )
 from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, finish, register_method
+from promptseg.methods.batching import padded_label_scores, timing_share
 from promptseg.text import append_to_fit, build_prompt, label_scores, span_positions, split_to_fit
 
 
@@ -170,6 +171,56 @@ class Baseline:
             raise ValueError("a prompt for prepare() needs conditioning='prompt'; with 'labels' the labels are the prompt")
         prepared.timings["prepare"] = time.perf_counter() - start
         return prepared
+
+    @property
+    def batches(self) -> bool:
+        """Several images share one UNet forward (`promptseg.methods.batching`): with conditioning="labels",
+        prompt_mode="joint", fixed aggregation and no captioner (each image's labels in one prompt of its own)."""
+        c = self.config
+        return (c.conditioning == "labels" and c.prompt_mode == "joint" and c.aggregation == "fixed"
+                and self.captioner is None)
+
+    def prepare_many(self, images) -> list[PreparedImage]:
+        """`prepare` of each image, the VAE seeing them in chunks; each image's noise is its own seeded draw, as
+        `prepare` makes it."""
+        start = time.perf_counter()
+        prepared = prepare_batch(self.backbone, images)
+        for item in prepared:
+            item.extra["noisy"], _ = noised_latents(self.backbone, item.latents, self.config.timestep, self.config.seed)
+            item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
+        return prepared
+
+    def segment_many(self, prepared: list[PreparedImage], labels: list, captions: list) -> list[SegmentationResult]:
+        """`segment` of several images: those whose labels fit one prompt share one UNet forward, each conditioned
+        on its own prompt (its labels, its caption); any other image runs alone."""
+        c, tokenizer = self.config, self.backbone.tokenizer
+        labels = [as_labels(kept) for kept in labels]
+        out: list[SegmentationResult | None] = [None] * len(prepared)
+        together = []
+        for i, kept in enumerate(labels):
+            if len(split_to_fit(tokenizer, kept, c.template, c.joiner)) == 1:
+                together.append(i)
+            else:
+                out[i] = self.segment(prepared[i], kept, caption=captions[i])
+        if len(together) < 2:
+            for i in together:
+                out[i] = self.segment(prepared[i], labels[i], caption=captions[i])
+            return out
+        start = time.perf_counter()
+        tokens = [build_prompt(tokenizer, labels[i], c.template, c.joiner) for i in together]
+        with torch.no_grad():
+            text = self.backbone.encode_text([self.completed(prepared[i], t.prompt, captions[i])
+                                              for i, t in zip(together, tokens)])
+            noisy = torch.cat([prepared[i].extra["noisy"] for i in together])
+            store = attention_pass(self.backbone, noisy, c.timestep, text, self.layers, self_products=c.refine_iterations)
+            label_cross = {g: padded_label_scores(store.mean("cross", g), [t.positions for t in tokens])
+                           for g in self.cross_grids}
+            scores = self.scores({g: store.self_attention(g) for g in self.self_grids}, label_cross)
+        seconds = time.perf_counter() - start
+        for row, i in enumerate(together):
+            out[i] = finish(scores[row, :len(labels[i])], labels[i], prepared[i].size, c.background_threshold,
+                            timing_share(prepared[i], seconds, len(together)))
+        return out
 
     def segment(self, prepared: PreparedImage, labels, caption: str | None = None) -> SegmentationResult:
         """Segment a prepared image into `labels` (strings, commas separating synonyms, or `Label`s).

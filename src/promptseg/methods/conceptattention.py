@@ -32,10 +32,11 @@ import torch
 
 from promptseg.diffusion.capture import run_until_captured
 from promptseg.diffusion.concepts import NORMALIZATIONS, ConceptStream
-from promptseg.diffusion.encode import PreparedImage, prepare_pixels
+from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import minmax, tokens_to_maps
 from promptseg.methods.base import BACKGROUND, SegmentationResult, as_labels, finish, register_method
+from promptseg.methods.batching import timing_share
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
 
@@ -107,13 +108,21 @@ class ConceptAttention:
         if self.blocks[0] < 0 or self.blocks[-1] >= n:
             raise ValueError(f"blocks {list(self.config.blocks)} are not blocks of this transformer (0..{n - 1})")
 
+    batches = True
+    """Images offered the same labels share one forward, each conditioned on its own prompt (the concept rows are
+    the labels', one set a forward); `promptseg.methods.batching`."""
+
     def prepare(self, image) -> PreparedImage:
         """Encode `image` and noise it to `timestep`."""
+        return self.prepare_many([image], single=True)[0]
+
+    def prepare_many(self, images, single: bool = False) -> list[PreparedImage]:
+        """`prepare` of each image, the VAE seeing them in chunks; each image's noise is its own seeded draw."""
         start = time.perf_counter()
-        prepared = prepare_pixels(self.backbone, image)
-        prepared.extra["noisy"], _ = noised_latents(self.backbone, prepared.latents, self.config.timestep,
-                                                    self.config.seed)
-        prepared.timings["prepare"] = time.perf_counter() - start
+        prepared = [prepare_pixels(self.backbone, images[0])] if single else prepare_batch(self.backbone, images)
+        for item in prepared:
+            item.extra["noisy"], _ = noised_latents(self.backbone, item.latents, self.config.timestep, self.config.seed)
+            item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
         return prepared
 
     def labels_prompt(self, labels: list[Label]) -> str:
@@ -138,17 +147,34 @@ class ConceptAttention:
                 positions.append(label_positions)
         return torch.cat(rows, dim=1), positions
 
-    @torch.no_grad()
     def segment(self, prepared: PreparedImage, labels, caption: str | None = None) -> SegmentationResult:
         """Segment into `labels`; `caption` (optional) conditions the pass in place of the labels' prompt."""
+        return self.segment_same([prepared], as_labels(labels), [caption])[0]
+
+    def segment_many(self, prepared: list[PreparedImage], labels: list, captions: list) -> list[SegmentationResult]:
+        """`segment` of several images: the images offered the same labels share one forward."""
+        labels = [as_labels(kept) for kept in labels]
+        groups: dict[tuple, list[int]] = {}
+        for i, kept in enumerate(labels):
+            groups.setdefault(tuple((label.name, label.synonyms) for label in kept), []).append(i)
+        out: list[SegmentationResult | None] = [None] * len(prepared)
+        for rows in groups.values():
+            results = self.segment_same([prepared[i] for i in rows], labels[rows[0]], [captions[i] for i in rows])
+            for i, result in zip(rows, results):
+                out[i] = result
+        return out
+
+    @torch.no_grad()
+    def segment_same(self, prepared: list[PreparedImage], labels: list[Label], captions: list) -> list[SegmentationResult]:
+        """`segment` of images offered the same `labels`, in one forward, each conditioned on its caption (or, when
+        it is None, on the labels' prompt)."""
         start = time.perf_counter()
-        labels = as_labels(labels)
         background = None
         if BACKGROUND not in [label.name for label in labels] and self.config.background_concepts:
             background = Label(BACKGROUND, tuple(self.config.background_concepts))
         read = ([background] if background else []) + labels
         rows, positions = self.concepts(read)
-        conditioning = caption or self.labels_prompt(labels)
+        conditioning = [caption or self.labels_prompt(labels) for caption in captions]
         text = self.backbone.encode_text(conditioning)
         zero = self.config.zero_pooled
         if zero or (zero is None and self.backbone.family == "flux"):
@@ -159,17 +185,19 @@ class ConceptAttention:
                                softmax=self.config.softmax, attend_prompt=self.config.attend_prompt,
                                groups=positions if pool else None)
         with stream:
-            t = torch.tensor([self.config.timestep], device=self.backbone.device)
-            run_until_captured(self.backbone.predict, prepared.extra["noisy"], t, text)
-        scores = stream.mean_map() if pool else label_scores(stream.mean_map(), positions)  # (1, N, K)
-        maps = tokens_to_maps(scores, self.backbone.grid)[0]  # (K, h, w)
+            t = torch.full((len(prepared),), self.config.timestep, device=self.backbone.device)
+            run_until_captured(self.backbone.predict, torch.cat([p.extra["noisy"] for p in prepared]), t, text)
+        scores = stream.mean_map() if pool else label_scores(stream.mean_map(), positions)  # (B, N, K)
+        maps = tokens_to_maps(scores, self.backbone.grid)  # (B, K, h, w)
         if not self.config.softmax:  # raw dot products: scaled to [0, 1] over every label at once (argmax kept)
-            maps = minmax(maps.reshape(1, 1, -1)).view_as(maps)
-        timings = {**prepared.timings, "segment": time.perf_counter() - start}
+            maps = minmax(maps.flatten(1)[:, None]).view_as(maps)
+        seconds = time.perf_counter() - start
         threshold = None if background else self.config.background_threshold
-        result = finish(maps, read, prepared.size, threshold, timings)
-        result.extra["conditioning"] = conditioning
-        return result
+        results = []
+        for item, image_maps, prompt in zip(prepared, maps, conditioning):
+            results.append(finish(image_maps, read, item.size, threshold, timing_share(item, seconds, len(prepared))))
+            results[-1].extra["conditioning"] = prompt
+        return results
 
     def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:
         """`segment(prepare(image), labels, caption=prompt)`."""

@@ -29,10 +29,11 @@ import torch
 
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
-from promptseg.diffusion.encode import PreparedImage, prepare_pixels
+from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels
 from promptseg.diffusion.noise import ddim_invert_step
 from promptseg.diffusion.readout import hierarchical_refine, tokens_to_maps, weighted_sum
 from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
+from promptseg.methods.batching import padded_label_scores, timing_share
 from promptseg.text import build_prompt, fit_words, label_scores, split_to_fit
 
 
@@ -94,18 +95,27 @@ class FastSeg:
         plan = plan_attention(backbone, c.cross_weights, c.hard_weights, c.places)
         self.cross_grids, self.hard_grids, self.target, self.layers = plan.cross, plan.self, plan.target, plan.layers
 
+    batches = True
+    """Several images share one recording forward, each with its views (`promptseg.methods.batching`)."""
+
     def prepare(self, image) -> PreparedImage:
         """VAE-encode the image; with `flip`, add its horizontal flip (encoded, or its latents flipped)."""
+        return self.prepare_many([image], single=True)[0]
+
+    def prepare_many(self, images, single: bool = False) -> list[PreparedImage]:
+        """`prepare` of each image, the VAE seeing the images (then their flips) in chunks."""
         start = time.perf_counter()
-        prepared = prepare_pixels(self.backbone, image)
+        prepared = [prepare_pixels(self.backbone, images[0])] if single else prepare_batch(self.backbone, images)
         if self.config.flip:
             if self.config.flip_from == "latents":
-                flipped = prepared.latents.flip(-1)
+                flipped = [item.latents.flip(-1) for item in prepared]
             else:
                 with torch.no_grad():
-                    flipped = self.backbone.encode_image(prepared.pixels.flip(-1))
-            prepared.latents = torch.cat([prepared.latents, flipped])
-        prepared.timings["prepare"] = time.perf_counter() - start
+                    flipped = self.backbone.encode_image(torch.cat([item.pixels.flip(-1) for item in prepared])).split(1)
+            for item, view in zip(prepared, flipped):
+                item.latents = torch.cat([item.latents, view])
+        for item in prepared:
+            item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
         return prepared
 
     def conditioning_prompt(self, labels, caption: str | None) -> str:
@@ -130,13 +140,18 @@ class FastSeg:
     def record(self, prepared: PreparedImage, prompt: str, keep_queries: bool = True) -> AttentionStore:
         """Invert one DDIM step (with `invert`) and run one recording denoiser pass conditioned on `prompt`; returns
         the store (with the cross-attention layers' queries when `keep_queries`)."""
+        return self.record_views(prepared.latents, [prompt], keep_queries)
+
+    def record_views(self, latents: torch.Tensor, prompts: list[str], keep_queries: bool = True) -> AttentionStore:
+        """`record` of several images: (B * V, C, h, w) latents, each image's V views in a row, and one prompt per
+        image."""
         backbone = self.backbone
         with torch.no_grad():
-            text = backbone.encode_text(prompt).expand(prepared.latents.shape[0], -1, -1)
+            text = backbone.encode_text(prompts).repeat_interleave(latents.shape[0] // len(prompts), dim=0)
             if self.config.invert:
-                noisy = ddim_invert_step(backbone, prepared.latents, self.config.timestep, text)
+                noisy = ddim_invert_step(backbone, latents, self.config.timestep, text)
             else:
-                noisy = prepared.latents
+                noisy = latents
             # HARD multiplies by each grid's self-attention tau times
             store = AttentionStore(latent_hw=tuple(noisy.shape[-2:]), keep_queries=keep_queries,
                                    lazy_self_tokens=lazy_tokens_for(self.config.tau))
@@ -164,8 +179,7 @@ class FastSeg:
         self-attention is the first pass's."""
         c = self.config
         tokenizer = self.backbone.tokenizer
-        head = (caption or "").replace("{}", "") + c.caption_separator if caption else ""
-        template = head + c.class_template
+        template = self.joint_template(caption)
         per_grid, self_attn = {g: [] for g in self.cross_grids}, None
         for group in split_to_fit(tokenizer, labels, template, c.joiner):
             tokens = build_prompt(tokenizer, group, template, c.joiner)
@@ -177,14 +191,21 @@ class FastSeg:
         with torch.no_grad():
             return self.refined(per_grid, self_attn)
 
+    def joint_template(self, caption: str | None) -> str:
+        """A transformer's conditioning template: the caption (if any), the separator, then the class names."""
+        head = (caption or "").replace("{}", "") + self.config.caption_separator if caption else ""
+        return head + self.config.class_template
+
     def refined(self, per_grid: dict, self_attn: dict) -> torch.Tensor:
-        """HARD on per-grid label cross-attention (lists of (V, N, k) parts), flipped views flipped back."""
+        """HARD on per-grid label cross-attention (lists of (B * V, N, k) parts, each image's views in a row),
+        flipped views flipped back."""
         c = self.config
         maps = {g: tokens_to_maps(torch.cat(parts, dim=-1), g) for g, parts in per_grid.items()}
-        cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (V, K, H, W)
+        cross = weighted_sum(maps, self.cross_grids, self.target, normalize=False)  # (B * V, K, H, W)
         scores = hierarchical_refine(self_attn, cross.flatten(2).transpose(1, 2), self.hard_grids, self.target, c.tau)
         if c.flip:
-            scores = torch.cat([scores[:1], scores[1:].flip(-1)])
+            views = scores.unflatten(0, (-1, 2))
+            scores = torch.stack([views[:, 0], views[:, 1].flip(-1)], dim=1).flatten(0, 1)
         return scores
 
     def segment(self, prepared: PreparedImage, labels, caption: str | None = None) -> SegmentationResult:
@@ -198,6 +219,45 @@ class FastSeg:
             scores, warnings = self.joint_view_scores(prepared, labels, caption).mean(dim=0), []
         timings = {**prepared.timings, "segment": time.perf_counter() - start}
         return finish(scores, labels, prepared.size, self.config.background_threshold, timings, warnings)
+
+    def segment_many(self, prepared: list[PreparedImage], labels: list, captions: list) -> list[SegmentationResult]:
+        """`segment` of several images: those whose class names fit one prompt share one recording forward (every
+        image's views, each image conditioned on its own prompt); any other image runs alone."""
+        c, tokenizer, reusable = self.config, self.backbone.tokenizer, self.backbone.text_keys_reusable
+        labels = [as_labels(kept) for kept in labels]
+        templates = [c.class_template if reusable else self.joint_template(caption) for caption in captions]
+        together = [i for i, kept in enumerate(labels) if len(split_to_fit(tokenizer, kept, templates[i], c.joiner)) == 1]
+        out: list[SegmentationResult | None] = [None] * len(prepared)
+        for i in range(len(prepared)):
+            if i not in together or len(together) < 2:
+                out[i] = self.segment(prepared[i], labels[i], caption=captions[i])
+        if len(together) < 2:
+            return out
+        start = time.perf_counter()
+        latents = torch.cat([prepared[i].latents for i in together])
+        views = latents.shape[0] // len(together)
+        tokens = [build_prompt(tokenizer, labels[i], templates[i], c.joiner) for i in together]
+        positions = [t.positions for t in tokens for _ in range(views)]
+        warnings = [[] for _ in together]
+        with torch.no_grad():
+            if reusable:  # conditioned on caption + names, read against the class-name prompt (dual prompt)
+                fitted = [self.fit_conditioning(labels[i], captions[i]) for i in together]
+                warnings = [w for _, w in fitted]
+                store = self.record_views(latents, [prompt for prompt, _ in fitted])
+                class_text = self.backbone.context_of(self.backbone.encode_text([t.prompt for t in tokens]))
+                class_text = class_text.repeat_interleave(views, dim=0)
+                per_grid = {g: [padded_label_scores(store.cross_attention_for(class_text, g), positions)]
+                            for g in self.cross_grids}
+            else:  # the class names' own tokens in each image's conditioning prompt
+                store = self.record_views(latents, [t.prompt for t in tokens], keep_queries=False)
+                per_grid = {g: [padded_label_scores(store.mean("cross", g), positions)] for g in self.cross_grids}
+            scores = self.refined(per_grid, {g: store.self_attention(g) for g in self.hard_grids})
+            scores = scores.unflatten(0, (len(together), views)).mean(dim=1)
+        seconds = time.perf_counter() - start
+        for row, i in enumerate(together):
+            out[i] = finish(scores[row, :len(labels[i])], labels[i], prepared[i].size, c.background_threshold,
+                            timing_share(prepared[i], seconds, len(together)), warnings[row])
+        return out
 
     def __call__(self, image, labels, prompt: str | None = None) -> SegmentationResult:
         """`segment(prepare(image), labels, caption=prompt)`."""

@@ -60,7 +60,7 @@ class SamRefinerConfig:
     """How a SAM mask that is a thing gets its label: "scores" (the thing label with the highest mean method score
     over the mask; in "prompts" mode the prompting region's label) or "denoising" (ours: the thing label whose
     prompt `evidence_template` most lowers the backbone's noise-prediction error over the mask, `promptseg.diffusion.evidence`;
-    costs (1 + thing labels) x len(`evidence_timesteps`) UNet items; inside a pipeline the image's latents are the
+    costs thing labels x len(`evidence_timesteps`) UNet items; inside a pipeline the image's latents are the
     method's, not encoded again). Whether a
     mask is a thing or stuff is decided by the method's mean scores either way."""
     evidence_template: str = "a {}"
@@ -177,8 +177,8 @@ class SamRefiner:
         return out
 
     def _evidence(self, image, result, things: set[int]) -> np.ndarray | None:
-        """(K, H, W): each thing label's denoising gain (`promptseg.diffusion.evidence`) at the image's size, -inf elsewhere;
-        None when there are fewer than two thing labels (nothing to choose)."""
+        """(K, H, W): each thing label's negated denoising error (`promptseg.diffusion.evidence`) at the image's
+        size, -inf elsewhere; None when there are fewer than two thing labels (nothing to choose)."""
         import torch
 
         from promptseg.diffusion.encode import prepare_pixels
@@ -189,7 +189,9 @@ class SamRefiner:
             return None
         c = self.config
         prepared = prepare_pixels(self.backbone, image)
-        source = DenoisingEvidence(self.backbone, prepared.latents, tuple(int(t) for t in c.evidence_timesteps), c.seed)
+        # a mask is named by comparing labels over its pixels: the empty prompt's pass would change no choice
+        source = DenoisingEvidence(self.backbone, prepared.latents, tuple(int(t) for t in c.evidence_timesteps), c.seed,
+                                   relative=False)
         out = np.full(result.scores.shape, -np.inf, np.float32)
         gains = torch.stack([source.gain(c.evidence_template.format(result.labels[k])) for k in sorted(things)])
         out[sorted(things)] = resize_maps(gains[None].float(), result.label_map.shape)[0].cpu().numpy()

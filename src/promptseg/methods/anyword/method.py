@@ -29,6 +29,7 @@ class Anyword:
     """Segment Anyword: mask-prompt inversion, linguistic-guided prompts, SAM masks (referring segmentation)."""
 
     takes_prompt = False  # the expression is the prompt
+    one_at_a_time = "it inverts a mask prompt for each image"
 
     def __init__(self, backbone, config: AnywordConfig | None = None):
         self.backbone = backbone

@@ -49,6 +49,7 @@ class DPSeg:
     """DPSeg: CLIP cost volume of text + diffusion-generated visual prompts, trained decoder, two-round inference."""
 
     takes_prompt = False  # the prompts are the class templates; a filter's caption is not used
+    one_at_a_time = "its decoder reads one image's cost volume"
 
     def __init__(self, backbone, config: DPSegConfig | None = None):
         self.config = config or DPSegConfig()

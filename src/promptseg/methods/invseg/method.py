@@ -137,6 +137,7 @@ class InvSeg:
     """InvSeg: per-image prompt inversion with Contrastive Soft Clustering and entropy minimisation."""
 
     takes_prompt = False  # the prompt is built from the labels and learnt; a filter's caption is not passed
+    one_at_a_time = "it optimises the prompt's embeddings for each image"
 
     def __init__(self, backbone, config: InvSegConfig | None = None):
         self.backbone = backbone

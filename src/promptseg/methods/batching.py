@@ -1,0 +1,49 @@
+"""Several images through one method: one denoiser forward for a batch where the method allows it.
+
+    if batches(method):
+        prepared = method.prepare_many(images)                       # the VAE sees the images in chunks
+        results = method.segment_many(prepared, labels, captions)    # one SegmentationResult per image
+
+A method that batches defines `prepare_many(images)` and `segment_many(prepared, labels, captions)` and says which
+of its settings allow it (`batches`, a property). The baseline, FastSeg and ConceptAttention do: their single
+recording pass takes one latent per image (and per view), each image conditioned on its own prompt, so a filter
+that keeps different labels per image costs nothing extra. InvSeg and Segment Anyword optimise embeddings for one
+image, and DPSeg's decoder reads one image's cost volume: they run one image at a time (`batches` absent), as
+does any setting that needs several passes per image (labels that do not fit one prompt, a captioner, GoCA).
+Results equal one image at a time to float rounding (`tests/test_batching.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from promptseg.text import label_scores
+
+
+def batches(method) -> bool:
+    """Whether `method` runs several images in one forward with its settings."""
+    return bool(getattr(method, "batches", False))
+
+
+def batch_warning(name: str, method) -> str | None:
+    """What to tell a user who asked for a batch that `method` (registered as `name`) runs image by image; None
+    when it batches."""
+    if batches(method):
+        return None
+    reason = getattr(method, "one_at_a_time", "its settings need several passes per image")
+    return f"{name} runs one image at a time ({reason}): a batch size changes nothing for it"
+
+
+def padded_label_scores(cross: torch.Tensor, positions: list) -> torch.Tensor:
+    """(B, N, T) token maps of B images, each with its own prompt's label positions -> (B, N, K) label maps, K the
+    most labels of any image, the others' missing labels zero-filled (every reader treats label columns apart, so
+    the padding changes no other column)."""
+    parts = [label_scores(cross[i:i + 1], spans) for i, spans in enumerate(positions)]
+    width = max(part.shape[-1] for part in parts)
+    return torch.cat([F.pad(part, (0, width - part.shape[-1])) for part in parts])
+
+
+def timing_share(prepared, seconds: float, count: int) -> dict:
+    """An image's timings: its preparation's and its share of a batch's `seconds` as "segment"."""
+    return {**prepared.timings, "segment": seconds / count}
