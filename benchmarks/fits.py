@@ -50,6 +50,30 @@ def components(name: str) -> dict[str, int]:
     return out
 
 
+SCALE_RESULTS = {"sd15": ("scale", 512, "sd15"), "sdxl": ("scale_sdxl", 1024, "sdxl"),
+                 "sd3": ("scale_sd3", 1024, "sd3-medium"), "flux1": ("scale_flux1", 1024, "flux1")}
+"""Architecture -> (its scale table, native side, the architecture profile it measures)."""
+
+
+def activation_table(results: Path = HERE / "results") -> dict:
+    """{profile: {method: {"extra_gb", "ratio", "source"}}}: each method's peak resident memory over the reference
+    process's (weights, the image's encode, one bare forward) at the native size, 5 names, fp32 on this CPU, from the
+    committed scale tables. `extra_gb` is None where the table's model is reduced in width (FLUX.1): its ratio is
+    what transfers, not its gigabytes."""
+    out = {}
+    for arch, (stem, side, profile) in SCALE_RESULTS.items():
+        rows = [r for r in json.loads((results / f"{stem}.json").read_text())["rows"]
+                if r["side"] == side and r["labels"] == 5 and r["filter"] == "none" and not r.get("settings")
+                and "peak_rss_gb" in r]
+        reference = next(r["peak_rss_gb"] for r in rows if r["method"] == "reference")
+        reduced = arch == "flux1"
+        out[profile] = {r["method"]: {"extra_gb": None if reduced else round(max(r["peak_rss_gb"] - reference, 0), 2),
+                                      "ratio": round(r["peak_rss_gb"] / reference, 2),
+                                      "source": f"benchmarks/results/{stem}.md"}
+                        for r in rows if r["method"] != "reference"}
+    return out
+
+
 ARCHITECTURES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL", "sd3": "SD3-medium", "sd35-large": "SD3.5-large",
                  "flux1": "FLUX.1-dev / schnell"}
 
@@ -88,6 +112,27 @@ def main() -> None:
         lines.append(f"| {row['architecture']} | {p[row['denoiser']] / 1e9:.2f} | {texts / 1e9:.2f} | "
                      f"{p['vae'] / 1e9:.3f} | {row['bf16_gb']:.1f} | {row['int8_gb']:.1f} | "
                      + " | ".join(row["fits"][c] or "no" for c in CARDS_GB) + " |")
+    activations = activation_table()
+    (HERE.parent / "src" / "promptseg" / "models" / "activations.json").write_text(json.dumps(activations, indent=1))
+    methods = sorted({m for table in activations.values() for m in table})
+    lines += ["", "A method's memory on top of the weights, measured (`python benchmarks/scale.py --arch ...`): its "
+              "process's peak over the reference process's (weights, the image's encode, one bare forward) at the "
+              "native size with 5 names, fp32 on this CPU (about half at bf16), as extra GB (x the reference). FLUX.1 "
+              "ran at reduced width: its ratio, not its gigabytes, transfers. `promptseg settings MODEL --method M` "
+              "prints the model's row.", "",
+              "| architecture (profile) | " + " | ".join(methods) + " |", "| --- | " + " | ".join("---" for _ in methods)
+              + " |"]
+    for profile, table in activations.items():
+        cells = []
+        for method in methods:
+            cell = table.get(method)
+            if cell is None:
+                cells.append("-")
+            elif cell["extra_gb"] is None:
+                cells.append(f"x{cell['ratio']:.2f}")
+            else:
+                cells.append(f"+{cell['extra_gb']:.2f} (x{cell['ratio']:.2f})")
+        lines.append(f"| {profile} | " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

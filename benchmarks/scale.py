@@ -56,9 +56,12 @@ AT_1024 = [("reference", 1024, 5, "none"), ("baseline", 1024, 5, "none"), ("fast
 minutes on this CPU, so the rows are the one-pass methods, each run once, and the unit is the median of two bare
 forwards (one before the method, one after). SD3's T5 is not built (its 256 rows are the pipeline's zeros)."""
 
-DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("baseline", 1024, 5, "none", {"places": ["block9"]})]
-"""SD3-medium's rows (`--arch sd3`): the one-pass methods, ConceptAttention (every block) and Seg4Diff's read-out
-(the baseline on block 9 alone, the forward ending there)."""
+DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("baseline", 1024, 5, "none", {"places": ["block9"]}),
+                      ("fastseg", 1024, 5, "none", {"places": ["block9"]})]
+"""SD3-medium's rows (`--arch sd3`): the one-pass methods, ConceptAttention (every block), Seg4Diff's read-out
+(the baseline on block 9 alone, the forward ending there) and FastSeg on block 9 alone. The random-weight model is
+built from parts, so SD3-medium's architecture profile (`"blocks": [9]`, which a user's SD3-medium gets) is not
+applied: the plain rows read every block; the block-9 rows are what the profile gives."""
 FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5, "none"),
                        ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none")]
 """FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,

@@ -82,6 +82,9 @@ def test_per_image_labels_and_prompts_are_checked(shapes, images):
         pipe.segment_batch(images[:2], [["circle"], ["square"], ["sky"]])
     with pytest.raises(ValueError, match="3 prompts for 2 images"):
         pipe.segment_batch(images[:2], ["circle"], prompts=["a", "b", "c"])
+    with pytest.raises(TypeError, match="not the string 'circle'"):
+        pipe.segment_batch(images[:2], "circle")
+    assert pipe.segment_batch([], ["circle"]) == []
 
 
 def test_segment_each_keeps_the_other_images_when_one_fails(shapes, images, monkeypatch):
@@ -98,6 +101,7 @@ def test_segment_each_keeps_the_other_images_when_one_fails(shapes, images, monk
     out = pipe.segment_each([images[0], tiny, images[1]], ["circle", "grass"])
     assert isinstance(out[1], RuntimeError) and "no such image" in str(out[1])
     assert np.array_equal(out[0].label_map, pipe.segment(images[0], ["circle", "grass"]).label_map)
+    assert any("the batch failed (RuntimeError: no such image)" in w for w in out[0].warnings)
     assert out[2].label_map.shape == images[1].shape[:2]
 
 

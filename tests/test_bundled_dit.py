@@ -53,3 +53,16 @@ def test_conceptattention_runs_behind_the_models_filter_with_its_settings(dit):
     kept = result.extra["filter"]["kept"]
     assert set(result.labels) == set(kept) and len(kept) < 7  # the clip filter ran first; no background concept
     assert result.label_map.shape == sample.label.shape
+
+
+def test_invseg_loss_places_choose_the_blocks_its_loss_reads():
+    """The optimisation's forward ends after the last block the loss reads; the read-out keeps its own blocks."""
+    from promptseg.methods import build_method
+    from promptseg.models import load_backbone
+
+    dit = load_backbone("shapes-dit", device="cpu")
+    default = build_method("invseg", dit)
+    assert {layer.block for layer in default.loss_layers} == set(dit.method_defaults["blocks"])
+    early = build_method("invseg", dit, loss_places=["block0", "block2"])
+    assert {layer.block for layer in early.loss_layers} == {0, 2}
+    assert {layer.block for layer in early.readout.layers} == set(dit.method_defaults["blocks"])

@@ -43,3 +43,35 @@ def test_settings_prints_the_memory_rows(tmp_path, capsys):
     total = sum(folder_parameters(folder).values())
     assert json.loads(rows["parameters_b"].split()[2]) == round(total / 1e9, 3)
     assert set(rows) >= {"weights_bf16_gb", "weights_int8_gb", "fits_12gb", "fits_80gb"}
+
+
+def test_settings_prints_a_methods_measured_activations_for_a_known_architecture(tmp_path, capsys):
+    """SD-1.5's published UNet config (no weights: `settings` reads configs only) picks its measured row."""
+    from promptseg.cli import main
+    from promptseg.models.footprint import method_activations
+    from promptseg.models.sd_configs import save_sd
+
+    folder = save_sd("sd15", tmp_path / "sd15", reduced=True)
+    (folder / "unet" / "config.json").write_text(json.dumps(configs("sd15")["unet"]))
+    assert main(["settings", str(folder), "--method", "fastseg"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("(memory)")}
+    measured = method_activations("sd15")
+    assert set(measured) >= {"baseline", "fastseg", "invseg", "anyword"}
+    assert f"+{measured['fastseg']['extra_gb']} GB" in rows["fastseg_activations"]
+    assert "baseline_activations" not in rows  # only the method asked for
+
+
+def test_the_packaged_activations_are_the_committed_scale_tables():
+    """`benchmarks/fits.py` writes them from `benchmarks/results/scale*.json`; neither may drift from the other."""
+    import importlib.util
+    from pathlib import Path
+
+    from promptseg.models.footprint import method_activations
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fits.py"
+    spec = importlib.util.spec_from_file_location("fits_benchmark", path)
+    fits_benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fits_benchmark)
+    table = fits_benchmark.activation_table()
+    assert {profile: method_activations(profile) for profile in table} == table
+    assert table["flux1"]["invseg"]["extra_gb"] is None and table["flux1"]["invseg"]["ratio"] > 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptseg.io import ImageLoadError, load_image, save_refer, save_result
+from promptseg.methods.batching import check_batch_size
 from promptseg.models import DEFAULT_MODEL
 from promptseg.pipeline import Pipeline, check_expression
 from promptseg.text import parse_labels
@@ -47,7 +48,8 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     once.
 
     Raises:
-        FileNotFoundError: a folder or pattern with no image in it.
+        FileNotFoundError: a pattern that matches nothing.
+        ValueError: a folder or pattern with no image in it.
     """
     from promptseg.labelling import collect_images
 
@@ -62,13 +64,12 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _each_file(paths: list[Path], work, on_progress, batch_size: int = 1, work_batch=None) -> list[FileOutcome]:
-    """Run `work(image, stem) -> outputs` on each readable file, or `work_batch([(image, stem), ...]) -> [outputs]`
-    on `batch_size` files at a time; an unreadable file gets its error and the rest go on. Each file's seconds are
-    its share of its batch's."""
+    """Run `work(image, stem) -> outputs` on each readable file, or `work_batch([(image, stem), ...]) -> [outputs or
+    an exception]` on `batch_size` files at a time; a file that cannot be read or segmented gets its error and the
+    rest go on. Each file's seconds are its share of its batch's."""
     import time
 
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if work_batch is None:
         work_batch = lambda items: [work(image, stem) for image, stem in items]  # noqa: E731
     outcomes = []
@@ -85,7 +86,10 @@ def _each_file(paths: list[Path], work, on_progress, batch_size: int = 1, work_b
             chunk.append(outcome)
         if readable:
             for (_, _, outcome), outputs in zip(readable, work_batch([(image, stem) for image, stem, _ in readable])):
-                outcome.outputs = outputs
+                if isinstance(outputs, Exception):
+                    outcome.error = f"{outcome.path}: {type(outputs).__name__}: {outputs}"
+                else:
+                    outcome.outputs = outputs
         for outcome in chunk:
             outcome.seconds = (time.perf_counter() - start) / len(chunk)
             outcomes.append(outcome)
@@ -136,11 +140,13 @@ def segment_files(
     paths = image_paths(paths)
     if not paths:
         raise ValueError("no image files given")
+    check_batch_size(batch_size)
     pipe.load()
 
     def work_batch(items):
-        results = pipe.segment_batch([image for image, _ in items], labels, prompts=prompt)
-        return [save_result(result, image, out_dir, stem) for result, (image, stem) in zip(results, items)]
+        results = pipe.segment_each([image for image, _ in items], labels, prompts=prompt)
+        return [result if isinstance(result, Exception) else save_result(result, image, out_dir, stem)
+                for result, (image, stem) in zip(results, items)]
 
     return _each_file(paths, None, on_progress, batch_size, work_batch)
 

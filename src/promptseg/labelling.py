@@ -39,6 +39,7 @@ from PIL import Image
 
 from promptseg import __version__
 from promptseg.eval.runs import Shard, atomic_write, check_run_file
+from promptseg.methods.batching import check_batch_size
 from promptseg.models import DEFAULT_MODEL
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -184,8 +185,7 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         from tqdm import tqdm
 
         bar = tqdm(total=len(mine), unit="image", desc="labelling", dynamic_ncols=True)
-    if int(run.batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {run.batch_size}")
+    check_batch_size(run.batch_size)
     for first in range(0, len(mine), int(run.batch_size)):
         chunk = mine[first:first + int(run.batch_size)]
         start = time.perf_counter()

@@ -180,53 +180,59 @@ class Pipeline:
                           refiner=self.refiner.instance)
 
     def segment_batch(self, images, labels, prompts=None) -> list[SegmentationResult]:
-        """`segment` of several images, batched where the method allows (`promptseg.methods.batching`): the VAE
-        and the method's recording forward see the images together, each image with the labels its filter kept and
-        its own prompt; the filter and the refiner run image by image. Results equal `segment` of each image to
-        float rounding.
+        """`segment` of several images, batched where the method allows (`promptseg.methods.batching`): the VAE,
+        the CLIP filter's image tower and the method's recording forward see the images together, each image with
+        the labels its filter kept and its own prompt; the refiner runs image by image. Results equal `segment` of
+        each image to float rounding.
 
         Args:
             images: PIL images or HxWx3 uint8 arrays.
-            labels: one label list for every image, or one list per image (a list of lists).
+            labels: one label list for every image, or one list per image (a list of lists: a list whose items are
+                all lists or tuples is read so, so give synonyms as "person, people", not as a list).
             prompts (*optional*): one caption for every image, or one per image (None entries allowed).
+
+        Raises:
+            ValueError: as many label lists or prompts as there are not images; bad labels (as `segment`).
         """
         if self.task != "segment":
             raise ValueError("this pipeline answers referring expressions (task='refer'): call refer()")
         images = list(images)
-        per_image = per_image_labels(labels, len(images))
-        if prompts is None or isinstance(prompts, str):
-            prompts = [prompts] * len(images)
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts for {len(images)} images: give one prompt, or one per image")
+        lists, prompts = batch_inputs(labels, prompts, len(images))
+        if not images:
+            return []
         self.load()
-        results = run_batch(self.method.instance, self.filter.instance, images, per_image, prompts,
-                            refiner=self.refiner.instance)
+        results = run_batch(self.method.instance, self.filter.instance, images, [as_labels(kept) for kept in lists],
+                            prompts, refiner=self.refiner.instance)
         note = batch_warning(self.method.name, self.method.instance) if len(images) > 1 else None
         for result in results if note else []:
             result.warnings.append(note)
         return results
 
     def segment_each(self, images, labels, prompts=None) -> list:
-        """`segment_batch`, except that an image that fails has its exception in its place: the batch is then run
-        image by image, so each error is its own image's and the others' results still come back (what `eval` and
-        `label` record)."""
+        """`segment_batch`, except that an image that fails has its exception in its place: when the batch fails
+        it is run image by image (a warning on each result says why), so each error is its own image's and the
+        others' results still come back (what `eval`, `label` and `segment` record). A method that runs one image
+        at a time is run so from the start."""
         images = list(images)
+        lists, prompts = batch_inputs(labels, prompts, len(images))
         if not images:
             return []
-        per_image = per_image_labels(labels, len(images))
-        if prompts is None or isinstance(prompts, str):
-            prompts = [prompts] * len(images)
-        if len(images) > 1:
+        self.load()
+        note = None
+        if len(images) > 1 and batches(self.method.instance):
             try:
-                return self.segment_batch(images, per_image, prompts)
-            except Exception:  # retried one by one below
-                pass
+                return self.segment_batch(images, lists, prompts)
+            except Exception as err:  # each image alone below, so an error is its own image's
+                note = f"the batch failed ({type(err).__name__}: {err}); its images ran one at a time"
         out = []
-        for image, kept, prompt in zip(images, per_image, prompts):
+        for image, kept, prompt in zip(images, lists, prompts):
             try:
-                out.append(self.segment(image, kept, prompt=prompt))
+                result = self.segment(image, kept, prompt=prompt)
             except Exception as err:
                 out.append(err)
+                continue
+            result.warnings += [note] if note else []
+            out.append(result)
         return out
 
     def attention_maps(self, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
@@ -261,19 +267,29 @@ def check_expression(expression: str) -> None:
         raise ValueError("the referring expression is empty; pass a phrase such as 'the red circle'")
 
 
-def per_image_labels(labels, count: int) -> list[list]:
-    """`count` label lists from one list for every image or a list of lists (one per image).
+def batch_inputs(labels, prompts, count: int) -> tuple[list, list]:
+    """(one label list per image, one prompt per image) for `count` images, from one label list or a list of lists
+    and one prompt (or None) or a list of prompts; the labels are not parsed yet (an image's bad list is its error).
 
     Raises:
-        ValueError: a list of lists whose length is not `count`.
+        TypeError: labels given as one string.
+        ValueError: as many label lists or prompts as there are not images.
     """
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of labels (or one list per image), not the string {labels!r}: "
+                        f"pass [{labels!r}]")
     labels = list(labels)
     if labels and all(isinstance(item, (list, tuple)) for item in labels):
         if len(labels) != count:
             raise ValueError(f"{len(labels)} label lists for {count} images: give one list for every image, or one "
                              "list per image")
-        return [as_labels(item) for item in labels]
-    return [as_labels(labels)] * count
+        lists = labels
+    else:
+        lists = [labels] * count
+    prompts = [prompts] * count if prompts is None or isinstance(prompts, str) else list(prompts)
+    if len(prompts) != count:
+        raise ValueError(f"{len(prompts)} prompts for {count} images: give one prompt, or one per image")
+    return lists, prompts
 
 
 def run_batch(method, label_filter, images, labels: list, prompts: list, refiner=None) -> list[SegmentationResult]:
@@ -400,14 +416,16 @@ def explain_settings(model: str = DEFAULT_MODEL, methods: Sequence[str] | None =
         else:
             origin = f"profile {profile.name}: {profile.sources.get(f'filters.{chosen}.{key}', '')}".rstrip(": ")
         rows.append(SettingOrigin(f"(filter {chosen})", key, value, origin))
-    return rows + memory_rows(folder, settings)
+    return rows + memory_rows(folder, settings, profile.name if profile else None, methods)
 
 
-def memory_rows(folder: Path, settings: dict) -> list[SettingOrigin]:
+def memory_rows(folder: Path, settings: dict, profile: str | None = None,
+                methods: Sequence[str] | None = None) -> list[SettingOrigin]:
     """What the model's weights take (`promptseg.models.footprint`: exact parameter counts from a diffusers folder's
-    configs, none read from the weights) and the loading option that fits each card; nothing for a folder that is
-    not a diffusers folder (a hub id not in the local cache, a single file)."""
-    from promptseg.models.footprint import denoiser_of, fits, folder_parameters, weights_gb
+    configs, none read from the weights), the loading option that fits each card, and the memory each of `methods`
+    (all by default) was measured to take on top on the `profile` architecture (`footprint.method_activations`);
+    nothing for a folder that is not a diffusers folder (a hub id not in the local cache, a single file)."""
+    from promptseg.models.footprint import denoiser_of, fits, folder_parameters, method_activations, weights_gb
 
     if not (Path(folder) / "model_index.json").is_file():
         return []
@@ -425,4 +443,11 @@ def memory_rows(folder: Path, settings: dict) -> list[SettingOrigin]:
             rows.append(SettingOrigin("(memory)", f"fits_{card}gb", option or "no",
                                       f"the first of bf16, --quantize int8, --offload model (+ int8), --offload "
                                       f"sequential whose resident weights take at most 90% of {card} GB"))
+    for method, cell in sorted(method_activations(profile or "").items()):
+        if methods is None or method in methods:
+            value = (f"x{cell['ratio']}" if cell["extra_gb"] is None else f"+{cell['extra_gb']} GB")
+            rows.append(SettingOrigin("(memory)", f"{method}_activations", value,
+                                      f"measured on {profile}'s architecture: peak over weights and one forward at "
+                                      f"the native size, fp32 on a CPU, x the reference where the width was reduced "
+                                      f"({cell['source']})"))
     return rows

@@ -6,6 +6,8 @@ for K labels is (B, N, K). Score maps are (B, K, h, w).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -57,8 +59,10 @@ def resize_self_attention(attn: torch.Tensor, grid: tuple[int, int], target: tup
     return out / out.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+@lru_cache(maxsize=16)
 def upsampling_matrix(grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
-    """(N, n): `resize_maps` from `grid` (n pixels) to `target` (N pixels) as a matrix (it is linear)."""
+    """(N, n): `resize_maps` from `grid` (n pixels) to `target` (N pixels) as a matrix (it is linear); cached, so
+    never modify it."""
     n = grid[0] * grid[1]
     return resize_maps(torch.eye(n).reshape(n, 1, *grid), target).reshape(n, -1).T.contiguous()
 
@@ -72,7 +76,7 @@ class ResizedAttention:
     def __init__(self, attn, grid: tuple[int, int], target: tuple[int, int]):
         # a lazy coarse grid is formed (n x n, small beside the target's N x N), as `resize_self_attention` forms it
         attn = attn.dense() if isinstance(attn, SelfAttention) else attn
-        self.attn, self.up, self.rows = attn, upsampling_matrix(grid, target), None
+        self.attn, self.up, self.rows = attn, upsampling_matrix(tuple(grid), tuple(target)), None
 
     def matmul(self, values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) -> (B, N, K)."""

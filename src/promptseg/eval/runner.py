@@ -27,6 +27,7 @@ from promptseg import __version__
 from promptseg.data import get_dataset
 from promptseg.eval.metrics import confusion, scores
 from promptseg.eval.runs import Shard, atomic_write, check_run_file
+from promptseg.methods.batching import check_batch_size
 from promptseg.models import DEFAULT_MODEL
 from promptseg.text import parse_labels
 
@@ -181,8 +182,7 @@ def evaluate(run: EvalRun, progress: bool = True, backbone=None) -> dict | None:
         bar = tqdm(total=len(mine), unit="image", desc=f"{run.method} on {run.dataset}", dynamic_ncols=True)
     vis_dir = out / "vis"
     failures = []
-    if int(run.batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {run.batch_size}")
+    check_batch_size(run.batch_size)
     for first in range(0, len(mine), int(run.batch_size)):
         chunk = []  # (index, sample, class ids) of the images not done yet
         records = {}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from promptseg.diffusion.attention import attention_pass, plan_attention
-from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels, to_pil
+from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -29,7 +29,7 @@ from promptseg.diffusion.readout import (
     weighted_sum,
 )
 from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, finish, register_method
-from promptseg.methods.batching import padded_label_scores, timing_share
+from promptseg.methods.batching import padded_label_scores, prepare_noised, timing_share
 from promptseg.text import append_to_fit, build_prompt, label_scores, span_positions, split_to_fit
 
 
@@ -183,12 +183,7 @@ class Baseline:
     def prepare_many(self, images) -> list[PreparedImage]:
         """`prepare` of each image, the VAE seeing them in chunks; each image's noise is its own seeded draw, as
         `prepare` makes it."""
-        start = time.perf_counter()
-        prepared = prepare_batch(self.backbone, images)
-        for item in prepared:
-            item.extra["noisy"], _ = noised_latents(self.backbone, item.latents, self.config.timestep, self.config.seed)
-            item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
-        return prepared
+        return prepare_noised(self.backbone, images, self.config.timestep, self.config.seed)
 
     def segment_many(self, prepared: list[PreparedImage], labels: list, captions: list) -> list[SegmentationResult]:
         """`segment` of several images: those whose labels fit one prompt share one UNet forward, each conditioned

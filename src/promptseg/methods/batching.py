@@ -15,10 +15,18 @@ Results equal one image at a time to float rounding (`tests/test_batching.py`).
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
 from promptseg.text import label_scores
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raise a ValueError for a batch size below 1 (before any model loads)."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def batches(method) -> bool:
@@ -33,6 +41,22 @@ def batch_warning(name: str, method) -> str | None:
         return None
     reason = getattr(method, "one_at_a_time", "its settings need several passes per image")
     return f"{name} runs one image at a time ({reason}): a batch size changes nothing for it"
+
+
+def prepare_noised(backbone, images, timestep: int, seed: int) -> list:
+    """`prepare_batch` of the images (the VAE seeing them in chunks), each then noised to `timestep` by its own
+    seeded draw (`extra["noisy"]`), as the one-pass methods' `prepare` does for one image; each image's "prepare"
+    time is its share."""
+    from promptseg.diffusion.encode import prepare_batch
+    from promptseg.diffusion.noise import noised_latents
+
+    start = time.perf_counter()
+    prepared = prepare_batch(backbone, images)
+    for item in prepared:
+        item.extra["noisy"], _ = noised_latents(backbone, item.latents, timestep, seed)
+    for item in prepared:
+        item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
+    return prepared
 
 
 def padded_label_scores(cross: torch.Tensor, positions: list) -> torch.Tensor:

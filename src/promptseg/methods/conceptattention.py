@@ -32,11 +32,10 @@ import torch
 
 from promptseg.diffusion.capture import run_until_captured
 from promptseg.diffusion.concepts import NORMALIZATIONS, ConceptStream
-from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels
-from promptseg.diffusion.noise import noised_latents
+from promptseg.diffusion.encode import PreparedImage
 from promptseg.diffusion.readout import minmax, tokens_to_maps
 from promptseg.methods.base import BACKGROUND, SegmentationResult, as_labels, finish, register_method
-from promptseg.methods.batching import timing_share
+from promptseg.methods.batching import prepare_noised, timing_share
 from promptseg.text import Label, build_prompt, label_scores, split_to_fit
 
 
@@ -114,16 +113,11 @@ class ConceptAttention:
 
     def prepare(self, image) -> PreparedImage:
         """Encode `image` and noise it to `timestep`."""
-        return self.prepare_many([image], single=True)[0]
+        return self.prepare_many([image])[0]
 
-    def prepare_many(self, images, single: bool = False) -> list[PreparedImage]:
+    def prepare_many(self, images) -> list[PreparedImage]:
         """`prepare` of each image, the VAE seeing them in chunks; each image's noise is its own seeded draw."""
-        start = time.perf_counter()
-        prepared = [prepare_pixels(self.backbone, images[0])] if single else prepare_batch(self.backbone, images)
-        for item in prepared:
-            item.extra["noisy"], _ = noised_latents(self.backbone, item.latents, self.config.timestep, self.config.seed)
-            item.timings["prepare"] = (time.perf_counter() - start) / len(prepared)
-        return prepared
+        return prepare_noised(self.backbone, images, self.config.timestep, self.config.seed)
 
     def labels_prompt(self, labels: list[Label]) -> str:
         """The prompt that conditions the pass when no caption is given: the labels in `template` (as many as fit

@@ -29,7 +29,7 @@ import torch
 
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, lazy_tokens_for, run_until_captured
-from promptseg.diffusion.encode import PreparedImage, prepare_batch, prepare_pixels
+from promptseg.diffusion.encode import PreparedImage, prepare_batch
 from promptseg.diffusion.noise import ddim_invert_step
 from promptseg.diffusion.readout import hierarchical_refine, tokens_to_maps, weighted_sum
 from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
@@ -100,18 +100,22 @@ class FastSeg:
 
     def prepare(self, image) -> PreparedImage:
         """VAE-encode the image; with `flip`, add its horizontal flip (encoded, or its latents flipped)."""
-        return self.prepare_many([image], single=True)[0]
+        return self.prepare_many([image])[0]
 
-    def prepare_many(self, images, single: bool = False) -> list[PreparedImage]:
-        """`prepare` of each image, the VAE seeing the images (then their flips) in chunks."""
+    def prepare_many(self, images, chunk: int = 8) -> list[PreparedImage]:
+        """`prepare` of each image, the VAE seeing the images, then their flips, `chunk` at a time."""
         start = time.perf_counter()
-        prepared = [prepare_pixels(self.backbone, images[0])] if single else prepare_batch(self.backbone, images)
+        prepared = prepare_batch(self.backbone, images, chunk)
         if self.config.flip:
-            if self.config.flip_from == "latents":
-                flipped = [item.latents.flip(-1) for item in prepared]
-            else:
-                with torch.no_grad():
-                    flipped = self.backbone.encode_image(torch.cat([item.pixels.flip(-1) for item in prepared])).split(1)
+            flipped = []
+            for first in range(0, len(prepared), chunk):
+                part = prepared[first:first + chunk]
+                if self.config.flip_from == "latents":
+                    flipped += [item.latents.flip(-1) for item in part]
+                else:
+                    with torch.no_grad():
+                        pixels = torch.cat([item.pixels.flip(-1) for item in part])
+                        flipped += list(self.backbone.encode_image(pixels).split(1))
             for item, view in zip(prepared, flipped):
                 item.latents = torch.cat([item.latents, view])
         for item in prepared:

@@ -97,3 +97,13 @@ def fits(params: dict[str, int], denoiser: str) -> dict[int, str | None]:
 def denoiser_of(params: dict[str, int]) -> str | None:
     """The denoiser's component name ("unet" or "transformer") among `params`."""
     return next((name for name in DENOISERS if name in params), None)
+
+
+def method_activations(profile: str) -> dict[str, dict]:
+    """{method: {"extra_gb", "ratio", "source"}} measured for architecture `profile` ("sd15", "sdxl", "sd3-medium",
+    "flux1"; {} for others): each method's peak memory over the weights-and-one-forward reference at the native
+    size, fp32 on a CPU (`benchmarks/fits.py` writes it from the committed scale tables; `extra_gb` None where the
+    table's model was reduced in width, FLUX.1's)."""
+    path = Path(__file__).parent / "activations.json"
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    return table.get("flux1" if profile == "flux1-schnell" else profile, {})

@@ -16,7 +16,8 @@ single-stream blocks) keeps its own processor too: a `JointRecordingProcessor` r
 image keys and text keys from hooks on `to_q`, `to_k` and `add_k_proj` (a single-stream block: `to_q`/`to_k` over
 [text; image], split at the text length), normed and rotated (FLUX's rotary embedding) as the processor does. The "cross" record is the image-to-text block of
 the joint softmax (over image and text keys together: Seg4Diff's I2T attention, `SOFTMAX: True` in its eval
-config), or with `cross_readout="text"` the softmax over the text keys alone (the attention the image would pay
+config; the softmax over the text keys scaled by the text's share of the joint softmax, which one fused attention
+call gives, `text_share`, so no image-to-image matrix is formed for it), or with `cross_readout="text"` the softmax over the text keys alone (the attention the image would pay
 the text if it saw nothing else, a UNet's cross-attention), or with `cross_readout="output"` the dot product of the
 image and text tokens' attention *outputs*, softmaxed over the text tokens (ConceptAttention's output space, with
 the prompt's own tokens as concepts); the transformer's `promptseg_cross_readout` attribute chooses (the MMDiT
@@ -273,8 +274,8 @@ class JointRecordingProcessor:
         return (image_out @ text_out.transpose(1, 2)).softmax(dim=-1)
 
     def _cross(self, query, key, text_key, scale, window: int = 1) -> torch.Tensor:
-        """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys; the
-        joint normaliser is summed in chunks of heads, so no (B * heads, N, N) matrix is held at once. `window`:
+        """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys (the text
+        softmax times the text's share of the joint one, `text_share`: no (B * heads, N, N) matrix). `window`:
         how many image keys each of `key` stands for (pooled keys: the joint softmax shares its mass between the
         text and the image as if each pooled key were repeated over its window)."""
         text_logits = query @ text_key.transpose(1, 2) * scale
@@ -289,7 +290,7 @@ def text_share(query: torch.Tensor, key: torch.Tensor, text_key: torch.Tensor, s
     """(B * heads, N): the share of each image query's joint softmax (over the image keys `key` and the text keys
     `text_key`) that falls on the text: fused attention whose values are 1 on the text keys and 0 on the image
     keys (padded to the head width, which the fused kernels need). The same number as the explicit normalisers'
-    ratio (`tests/test_peer_oracle.py`), at the cost of one attention call, where forming q k^T over the image keys
+    ratio (`tests/test_capture.py`, `tests/test_peer_oracle.py`), at the cost of one attention call, where forming q k^T over the image keys
     cost 3x the block's own attention on FLUX.1's 4096 image tokens; differentiable. `window`: how many image keys
     each of `key` stands for (pooled keys: each weighs as `window` equal keys, a log(window) logit bias)."""
     n = key.shape[-2]

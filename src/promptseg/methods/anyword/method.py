@@ -51,6 +51,13 @@ class Anyword:
                     "with `--set sam=null` (then the attention regions are the masks: `sam_prompt` is unused and "
                     "`proposals` must be 'attention')"
                 ) from err
+        if c.linguistic:  # the parser loads with the method, not in the first image's call (none installed: no parse)
+            from promptseg.text.language import load_parser
+
+            try:
+                load_parser()
+            except ImportError:
+                pass
 
     def prepare(self, image) -> PreparedImage:
         """Encode `image` (PIL or HxWx3 uint8); keeps the RGB image for SAM."""

@@ -90,6 +90,11 @@ class InvSegConfig:
     """Self-attention resolutions of the final maps (the baseline's)."""
     places: tuple[str, ...] = ("down", "mid", "up")
     """UNet parts whose attention layers are read."""
+    loss_places: tuple[str, ...] | None = None
+    """The places whose layers feed the loss, where they differ from `places` (the final read-out's): on a
+    transformer, blocks ("block0", ...) that end the optimisation's forward early (`stop_forward_early`); None: the
+    same as `places`. Not a default anywhere: on `shapes-dit` val (its SAM refiner after) the first half of the read
+    blocks cost 38% less time and 2.9 mIoU (70.6 against 73.5, `benchmarks/results/transformer_costs.md`)."""
     template: str = "a photograph of {}"
     """Prompt template; `{}` becomes the labels joined by `joiner`."""
     joiner: str = " and "
@@ -158,7 +163,7 @@ class InvSeg:
                 seed=c.seed,
             ),
         )
-        plan = plan_attention(backbone, c.loss_cross_weights, c.loss_self_weights, c.places)
+        plan = plan_attention(backbone, c.loss_cross_weights, c.loss_self_weights, c.loss_places or c.places)
         self.loss_cross, self.loss_self, self.loss_grid, self.loss_layers = plan.cross, plan.self, plan.target, plan.layers
         self.pool_grid = self._transformer_loss_grid()
         if self.pool_grid is not None:  # the loss's coarse grid, read by pooling the blocks' image tokens
