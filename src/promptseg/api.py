@@ -44,14 +44,14 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given (one that cannot be read is reported beside the others' outputs), folders walked recursively
-    and glob patterns expanded as `promptseg label` does (`promptseg.labelling.collect_images`), in order, each
+    and glob patterns expanded as `promptseg label` does (`promptseg.io.files.collect_images`), in order, each
     once.
 
     Raises:
         FileNotFoundError: a pattern that matches nothing.
         ValueError: a folder or pattern with no image in it.
     """
-    from promptseg.labelling import collect_images
+    from promptseg.io.files import collect_images
 
     out = []
     for item in inputs:

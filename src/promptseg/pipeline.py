@@ -198,6 +198,7 @@ class Pipeline:
             raise ValueError("this pipeline answers referring expressions (task='refer'): call refer()")
         images = list(images)
         lists, prompts = batch_inputs(labels, prompts, len(images))
+        self._check_prompts(prompts)
         if not images:
             return []
         self.load()
@@ -215,6 +216,7 @@ class Pipeline:
         at a time is run so from the start."""
         images = list(images)
         lists, prompts = batch_inputs(labels, prompts, len(images))
+        self._check_prompts(prompts)
         if not images:
             return []
         self.load()
@@ -234,6 +236,12 @@ class Pipeline:
             result.warnings += [note] if note else []
             out.append(result)
         return out
+
+    def _check_prompts(self, prompts: list) -> None:
+        """Raise a ValueError (before anything runs) when prompts are given to a method that builds its own
+        (`takes_prompt = False`: InvSeg, Segment Anyword, DPSeg): the call is wrong for every image, not one."""
+        if any(p is not None for p in prompts) and not getattr(METHODS.get(self.method.name)[0], "takes_prompt", True):
+            raise ValueError(f"{self.method.name} builds its prompt from the labels; it takes no prompt or caption")
 
     def attention_maps(self, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
                        seed: int = 0):
