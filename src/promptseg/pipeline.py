@@ -196,12 +196,9 @@ class Pipeline:
         """
         if self.task != "segment":
             raise ValueError("this pipeline answers referring expressions (task='refer'): call refer()")
-        images = list(images)
-        lists, prompts = batch_inputs(labels, prompts, len(images))
-        self._check_prompts(prompts)
+        images, lists, prompts = self._batch_inputs(images, labels, prompts)
         if not images:
             return []
-        self.load()
         results = run_batch(self.method.instance, self.filter.instance, images, [as_labels(kept) for kept in lists],
                             prompts, refiner=self.refiner.instance)
         note = batch_warning(self.method.name, self.method.instance) if len(images) > 1 else None
@@ -214,12 +211,9 @@ class Pipeline:
         it is run image by image (a warning on each result says why), so each error is its own image's and the
         others' results still come back (what `eval`, `label` and `segment` record). A method that runs one image
         at a time is run so from the start."""
-        images = list(images)
-        lists, prompts = batch_inputs(labels, prompts, len(images))
-        self._check_prompts(prompts)
+        images, lists, prompts = self._batch_inputs(images, labels, prompts)
         if not images:
             return []
-        self.load()
         note = None
         if len(images) > 1 and batches(self.method.instance):
             try:
@@ -237,11 +231,17 @@ class Pipeline:
             out.append(result)
         return out
 
-    def _check_prompts(self, prompts: list) -> None:
-        """Raise a ValueError (before anything runs) when prompts are given to a method that builds its own
-        (`takes_prompt = False`: InvSeg, Segment Anyword, DPSeg): the call is wrong for every image, not one."""
+    def _batch_inputs(self, images, labels, prompts) -> tuple[list, list, list]:
+        """(images, one label list per image, one prompt per image), checked (`batch_inputs`; prompts given to a
+        method that builds its own, `takes_prompt = False`, are refused for the whole call before anything runs);
+        the pipeline loaded when there are images."""
+        images = list(images)
+        lists, prompts = batch_inputs(labels, prompts, len(images))
         if any(p is not None for p in prompts) and not getattr(METHODS.get(self.method.name)[0], "takes_prompt", True):
             raise ValueError(f"{self.method.name} builds its prompt from the labels; it takes no prompt or caption")
+        if images:
+            self.load()
+        return images, lists, prompts
 
     def attention_maps(self, image, words, *, places=None, timestep: int | None = None, per_layer: bool = False,
                        seed: int = 0):
