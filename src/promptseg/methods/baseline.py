@@ -29,7 +29,7 @@ from promptseg.diffusion.readout import (
     weighted_sum,
 )
 from promptseg.methods.base import ReferResult, SegmentationResult, as_labels, finish, register_method
-from promptseg.methods.batching import padded_label_scores, prepare_noised, timing_share
+from promptseg.methods.batching import padded_label_scores, prepare_noised, shared_rows, timing_share
 from promptseg.text import append_to_fit, build_prompt, label_scores, span_positions, split_to_fit
 
 
@@ -190,16 +190,9 @@ class Baseline:
         on its own prompt (its labels, its caption); any other image runs alone."""
         c, tokenizer = self.config, self.backbone.tokenizer
         labels = [as_labels(kept) for kept in labels]
-        out: list[SegmentationResult | None] = [None] * len(prepared)
-        together = []
-        for i, kept in enumerate(labels):
-            if len(split_to_fit(tokenizer, kept, c.template, c.joiner)) == 1:
-                together.append(i)
-            else:
-                out[i] = self.segment(prepared[i], kept, caption=captions[i])
-        if len(together) < 2:
-            for i in together:
-                out[i] = self.segment(prepared[i], labels[i], caption=captions[i])
+        out, together = shared_rows(self, prepared, labels, captions,
+                                    lambda i: len(split_to_fit(tokenizer, labels[i], c.template, c.joiner)) == 1)
+        if not together:
             return out
         start = time.perf_counter()
         tokens = [build_prompt(tokenizer, labels[i], c.template, c.joiner) for i in together]

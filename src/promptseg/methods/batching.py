@@ -59,6 +59,16 @@ def prepare_noised(backbone, images, timestep: int, seed: int) -> list:
     return prepared
 
 
+def shared_rows(method, prepared: list, labels: list, captions: list, fits) -> tuple[list, list[int]]:
+    """(results, rows): the images for which `fits(i)` is False (several passes of their own) already segmented
+    alone by `method.segment`, and the rows of the others, which share one forward (none when fewer than two)."""
+    rows = [i for i in range(len(prepared)) if fits(i)]
+    rows = rows if len(rows) > 1 else []
+    out = [None if i in rows else method.segment(prepared[i], labels[i], caption=captions[i])
+           for i in range(len(prepared))]
+    return out, rows
+
+
 def padded_label_scores(cross: torch.Tensor, positions: list) -> torch.Tensor:
     """(B, N, T) token maps of B images, each with its own prompt's label positions -> (B, N, K) label maps, K the
     most labels of any image, the others' missing labels zero-filled (every reader treats label columns apart, so

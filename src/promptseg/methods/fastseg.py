@@ -33,7 +33,7 @@ from promptseg.diffusion.encode import PreparedImage, prepare_batch
 from promptseg.diffusion.noise import ddim_invert_step
 from promptseg.diffusion.readout import hierarchical_refine, tokens_to_maps, weighted_sum
 from promptseg.methods.base import SegmentationResult, as_labels, finish, register_method
-from promptseg.methods.batching import padded_label_scores, timing_share
+from promptseg.methods.batching import padded_label_scores, shared_rows, timing_share
 from promptseg.text import build_prompt, fit_words, label_scores, split_to_fit
 
 
@@ -230,12 +230,9 @@ class FastSeg:
         c, tokenizer, reusable = self.config, self.backbone.tokenizer, self.backbone.text_keys_reusable
         labels = [as_labels(kept) for kept in labels]
         templates = [c.class_template if reusable else self.joint_template(caption) for caption in captions]
-        together = [i for i, kept in enumerate(labels) if len(split_to_fit(tokenizer, kept, templates[i], c.joiner)) == 1]
-        out: list[SegmentationResult | None] = [None] * len(prepared)
-        for i in range(len(prepared)):
-            if i not in together or len(together) < 2:
-                out[i] = self.segment(prepared[i], labels[i], caption=captions[i])
-        if len(together) < 2:
+        out, together = shared_rows(self, prepared, labels, captions,
+                                    lambda i: len(split_to_fit(tokenizer, labels[i], templates[i], c.joiner)) == 1)
+        if not together:
             return out
         start = time.perf_counter()
         latents = torch.cat([prepared[i].latents for i in together])
