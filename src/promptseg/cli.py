@@ -117,6 +117,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         refine_settings=_settings(args.refine_settings), min_area=args.min_area, device=args.device, dtype=args.dtype,
         offload=args.offload, quantize=args.quantize,
         allow_pickle=args.allow_pickle, shared_synonyms=args.labels_file is not None, batch_size=args.batch_size,
+        formats=tuple(dict.fromkeys(f.strip() for f in args.format.split(",") if f.strip())),
+        polygons=args.polygons, val_fraction=args.val_fraction,
     ))
     if summary is not None:
         for item in summary["skipped"]:
@@ -126,7 +128,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{name} {n}" for name, n in summary["per_category"].items())
         print(f"labelled {summary['images']} image(s), skipped {len(summary['skipped'])}, failed "
               f"{len(summary['failed'])}; {summary['annotations']} annotation(s): {counts}; "
-              f"{summary['seconds_per_image']:.2f} s/image -> {summary['out']}/annotations.json")
+              f"{summary['seconds_per_image']:.2f} s/image -> {', '.join(summary['written'].values())}")
         if summary["failed"]:
             print("rerun the same command to try the failed images again", file=sys.stderr)
             return 1
@@ -262,13 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_args(seg)
     seg.set_defaults(func=cmd_segment)
 
-    lab = sub.add_parser("label", help="label images into a COCO dataset (resumable; shard with accelerate launch)")
+    lab = sub.add_parser("label", help="label images into a dataset: COCO, YOLO-seg, masks, VOC (resumable; shard "
+                         "with accelerate launch)")
     lab.add_argument("images", nargs="+", help="image files, folders (walked recursively) or glob patterns")
     lab.add_argument("--labels", help='classes, comma-separated; "|" joins synonyms of one class')
     lab.add_argument("--labels-file", help="file with one class a line, commas separating synonyms")
     lab.add_argument("--out", default="dataset", help="dataset folder (rerun with the same one to resume)")
     lab.add_argument("--min-area", type=int, default=16,
                      help="smallest region, in pixels, that gets an annotation (default 16)")
+    lab.add_argument("--format", default="coco",
+                     help="layouts to write, comma-separated: coco (annotations.json), yolo-seg (yolo/), masks "
+                          "(masks/: a palette PNG and a binary PNG per class), voc (voc/); default coco")
+    lab.add_argument("--polygons", action="store_true", help="COCO segmentations as polygons instead of RLE")
+    lab.add_argument("--val-fraction", type=float, default=0.2,
+                     help="share of images held out as val in the yolo-seg and voc layouts (default 0.2; 0: none)")
     lab.add_argument("--prompt", "--caption", dest="prompt", default=None, help="as for segment")
     _model_args(lab)
     _filter_args(lab, "the one the model recommends")

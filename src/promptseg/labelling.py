@@ -39,6 +39,7 @@ from PIL import Image
 from promptseg import __version__
 from promptseg.eval.runs import Shard, atomic_write, check_run_file
 from promptseg.io.files import collect_images
+from promptseg.io.layouts import FORMATS, VOC_MAX_CATEGORIES, val_split
 from promptseg.methods.batching import check_batch_size
 from promptseg.models import DEFAULT_MODEL
 
@@ -99,6 +100,15 @@ class LabelRun:
     """"int8": the denoiser's weights in int8 (`promptseg.models.quantize`)."""
     batch_size: int = 1
     """Images segmented together (`Pipeline.segment_batch`); the labels equal one image at a time's."""
+    formats: tuple[str, ...] = ("coco",)
+    """Layouts written (`promptseg.io.layouts`): "coco" (annotations.json), "yolo-seg" (yolo/), "masks" (masks/),
+    "voc" (voc/). All are made from the same per-image records, so a rerun with other formats labels nothing
+    again."""
+    polygons: bool = False
+    """COCO segmentations as polygons (a polygon per part, holes joined in) instead of compressed RLE."""
+    val_fraction: float = 0.2
+    """Share of the images held out as val in the YOLO and VOC layouts (autodistill's and Roboflow's 0.2; 0: all
+    train)."""
 
 
 def _setup(run: LabelRun, backbone=None):
@@ -109,7 +119,14 @@ def _setup(run: LabelRun, backbone=None):
 
     if int(run.min_area) < 0:
         raise ValueError(f"min_area must be >= 0 pixels, got {run.min_area}")
+    unknown = [f for f in run.formats if f not in FORMATS]
+    if unknown or not run.formats:
+        raise ValueError(f"unknown dataset format(s) {unknown or list(run.formats)}: choose from {', '.join(FORMATS)}")
+    val_split([], run.val_fraction)  # checks the fraction
     labels = parse_labels(run.vocabulary, shared_synonyms=run.shared_synonyms)
+    if "voc" in run.formats and len(labels) > VOC_MAX_CATEGORIES:
+        raise ValueError(f"VOC's class PNGs hold at most {VOC_MAX_CATEGORIES} categories, this vocabulary has "
+                         f"{len(labels)}: choose --format masks, coco or yolo-seg")
     pipe = Pipeline(run.model, run.method, settings=run.settings, filter=run.filter, filter_settings=run.filter_settings,
                     refine=run.refine, refine_settings=run.refine_settings, device=run.device, dtype=run.dtype,
                     allow_pickle=run.allow_pickle, backbone=backbone, offload=run.offload,
@@ -130,7 +147,7 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
         FileNotFoundError: an input that does not exist.
     """
     from promptseg.io import ImageLoadError, load_image
-    from promptseg.io.coco import assemble, image_annotations, semantic_map
+    from promptseg.io.coco import image_annotations, semantic_map
 
     pipe, labels, categories, signature = _setup(run, backbone)
     root, files = collect_images(run.inputs)
@@ -182,7 +199,7 @@ def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | 
     shard.barrier()
     if not shard.is_main:
         return None
-    return _merge(out, root, relative, categories, signature, assemble)
+    return _merge(out, root, relative, categories, signature, run)
 
 
 def _to_do(path: Path) -> bool:
@@ -190,10 +207,13 @@ def _to_do(path: Path) -> bool:
     return not path.exists() or "failed" in json.loads(path.read_text())
 
 
-def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], signature: dict, assemble) -> dict:
-    """Write annotations.json, classes.txt, skipped.json and failed.json from the records of `relative`; the
+def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], signature: dict, run: LabelRun) -> dict:
+    """Write classes.txt, skipped.json, failed.json and each of `run.formats` from the records of `relative`; the
     summary."""
-    images, annotations, skipped, failed = [], [], [], []
+    from promptseg.io import layouts
+    from promptseg.io.coco import assemble
+
+    images, annotations, skipped, failed, entries = [], [], [], [], []
     seconds = 0.0
     for name in relative:
         record = json.loads(_record_path(out, name).read_text())
@@ -207,10 +227,26 @@ def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], s
         images.append({"file_name": name, "width": record["width"], "height": record["height"],
                        "semantic_file": record["semantic_file"]})
         annotations.append(record["annotations"])
+        entries.append(record)
     info = {"description": f"labelled by promptseg {__version__} ({signature['method']} on {signature['model']})",
             "root": str(root), "promptseg": signature}
+    if run.polygons:
+        annotations = [[layouts.coco_polygons(a) for a in found] for found in annotations]
     dataset = assemble(images, annotations, categories, info)
-    atomic_write(out / "annotations.json", json.dumps(dataset))
+    written = {}
+    if "coco" in run.formats:
+        atomic_write(out / "annotations.json", json.dumps(dataset))
+        written["coco"] = str(out / "annotations.json")
+    val = layouts.val_split(relative, run.val_fraction)
+    if "yolo-seg" in run.formats:
+        layouts.write_yolo(out / "yolo", root, entries, categories, val)
+        written["yolo-seg"] = str(out / "yolo" / "data.yaml")
+    if "voc" in run.formats:
+        layouts.write_voc(out / "voc", root, entries, categories, val, out)
+        written["voc"] = str(out / "voc")
+    if "masks" in run.formats:
+        layouts.write_masks(out / "masks", out, entries, categories)
+        written["masks"] = str(out / "masks")
     atomic_write(out / "classes.txt", "\n".join(["background"] + [c["name"] for c in categories]) + "\n")
     atomic_write(out / "skipped.json", json.dumps(skipped, indent=1))
     atomic_write(out / "failed.json", json.dumps(failed, indent=1))
@@ -223,4 +259,5 @@ def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], s
         "per_category": {c["name"]: per_category.get(c["id"], 0) for c in categories},
         "seconds_per_image": seconds / max(len(relative), 1),
         "out": str(out),
+        "written": written,
     }
