@@ -179,6 +179,18 @@ class Pipeline:
         return run_stages(self.method.instance, self.filter.instance, image, labels, prompt=prompt,
                           refiner=self.refiner.instance)
 
+    def predict(self, image, labels, prompt: str | None = None, min_area: int = 1):
+        """`segment`, as `supervision.Detections` (`promptseg.integrations.supervision.to_detections`): a detection
+        per region of a thing class, one per stuff class; `class_id` indexes `labels` as given. Needs the extra
+        `supervision`."""
+        from promptseg.integrations import require
+        from promptseg.integrations.supervision import to_detections
+        from promptseg.text import parse_labels
+
+        require("supervision", "supervision", "Pipeline.predict")  # before the model runs
+        classes = [label.name for label in parse_labels(labels)]
+        return to_detections(self.segment(image, labels, prompt), classes=classes, min_area=min_area)
+
     def segment_batch(self, images, labels, prompts=None) -> list[SegmentationResult]:
         """`segment` of several images, batched where the method allows (`promptseg.methods.batching`): the VAE,
         the CLIP filter's image tower and the method's recording forward see the images together, each image with

@@ -41,11 +41,12 @@ def semantic_map(result, categories: list[dict]) -> np.ndarray:
     return lut[result.label_map]
 
 
-def image_annotations(result, categories: list[dict], min_area: int = 0) -> list[dict]:
-    """The annotations of one image (without `id` and `image_id`), by category id, then region size (largest
-    first). Regions smaller than `min_area` pixels are left out."""
+def instances(result, categories: list[dict], min_area: int = 0):
+    """The instances of one result, by category id, then region size (largest first): (category, (x0, y0, x1, y1)
+    box with exclusive ends, HxW bool mask, score = the category's mean score over the mask). A thing category
+    gives one per connected region, a stuff category one (the union); regions under `min_area` pixels are left
+    out."""
     index = {name: i for i, name in enumerate(result.labels)}
-    out = []
     for category in categories:
         k = index.get(category["name"])
         if k is None:
@@ -55,15 +56,22 @@ def image_annotations(result, categories: list[dict], min_area: int = 0) -> list
             found = [(bounding_box(mask), mask)] if mask.sum() >= max(min_area, 1) else []
         else:
             found = regions(mask, max(min_area, 1))
-        for (x0, y0, x1, y1), region in found:
-            out.append({
-                "category_id": category["id"],
-                "segmentation": encode_rle(region),
-                "area": int(region.sum()),
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                "iscrowd": 0,
-                "score": round(float(result.scores[k][region].mean()), 5),
-            })
+        for box, region in found:
+            yield category, box, region, float(result.scores[k][region].mean())
+
+
+def image_annotations(result, categories: list[dict], min_area: int = 0) -> list[dict]:
+    """The annotations of one image (without `id` and `image_id`), in the order of `instances`."""
+    out = []
+    for category, (x0, y0, x1, y1), region, score in instances(result, categories, min_area):
+        out.append({
+            "category_id": category["id"],
+            "segmentation": encode_rle(region),
+            "area": int(region.sum()),
+            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+            "iscrowd": 0,
+            "score": round(score, 5),
+        })
     return out
 
 
