@@ -245,6 +245,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_labelstudio(args: argparse.Namespace) -> int:
+    from promptseg.integrations.labelstudio import serve
+
+    serve(args.model, args.method, host=args.host, port=args.port, settings=_settings(args.settings),
+          filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
+          refine_settings=_settings(args.refine_settings), device=args.device, dtype=args.dtype, offload=args.offload,
+          quantize=args.quantize, allow_pickle=args.allow_pickle)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptseg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=7860)
     _loading_args(demo)
     demo.set_defaults(func=cmd_demo)
+    serve = sub.add_parser("serve", help="serve promptseg to a labelling tool (label-studio)")
+    tools = serve.add_subparsers(dest="tool", required=True)
+    studio = tools.add_parser("label-studio", help="a Label Studio ML backend: brush-label or polygon pre-annotations "
+                              "in the project's classes (the 'labelstudio' extra)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for Label Studio in Docker)")
+    studio.add_argument("--port", type=int, default=9090, help="port (default 9090, label-studio-ml's)")
+    _model_args(studio)
+    _filter_args(studio, "the one the model recommends")
+    _refine_args(studio)
+    studio.set_defaults(func=cmd_serve_labelstudio)
     filters = sub.add_parser("filters", help="list the registered class filters")
     filters.set_defaults(func=_listing("filters"))
     refiners = sub.add_parser("refiners", help="list the registered refiners")
