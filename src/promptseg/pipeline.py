@@ -123,6 +123,21 @@ class Pipeline:
         self.filter = Stage(*self._resolve(FILTERS, recommended, filter, filter_settings, "filter", "filters"))
         self.refiner = Stage(*self._resolve(REFINERS, recommended, refine, refine_settings, "refine", "refiners"))
 
+    @classmethod
+    def from_pipe(cls, pipe, method: str = "baseline", *, settings_from: str | None = None, **kwargs) -> Pipeline:
+        """A pipeline on a diffusers pipeline already loaded (StableDiffusion / SDXL / SD3 / FLUX.1): its components,
+        device and dtype, nothing loaded twice (`promptseg.models.from_pipe`). The settings are those of
+        `pipe.name_or_path` (or `settings_from`: a folder, hub id or bundled name); `kwargs` as for `Pipeline`
+        (settings, filter, refine, ...; not device, dtype, offload or quantize, which the pipeline already fixed)."""
+        from promptseg.models.from_pipe import backbone_from_pipe
+
+        fixed = sorted(set(kwargs) & {"device", "dtype", "offload", "quantize", "backbone", "allow_pickle"})
+        if fixed:
+            raise ValueError(f"from_pipe takes the loaded pipeline as it is; {fixed} cannot be set here: move or "
+                             "quantize the diffusers pipeline itself (pipe.to(...), its enable_*_offload)")
+        backbone = backbone_from_pipe(pipe, settings_from)
+        return cls(backbone.name, method, backbone=backbone, **kwargs)
+
     @staticmethod
     def _resolve(registry, recommended: dict, name, overrides, choice_key: str, settings_key: str):
         chosen, settings = registry.resolve(recommended, name, overrides or {}, choice_key, settings_key)
