@@ -198,8 +198,8 @@ class Pipeline:
         """`segment`, as `supervision.Detections` (`promptseg.integrations.supervision.to_detections`): a detection
         per region of a thing class, one per stuff class; `class_id` indexes `labels` as given. Needs the extra
         `supervision`."""
-        from promptseg.integrations import require
-        from promptseg.integrations.supervision import to_detections
+        from promptseg.extras import require
+        from promptseg.io.detections import to_detections
         from promptseg.text import parse_labels
 
         require("supervision", "supervision", "Pipeline.predict")  # before the model runs

@@ -6,14 +6,6 @@
     fiftyone.py      `FiftyOneModel` for `dataset.apply_model`                                   [fiftyone]
 """
 
-from __future__ import annotations
+from promptseg.extras import require
 
-import importlib
-
-
-def require(module: str, extra: str, purpose: str):
-    """`module`, imported; missing, an ImportError naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{purpose} needs {module.split('.')[0]}: pip install 'promptseg[{extra}]'") from err
+__all__ = ["require"]

@@ -55,7 +55,7 @@ class PromptSeg(_detection.DetectionBaseModel):
         """`sv.Detections` of an image (a path, a PIL image, or a BGR array as autodistill's loop passes)."""
         import numpy as np
 
-        from promptseg.integrations.supervision import to_detections
+        from promptseg.io.detections import to_detections
 
         image = _helpers.load_image(input, return_format="PIL")
         result = self.pipeline.segment(image, self.labels)

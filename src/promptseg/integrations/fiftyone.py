@@ -78,8 +78,8 @@ class FiftyOneModel(_models.Model):
         self._preprocess = value
 
     def _label(self, result):
-        from promptseg.integrations.supervision import to_detections
         from promptseg.io.coco import semantic_map
+        from promptseg.io.detections import to_detections
 
         if self.output == "segmentation":
             categories = [{"id": i + 1, "name": name} for i, name in enumerate(self.names)]

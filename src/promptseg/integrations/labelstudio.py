@@ -130,7 +130,7 @@ def read_task_image(task: dict, key: str):
 
 def task_prediction(pipeline, control: Control, image, model_version: str) -> dict:
     """One task's prediction: a result per instance of the control's classes, with scores."""
-    from promptseg.integrations.supervision import to_detections
+    from promptseg.io.detections import to_detections
     from promptseg.io.polygons import join_rings, mask_polygons
 
     result = pipeline.segment(image, control.labels)
