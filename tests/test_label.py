@@ -160,8 +160,12 @@ def test_killed_and_sharded_runs_write_the_dataset_of_one_uninterrupted_run(tiny
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(port), "-m", "promptseg.cli"]
-    _run_ok(launch + label_cli(tiny_folder, [folder], tmp_path / "two"))
+    _run_ok(launch + label_cli(tiny_folder, [folder], tmp_path / "two", "--format", "coco,yolo-seg"))
     assert json.loads((tmp_path / "two" / "annotations.json").read_text()) == whole
+    _run_ok(cli + label_cli(tiny_folder, [folder], tmp_path / "whole", "--format", "yolo-seg"))  # nothing relabelled
+    labels = sorted((tmp_path / "whole" / "yolo" / "labels").rglob("*.txt"))
+    assert len(labels) == 40 and [p.read_text() for p in labels] == [
+        (tmp_path / "two" / p.relative_to(tmp_path / "whole")).read_text() for p in labels]
     assert json.loads((tmp_path / "two" / "skipped.json").read_text()) == json.loads(
         (tmp_path / "whole" / "skipped.json").read_text())
     assert len(whole["images"]) == 40 and whole["annotations"]
