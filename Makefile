@@ -1,7 +1,8 @@
 # Two commands for a fresh machine (each sets up .venv idempotently first):
 #   make demo   - segment the example images with the bundled model, offering the whole vocabulary (demo_out/), and
 #                 score it on 40 test images in the same vocabulary setting
-#   make test   - run the test-suite
+#   make test   - lint, build the documentation site strictly, run the test-suite
+#   make docs   - serve the documentation site on http://127.0.0.1:8000
 # A GPU user: create .venv and install your own torch build first; `make` keeps any torch it finds.
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,14 +12,16 @@ AMD_VERSION ?= 1.0.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.promptseg-installed
 
-.PHONY: setup demo test lint clean chromium
+.PHONY: setup demo test lint clean chromium docs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml zoo/pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,demo]"
+	# the bundled toy models: their own distribution (zoo/, promptseg-models), editable so training writes in place
+	$(BIN)/python -m pip install -q --no-deps -e ./zoo
 	# CLIP's real BPE vocabulary ships inside open-clip-torch; only that file is read (never imported), so its
 	# dependencies (torchvision, timm) are not installed
 	$(BIN)/python -m pip install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)"
@@ -44,10 +47,14 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/python -m ruff check src tests benchmarks docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet   # the documentation site: no broken link or page
 	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache site

@@ -1,6 +1,6 @@
 """The bundled shapes model: loads offline both ways, and segments fixed test images above a quality floor.
 
-The floor sits well under the measured numbers (benchmarks/results/shapes.md) and far above what a wiring bug
+The floor sits well under the measured numbers (benchmarks/shapes/results/shapes.md) and far above what a wiring bug
 gives: a wrong token index, a transposed map or a mixed-up batch item all fall to the chance level.
 """
 

@@ -62,13 +62,13 @@ def test_settings_prints_a_methods_measured_activations_for_a_known_architecture
 
 
 def test_the_packaged_activations_are_the_committed_scale_tables():
-    """`benchmarks/fits.py` writes them from `benchmarks/results/scale*.json`; neither may drift from the other."""
+    """`benchmarks/scale/fits.py` writes them from `benchmarks/scale/results/scale*.json`; neither may drift from the other."""
     import importlib.util
     from pathlib import Path
 
     from promptseg.models.footprint import method_activations
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fits.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale" / "fits.py"
     spec = importlib.util.spec_from_file_location("fits_benchmark", path)
     fits_benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fits_benchmark)

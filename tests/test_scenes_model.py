@@ -18,7 +18,7 @@ SETTINGS = {"timestep": 300, "cross_weights": {0.5: 1.0}, "self_weights": {1.0: 
 FLOOR = 0.55
 """Median over (image, present class) of the AUROC of the class's final baseline map over its pixels; measured on
 these images (47 pairs) with the step-4,000 model: 0.603. Maps given to the wrong classes (the control below):
-0.471. Weak, and known to be (the sky's map is inverted: `benchmarks/results/scenes_gap.md`)."""
+0.471. Weak, and known to be (the sky's map is inverted: `benchmarks/scenes/results/scenes_gap.md`)."""
 
 
 @pytest.fixture(scope="module")

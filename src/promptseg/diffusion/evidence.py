@@ -6,8 +6,8 @@ The per-pixel drop of the noise-prediction error when the UNet is conditioned on
 the empty prompt, averaged over fixed (timestep, noise) draws, relative to the empty prompt's mean error. The same
 reconstruction objective that mask-prompt inversion minimises, read per pixel; on the bundled model it separates the
 referred object from the others better than cross-attention alone for multi-word phrases (the "evidence" rows of
-`benchmarks/results/anyword.md`), and names a whole object far better than a method's min-max normalised scores
-(`benchmarks/results/refine_val.md`). Ours, not the papers': off unless `AnywordConfig.evidence` is "denoising" or
+`benchmarks/referring/results/anyword.md`), and names a whole object far better than a method's min-max normalised scores
+(`benchmarks/shapes/results/refine_val.md`). Ours, not the papers': off unless `AnywordConfig.evidence` is "denoising" or
 the `sam` refiner's `classify` is "denoising". The same idea as a diffusion classifier (the label whose prompt
 denoises best), read per pixel and averaged over a region.
 """

@@ -10,8 +10,8 @@ Two criteria (setting `criterion`), both on the clean VAE latents noised with se
 - "attention": every label in one prompt, one UNet pass; a label's score is its share of the cross-attention
   mass (un-normalised: before any per-label min-max), divided by the largest label's. Cost: one UNet pass.
 
-Which wins on the bundled model is measured in `benchmarks/filter_presence.py` (results in
-`benchmarks/results/filters.md`); the threshold for each is chosen there on the val split.
+Which wins on the bundled model is measured in `benchmarks/shapes/filter_presence.py` (results in
+`benchmarks/shapes/results/filters.md`); the threshold for each is chosen there on the val split.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class FastSegConfig:
     recording pass (FA-Seg). False (default): the recording pass reads the clean latents at `timestep`, and the
     inversion's full UNet pass (batch of 2 with the flip) is saved. Why: at SD's t = 1 the inverted latents differ
     from the clean ones by sqrt(1 - alphabar_1) = 0.03 of a noise estimate, and on shapes val (where t = 500) the
-    inversion adds nothing (mIoU 80.7 with it, 80.8 without; `benchmarks/results/savings.md`)."""
+    inversion adds nothing (mIoU 80.7 with it, 80.8 without; `benchmarks/scale/results/savings.md`)."""
     tau: int = 2
     """HARD: power of each self-attention matrix (propagation steps)."""
     flip: bool = True
@@ -62,7 +62,7 @@ class FastSegConfig:
     flip_from: str = "pixels"
     """Where the flipped view's latents come from: "pixels" (VAE-encode the flipped image, FA-Seg) or "latents"
     (flip the image's latents: one VAE encode less, 1.36 UNet forwards at SD-1.5's 512 px on this CPU; the VAE is
-    not exactly flip-equivariant: on shapes val it scores like no flip at all, `benchmarks/results/savings.md`)."""
+    not exactly flip-equivariant: on shapes val it scores like no flip at all, `benchmarks/scale/results/savings.md`)."""
     places: tuple[str, ...] = ("down", "mid", "up")
     """UNet parts whose attention layers are read."""
     class_template: str = "{}"

@@ -3,7 +3,7 @@ device, no weights read), bytes at bf16 and with an int8 denoiser, and the small
 weights fit each card.
 
 Weights only: a method adds its activations (on a UNet at 512 px about a forward's worth; the scale tables give
-each method's peak as a multiple of one bare forward's process, `benchmarks/results/scale*.md`).
+each method's peak as a multiple of one bare forward's process, `benchmarks/scale/results/scale*.md`).
 
     params = folder_parameters("/models/flux1-dev")     # {"transformer": 11_901_408_320, "text_encoder_2": ...}
     fits(params, denoiser="transformer")                 # {12: "offload sequential", 24: "offload model", ...}
@@ -102,7 +102,7 @@ def denoiser_of(params: dict[str, int]) -> str | None:
 def method_activations(profile: str) -> dict[str, dict]:
     """{method: {"extra_gb", "ratio", "source"}} measured for architecture `profile` ("sd15", "sdxl", "sd3-medium",
     "flux1"; {} for others): each method's peak memory over the weights-and-one-forward reference at the native
-    size, fp32 on a CPU (`benchmarks/fits.py` writes it from the committed scale tables; `extra_gb` None where the
+    size, fp32 on a CPU (`benchmarks/scale/fits.py` writes it from the committed scale tables; `extra_gb` None where the
     table's model was reduced in width, FLUX.1's)."""
     path = Path(__file__).parent / "activations.json"
     table = json.loads(path.read_text()) if path.is_file() else {}

@@ -68,7 +68,7 @@ def quiet_text_tower():
 
 
 def load_pretrained(key: str, bundled: dict, model_cls, processor_cls, *, kind: str, device=None, dtype=None,
-                    local_files_only: bool | None = None, missing_hint: str = "reinstall promptseg"):
+                    local_files_only: bool | None = None, missing_hint: str = "pip install ./zoo (the promptseg-models distribution) from a checkout"):
     """(model, processor, device, dtype) of `kind` ("CLIP model", "SAM model", "captioner") from `key`: the model
     frozen (eval mode, `requires_grad` off) on `device` in `dtype`, both chosen like the backbone's when None.
 

@@ -24,7 +24,7 @@ import promptseg.models.mmdit as mmdit
 import promptseg.models.unet as unet
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
 from promptseg.models.hub import choose_device, choose_dtype, hub_offline
-from promptseg.models.zoo import BUNDLED, bundled, model_settings
+from promptseg.models.zoo import BUNDLED, INSTALL_HINT, bundled, model_settings
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -158,7 +158,7 @@ def load_backbone(
     if key in backbones:
         folder = backbones[key]
         if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}; reinstall promptseg, or "
+            raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}: {INSTALL_HINT}, or "
                                     f"train it: {BUNDLED[key].trained_by}")
         if family_of(folder) in ("mmdit", "flux"):
             return _load_transformer(key, str(folder), True, device, dtype, family_of(folder), quantized)

@@ -10,7 +10,7 @@ encoder(s), scheduler), with CLIP's real tokenizer (`build_clip_tokenizer`). SDX
 head numbers) and shortens the text encoder to 2 layers, but keeps the topology: the same resolutions, the same
 count and placement of attention layers, linear projections and upcasting, 77 tokens, the latent size of the native
 image (64x64 for 512 px, 96x96 for 768 px), the prediction type. CI runs the reduced copies; the benchmark
-(`benchmarks/scale.py`) and the tests marked slow run the full ones.
+(`benchmarks/scale/scale.py`) and the tests marked slow run the full ones.
 
     parts = build_sd("sd15")                       # unet, vae, text_encoder, tokenizer, scheduler
     save_sd("sd21", "runs/sd21-random", reduced=True)   # a diffusers folder `load_backbone` reads

@@ -26,7 +26,7 @@ import torch
 from promptseg.models.attention_layers import AttentionLayer, attention_grids, list_attention_layers, select_layers
 from promptseg.models.base import DiffusionBackbone, run_text_encoder
 from promptseg.models.hub import choose_device, choose_dtype, quiet_text_tower
-from promptseg.models.zoo import bundled
+from promptseg.models.zoo import INSTALL_HINT, bundled
 
 _PACKED_FORMAT = "promptseg-packed-v1"
 _COMPONENTS = ("unet", "vae", "text_encoder")
@@ -205,7 +205,7 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, text_from: st
         clip = Path(bundled("clip").get(text_from, Path(text_from).expanduser()))
         if not (clip / "config.json").is_file():
             raise FileNotFoundError(f"{source} takes its text encoder from the CLIP model {text_from!r}, which is not "
-                                    f"at {clip}; reinstall promptseg or pass that CLIP folder")
+                                    f"at {clip}; {INSTALL_HINT}, or pass that CLIP folder")
         text = words = {"pretrained_model_name_or_path": str(clip)}
     # only a whole CLIP's folder leaves weights unused by design; any other folder's report is the user's to see
     with quiet_text_tower() if whole_clip else contextlib.nullcontext():

@@ -3,7 +3,8 @@
 Every bundled model, whatever its kind, is named here once: the diffusion backbones (`shapes`, `scenes`: UNets;
 `shapes-dit`: an SD3-style transformer on the shapes world), the CLIP
 models their filters and DPSeg read (`shapes-clip`, `scenes-clip`), the mask model (`shapes-sam`) and DPSeg's
-trained weights (`shapes-dpseg`, `scenes-dpseg`). Each lives in `promptseg/zoo/NAME/` with its weights, its model
+trained weights (`shapes-dpseg`, `scenes-dpseg`). Each lives in `promptseg_models/NAME/` (the `promptseg-models`
+distribution, `zoo/` in the repository) with its weights, its model
 card (`README.md`) and, for a backbone, the settings it recommends (`promptseg_settings.json`); the scripts that
 trained them are in `promptseg.training`.
 
@@ -19,8 +20,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ZOO = Path(__file__).resolve().parents[1] / "zoo"
-"""Where the bundled models live inside the installed package."""
+
+def _zoo() -> Path:
+    """The bundled models' folder: the `promptseg-models` distribution's, or a checkout's `zoo/` when it is not
+    installed (a user of real models needs neither)."""
+    try:
+        import promptseg_models
+    except ImportError:
+        return Path(__file__).resolve().parents[3] / "zoo" / "promptseg_models"
+    return promptseg_models.ZOO
+
+
+ZOO = _zoo()
+"""Where the bundled models live (`promptseg-models`: `pip install promptseg-models`, or `make setup`)."""
+INSTALL_HINT = "the bundled models are the promptseg-models distribution: pip install ./zoo from a checkout"
 SETTINGS_FILE = "promptseg_settings.json"
 """A model folder's recommended settings: {method: {setting: value}, "filter": name, "filters": {...}, ...}."""
 KINDS = ("diffusion", "clip", "sam", "dpseg")

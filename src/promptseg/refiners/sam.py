@@ -1,6 +1,6 @@
 """The `sam` refiner: a promptable mask model redraws the method's objects with their real edges.
 
-Two designs (`mode`), both measured on the shapes val split (`benchmarks/refine_benchmark.py`):
+Two designs (`mode`), both measured on the shapes val split (`benchmarks/shapes/refine_benchmark.py`):
 
 - "prompts": each connected region of a thing label in the method's label map prompts SAM with its box, its peak
   point, or both; the SAM mask replaces that region (pixels of the region outside the mask fall to the best other
@@ -51,7 +51,7 @@ class SamRefinerConfig:
     points_per_side: int = 8
     """In "proposals" mode: the point grid's side."""
     min_stability: float = 0.7
-    """In "proposals" mode: the lowest stability score of a kept proposal (`benchmarks/results/sam_proposals.md`)."""
+    """In "proposals" mode: the lowest stability score of a kept proposal (`benchmarks/referring/results/sam_proposals.md`)."""
     max_overlap: float = 0.6
     """In "proposals" mode: nested-mask suppression (intersection over the smaller mask)."""
     confine: bool = True

@@ -8,6 +8,6 @@
     dpseg.py        DPSeg's network                                          promptseg train dpseg
 
 A scenes script builds on its shapes twin's recipe through that script's public functions (the VAE phase, the
-CLIP processor and loss, the SAM loop). The weights they write, with their cards and settings, are bundled in `promptseg/zoo/` and listed once in
+CLIP processor and loss, the SAM loop). The weights they write, with their cards and settings, are bundled in `zoo/promptseg_models/` (the `promptseg-models` distribution) and listed once in
 `promptseg.models.zoo`.
 """

@@ -1,6 +1,6 @@
 """Train DPSeg's image encoder and decoder (text and visual-prompt encoders frozen), on one process or many.
 
-    promptseg train dpseg --dataset shapes --out src/promptseg/zoo/shapes-dpseg           # the bundled weights
+    promptseg train dpseg --dataset shapes --out zoo/promptseg_models/shapes-dpseg           # the bundled weights
     accelerate launch -m promptseg.cli train dpseg --dataset coco_stuff --root DATA \\
         --clip openai/clip-vit-base-patch16 --model stable-diffusion-v1-5/stable-diffusion-v1-5 --out dpseg-b16
 

@@ -1,7 +1,7 @@
 """Train the bundled "scenes" latent diffusion model on the scenes world (seeded, resumable, CPU-friendly).
 
-    python -m promptseg.training.scenes --work runs/scenes --out src/promptseg/zoo/scenes \
-        --text-encoder src/promptseg/zoo/scenes-clip
+    python -m promptseg.training.scenes --work runs/scenes --out zoo/promptseg_models/scenes \
+        --text-encoder zoo/promptseg_models/scenes-clip
 
 Stable Diffusion's recipe at a small size: a VAE with SD's downsampling factor of 8 (128x128 RGB -> 16x16x4
 latents), then a `UNet2DConditionModel` with cross-attention at three resolutions (16x16, 8x8, 4x4 and the mid
@@ -12,7 +12,7 @@ are the world's varied ones (synonyms, colours, sizes, things left out); 10% are
 Two phases, checkpointed to ``WORK/state.pt`` every ``--save-every`` steps so a killed run resumes where it stopped
 (same seed, same data, same optimiser state); the model is exported (diffusers layout, weights stored in fp16)
 every ``--export-every`` UNet steps, so localisation can be measured while it trains
-(`benchmarks/scenes_token_auroc.py`). The export stores no text encoder or tokenizer: they are the CLIP's, named in
+(`benchmarks/scenes/scenes_token_auroc.py`). The export stores no text encoder or tokenizer: they are the CLIP's, named in
 its `promptseg_settings.json` (`share_text_tower`). The rendered training set and, once the VAE is done, its
 latents are cached in WORK.
 """
@@ -218,8 +218,8 @@ def share_text_tower(out: Path, clip_folder: str | Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/scenes", help="checkpoint folder (resumes from WORK/state.pt)")
-    parser.add_argument("--out", default="src/promptseg/zoo/scenes", help="export folder (diffusers layout)")
-    parser.add_argument("--text-encoder", default="src/promptseg/zoo/scenes-clip",
+    parser.add_argument("--out", default="zoo/promptseg_models/scenes", help="export folder (diffusers layout)")
+    parser.add_argument("--text-encoder", default="zoo/promptseg_models/scenes-clip",
                         help="the trained scenes-clip folder whose text tower conditions the UNet (frozen)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once")

@@ -1,6 +1,6 @@
 """Train the bundled "scenes-clip" model: a transformers `CLIPModel` for the scenes world (seeded, resumable).
 
-    python -m promptseg.training.scenes_clip --work runs/scenes-clip --out src/promptseg/zoo/scenes-clip
+    python -m promptseg.training.scenes_clip --work runs/scenes-clip --out zoo/promptseg_models/scenes-clip
 
 CLIP's architecture, small (a ViT image tower on 128x128 images in 16x16 patches, width 128, 4 layers; a causal
 text tower of width 128, 3 layers, 77 positions) and CLIP's real tokenizer (49,408 byte-pair tokens, from the
@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_arguments(parser, work="runs/scenes-clip", out="src/promptseg/zoo/scenes-clip", n_train=20000,
+    common.add_arguments(parser, work="runs/scenes-clip", out="zoo/promptseg_models/scenes-clip", n_train=20000,
                              batch=128, steps=2500, lr=5e-4)
     parser.add_argument("--render-cache", default=None,
                         help="folder of the rendered training set's cache (WORK by default; training.scenes' WORK shares it)")

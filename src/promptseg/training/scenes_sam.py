@@ -1,6 +1,6 @@
 """Train the "scenes-sam" model: a transformers `SamModel` for the scenes world (seeded, resumable).
 
-    python -m promptseg.training.scenes_sam --work runs/scenes-sam --out src/promptseg/zoo/scenes-sam
+    python -m promptseg.training.scenes_sam --work runs/scenes-sam --out zoo/promptseg_models/scenes-sam
 
 shapes-sam's architecture and recipe (`promptseg.training.shapes_sam`: SAM's ViT encoder, prompt encoder and two-way mask
 decoder, small; SAM's own positional-encoding scale, frozen; one box or one point per item, BCE + dice) at the
@@ -8,7 +8,7 @@ scenes world's 128x128, in 8x8 patches by default (the same 16x16 embedding grid
 out at 64x64) or finer with ``--patch 4`` (a 32x32 grid, masks at 128x128). As SAM trains, each step encodes
 `--batch / --masks-per-image` images (8) and decodes 4 masks of each from its one embedding: a step of 32 masks
 then costs about 0.22 s on 2 cores at 8x8 patches and 1.6 s at 4x4, against 0.59 s and 4.6 s when each mask had
-its own image (as in the first run, `benchmarks/results/scenes_sam_run1.json`).
+its own image (as in the first run, `benchmarks/scenes/results/scenes_sam_run1.json`).
 What it learns to cut: every visible instance (things), every part of an instance (a house's roof, a car's wheels: the part map), and every stuff region
 (sky, road, ...), so that referring expressions about parts and stuff find a proposal. The score written beside the
 weights (`eval.json`) is single-box and single-point mIoU on test-split *instances* (the issue's measure).
@@ -61,7 +61,7 @@ def instances(split: str, n: int):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_arguments(parser, work="runs/scenes-sam", out="src/promptseg/zoo/scenes-sam", n_train=3000,
+    common.add_arguments(parser, work="runs/scenes-sam", out="zoo/promptseg_models/scenes-sam", n_train=3000,
                              batch=32, steps=4000, lr=5e-4)
     add_sam_arguments(parser)
     parser.add_argument("--patch", type=int, default=PATCH, choices=(4, 8, 16),

@@ -1,6 +1,6 @@
 """Train the bundled "shapes" latent diffusion model (seeded, resumable, CPU-friendly).
 
-    python -m promptseg.training.shapes --work runs/shapes --out src/promptseg/zoo/shapes
+    python -m promptseg.training.shapes --work runs/shapes --out zoo/promptseg_models/shapes
 
 Two phases, both checkpointed to ``WORK/state.pt`` every ``--save-every`` steps so a killed run resumes where it
 stopped (same seed, same data, same optimiser state):
@@ -244,7 +244,7 @@ def export(out: Path, tokenizer, text_encoder, vae, unet, scheduler, state: dict
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/shapes", help="checkpoint folder (resumes from WORK/state.pt)")
-    parser.add_argument("--out", default="src/promptseg/zoo/shapes", help="export folder (diffusers layout)")
+    parser.add_argument("--out", default="zoo/promptseg_models/shapes", help="export folder (diffusers layout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once")
     parser.add_argument("--batch", type=int, default=32)

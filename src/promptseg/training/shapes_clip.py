@@ -1,6 +1,6 @@
 """Train the bundled "shapes-clip" model: a transformers `CLIPModel` for the shapes world (seeded, resumable).
 
-    python -m promptseg.training.shapes_clip --work runs/shapes-clip --out src/promptseg/zoo/shapes-clip
+    python -m promptseg.training.shapes_clip --work runs/shapes-clip --out zoo/promptseg_models/shapes-clip
 
 The architecture is CLIP's own (`CLIPModel`: a ViT image tower, a causal transformer text tower, linear
 projections, a learnt temperature), small: 64x64 images in 8x8 patches, width 128, 4 vision and 2 text layers.
@@ -157,7 +157,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_arguments(parser, work="runs/shapes-clip", out="src/promptseg/zoo/shapes-clip", n_train=20000,
+    common.add_arguments(parser, work="runs/shapes-clip", out="zoo/promptseg_models/shapes-clip", n_train=20000,
                              batch=128, steps=3000, lr=5e-4)
     train(parser.parse_args(argv))
 

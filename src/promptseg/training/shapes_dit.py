@@ -1,6 +1,6 @@
 """Train the bundled "shapes-dit": an SD3-style MMDiT with flow matching on the shapes world (seeded, resumable).
 
-    python -m promptseg.training.shapes_dit --work runs/shapes-dit --out src/promptseg/zoo/shapes-dit
+    python -m promptseg.training.shapes_dit --work runs/shapes-dit --out zoo/promptseg_models/shapes-dit
 
 What is trained and what is reused: the transformer only. The VAE, tokenizer and text encoder are the bundled
 `shapes` model's, frozen, as SD3 trains its MMDiT on frozen encoders: so the UNet and the DiT see the same latents
@@ -145,7 +145,7 @@ def export(out: Path, source: Path, transformer, state: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/shapes-dit", help="checkpoint folder (resumes from WORK/state.pt)")
-    parser.add_argument("--out", default="src/promptseg/zoo/shapes-dit", help="export folder (diffusers layout)")
+    parser.add_argument("--out", default="zoo/promptseg_models/shapes-dit", help="export folder (diffusers layout)")
     parser.add_argument("--source", default=None, help="the shapes model whose VAE and text encoder are reused")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=20000, help="training images rendered once")

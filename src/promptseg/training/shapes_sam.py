@@ -1,6 +1,6 @@
 """Train the "shapes-sam" model: a transformers `SamModel` for the shapes world (seeded, resumable).
 
-    python -m promptseg.training.shapes_sam --work runs/shapes-sam-w128 --out src/promptseg/zoo/shapes-sam
+    python -m promptseg.training.shapes_sam --work runs/shapes-sam-w128 --out zoo/promptseg_models/shapes-sam
 
 Segment Anything's architecture (`SamModel`: a ViT image encoder with a neck, the prompt encoder, the two-way
 transformer mask decoder), small: 64x64 images in 4x4 patches (a 16x16 embedding grid), encoder width 96 with 2
@@ -231,7 +231,7 @@ def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_arguments(parser, work="runs/shapes-sam-w128", out="src/promptseg/zoo/shapes-sam", n_train=10000,
+    common.add_arguments(parser, work="runs/shapes-sam-w128", out="zoo/promptseg_models/shapes-sam", n_train=10000,
                              batch=32, steps=4000, lr=5e-4)
     add_sam_arguments(parser)
     train(parser.parse_args(argv))

@@ -22,7 +22,7 @@ class AnywordConfig:
     batch: int = 1
     """Noise draws (timestep, noise) per inversion step. The paper gives no number; 1 halves the inversion's cost
     against 2 (at SD-1.5's size the inversion is most of the method's cost) and scored as 2 did on shapes_ref val
-    (cIoU 64.0 against 64.2 without SAM, 88.2 against 88.6 with SAM proposals: `benchmarks/results/anyword_val.md`);
+    (cIoU 64.0 against 64.2 without SAM, 88.2 against 88.6 with SAM proposals: `benchmarks/referring/results/anyword_val.md`);
     the shapes model keeps the 2 its settings were chosen with."""
     micro_batch: int | None = 1
     """Noise draws per UNet pass of the inversion, their gradients accumulated over `batch` (the same gradient):
@@ -83,7 +83,7 @@ class AnywordConfig:
     """With "sam" proposals: the point grid's side (8: 64 point prompts, one SAM image encoding)."""
     min_stability: float = 0.7
     """With "sam" proposals: the lowest stability score of a kept proposal (segment-anything: 0.95; with the bundled
-    `shapes-sam` 0.7 covers val objects best, `benchmarks/results/sam_proposals.md`)."""
+    `shapes-sam` 0.7 covers val objects best, `benchmarks/referring/results/sam_proposals.md`)."""
     region_threshold: float = 0.5
     """A region is a connected part of the referent map (min-max normalised) at or above this value."""
     min_region: float = 0.005

@@ -10,10 +10,10 @@ Beyond the paper (same maths, less work): the optimisation's forward pass stops 
 reads (`stop_forward_early`), so neither it nor the backward pass visits the rest of the UNet; with
 `view_pool > 0` (the default, 2: the paper's two augmented views) the views are drawn once and their VAE latents
 cached, not drawn afresh each step; with `views_from="latents"` they are
-cropped from the image's latents (no VAE encode a step; measured on shapes, `benchmarks/results/savings.md`).
+cropped from the image's latents (no VAE encode a step; measured on shapes, `benchmarks/scale/results/savings.md`).
 
 The paper against this code, checked equation by equation (issue 14; measurements in
-`benchmarks/results/invseg_diagnosis.md`):
+`benchmarks/shapes/results/invseg_diagnosis.md`):
 
 | paper | here |
 | --- | --- |
@@ -94,7 +94,7 @@ class InvSegConfig:
     """The places whose layers feed the loss, where they differ from `places` (the final read-out's): on a
     transformer, blocks ("block0", ...) that end the optimisation's forward early (`stop_forward_early`); None: the
     same as `places`. Not a default anywhere: on `shapes-dit` val (its SAM refiner after) the first half of the read
-    blocks cost 38% less time and 2.9 mIoU (70.6 against 73.5, `benchmarks/results/transformer_costs.md`)."""
+    blocks cost 38% less time and 2.9 mIoU (70.6 against 73.5, `benchmarks/scale/results/transformer_costs.md`)."""
     template: str = "a photograph of {}"
     """Prompt template; `{}` becomes the labels joined by `joiner`."""
     joiner: str = " and "
@@ -108,13 +108,13 @@ class InvSegConfig:
     every step. The paper: "each test image is augmented for 2 times using random resized crops ..., which construct
     a batch of size 2 in each optimization step": 2 views of the image, the batch of every step. Read so (the
     default), the 15 steps cost 2 VAE encodes, not 30 (at SD-1.5's 512 px one encode is ~1 UNet forward on a CPU);
-    on shapes val it scores as fresh views do (79.4 and 79.4 mIoU, `benchmarks/results/savings.md`)."""
+    on shapes val it scores as fresh views do (79.4 and 79.4 mIoU, `benchmarks/scale/results/savings.md`)."""
     views_from: str = "pixels"
     """"pixels": each view is the crop of the image, resized and VAE-encoded (the paper; once per view of the pool,
     or 2 encodes a step with `view_pool=0`);
     "latents": the crop of the image's latents, resampled to the latent size (no VAE encode after the first: at
     SD-1.5's 512 px one encode costs 1.36 UNet forwards on this CPU). Its effect on shapes:
-    `benchmarks/results/savings.md`."""
+    `benchmarks/scale/results/savings.md`."""
     recompute: bool | None = None
     """Recompute the denoiser's blocks in the backward pass instead of keeping their activations (gradient
     checkpointing, `promptseg.diffusion.memory`): about one more forward a step for the memory of one block. None:
