@@ -62,15 +62,17 @@ class UnsupportedModel(ValueError):
 
 
 def _hub_family(name: str, local_only: bool) -> str:
-    """The family of a hub id, from its `model_index.json` (PixArt refused by name)."""
+    """The family of a hub id, from its `model_index.json`; another diffusion transformer (PixArt, FLUX.2, Qwen-Image,
+    Z-Image, ...) is refused by name."""
     from diffusers import DiffusionPipeline
 
-    pipeline = DiffusionPipeline.load_config(name, local_files_only=local_only).get("_class_name", "")
+    index = DiffusionPipeline.load_config(name, local_files_only=local_only)
+    pipeline = index.get("_class_name", "")
     if pipeline in mmdit.PIPELINES:
         return "mmdit"
     if pipeline in flux.PIPELINES:
         return "flux"
-    if pipeline in _UNLOADED_TRANSFORMERS:
+    if pipeline in _UNLOADED_TRANSFORMERS or ("transformer" in index and "unet" not in index):
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
                                "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT) and FLUX.1 models")
     return "unet"
