@@ -76,3 +76,15 @@ def test_other_pipelines_and_fixed_loading_options_are_refused():
         Pipeline.from_pipe(Other())
     with pytest.raises(ValueError, match=r"\['device'\] cannot be set here"):
         Pipeline.from_pipe(Other(), device="cuda")
+
+
+def test_a_pipeline_under_offload_hooks_is_refused_with_the_way_out():
+    from accelerate.hooks import ModelHook, add_hook_to_module
+    from diffusers import StableDiffusionPipeline
+
+    from promptseg.models.zoo import BUNDLED
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED["shapes"].folder), safety_checker=None)
+    add_hook_to_module(pipe.unet, ModelHook())  # what enable_model_cpu_offload leaves on each component
+    with pytest.raises(ValueError, match=r"\['unet'\] run under offload hooks.*Pipeline\(MODEL, offload='model'\)"):
+        Pipeline.from_pipe(pipe)

@@ -60,6 +60,7 @@ def _post(url: str, payload) -> tuple[int, dict]:
 def server(tmp_path_factory):
     documents = tmp_path_factory.mktemp("ls_files")
     (documents / "project").mkdir()
+    Image.open(ROOT / "examples" / "shapes_test_1.png").save(documents / "one.png")
     Image.open(ROOT / "examples" / "shapes_test_2.png").save(documents / "project" / "two.png")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +80,7 @@ def server(tmp_path_factory):
             except OSError:
                 assert process.poll() is None, process.stderr.read()[-2000:]
                 time.sleep(0.5)
-        yield url
+        yield url, documents
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -90,16 +91,18 @@ def _expected(path: Path):
     from promptseg.integrations.supervision import to_detections
 
     image = Image.open(path)
-    return to_detections(Pipeline("shapes", device="cpu").segment(image, SHAPES), classes=SHAPES)
+    return to_detections(Pipeline("shapes", device="cpu").segment(image, SHAPES), classes=SHAPES, min_area=16)
 
 
 def test_a_task_posted_as_label_studio_posts_it_gets_brush_labels_equal_to_promptsegs_masks(server):
     from label_studio_converter.brush import decode_rle
+    from pycocotools import mask as coco_mask
 
+    server, documents = server
     status, answer = _post(server + "/setup", {"project": "3.1733400000", "schema": BRUSH, "hostname": "",
                                                "access_token": "", "model_version": None, "extra_params": None})
     assert status == 200 and answer["model_version"].startswith("promptseg-")
-    tasks = [{"id": 11, "data": {"picture": str(ROOT / "examples" / "shapes_test_1.png")}},
+    tasks = [{"id": 11, "data": {"picture": str(documents / "one.png")}},
              {"id": 12, "data": {"picture": "/data/local-files/?d=project/two.png"}}]
     status, answer = _post(server + "/predict", {"tasks": tasks, "project": "3.1733400000", "label_config": BRUSH,
                                                  "params": {"login": None, "password": None, "context": None}})
@@ -117,18 +120,29 @@ def test_a_task_posted_as_label_studio_posts_it_gets_brush_labels_equal_to_promp
     # without label_config the project's /setup schema is used; polygons for a PolygonLabels project
     assert _post(server + "/predict", {"tasks": tasks[:1], "project": "3"})[0] == 200
     status, answer = _post(server + "/predict", {"tasks": tasks[:1], "label_config": POLYGON})
-    item = answer["results"][0]["result"][0]
-    assert status == 200 and item["type"] == "polygonlabels" and item["value"]["closed"]
-    points = np.array(item["value"]["points"])
-    assert points.shape[1] == 2 and points.min() >= 0 and points.max() <= 100
+    expected = _expected(ROOT / "examples" / "shapes_test_1.png")
+    assert status == 200 and len(answer["results"][0]["result"]) == len(expected)
+    for item, mask in zip(answer["results"][0]["result"], expected.mask):
+        assert item["type"] == "polygonlabels" and item["value"]["closed"]
+        h, w = mask.shape
+        points = np.array(item["value"]["points"]) / 100 * (w, h)  # percent of the image, pixel corners
+        drawn = coco_mask.decode(coco_mask.frPyObjects([points.ravel().tolist()], h, w))[..., 0].astype(bool)
+        assert (drawn != mask).sum() <= 0.002 * mask.size  # exact but where a cut joins two parts
 
 
 def test_bad_requests_get_a_clear_json_error(server):
+    server, documents = server
     status, answer = _post(server + "/predict", {"tasks": [], "label_config": BRUSH})
     assert status == 400 and "non-empty 'tasks'" in answer["detail"]
     status, answer = _post(server + "/predict", {"tasks": [{"id": 1, "data": {"picture": "x.png"}}], "project": "99"})
     assert status == 400 and "POST /setup first" in answer["detail"]
-    tasks = [{"id": 5, "data": {"picture": str(ROOT / "examples" / "shapes_test_1.png")}},
-             {"id": 6, "data": {"image": "elsewhere.png"}}]
+    tasks = [{"id": 5, "data": {"picture": str(documents / "one.png")}},
+             {"id": 6, "data": {"image": "elsewhere.png"}},
+             {"id": 7, "data": {"picture": str(ROOT / "examples" / "shapes_test_1.png")}},  # outside the root
+             {"id": 8, "data": {"picture": "/data/local-files/?d=../../etc/passwd"}}]
     status, answer = _post(server + "/predict", {"tasks": tasks, "label_config": BRUSH})
-    assert status == 422 and answer["errors"][0]["task"] == 6 and "no data['picture'] image" in answer["errors"][0]["error"]
+    assert status == 422 and [e["task"] for e in answer["errors"]] == [6, 7, 8]
+    assert "no data['picture'] image" in answer["errors"][0]["error"]
+    assert all("outside LOCAL_FILES_DOCUMENT_ROOT" in e["error"] for e in answer["errors"][1:])
+    status, answer = _post(server + "/predict", {"tasks": tasks[:1], "label_config": BRUSH.replace("sand", "Grass")})
+    assert status == 400 and "classes cannot be segmented" in answer["detail"]  # "grass" and "Grass": one class

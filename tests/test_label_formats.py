@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,7 +39,9 @@ def labelled(tmp_path_factory):
 
 
 def test_names_and_the_split_are_fixed_by_the_paths():
-    assert flat_names(["a/b.jpg", "c.png", "c.jpg"]) == {"a/b.jpg": "a__b", "c.png": "c_png", "c.jpg": "c_jpg"}
+    names = flat_names(["a/b.jpg", "a__b.png", "c.png", "C.jpg", "d.png"])
+    assert names["d.png"] == "d" and len({n.lower() for n in names.values()}) == 5  # unique whatever the case
+    assert names["a/b.jpg"].startswith("a__b_") and names["C.jpg"].startswith("C_")
     names = [f"im{i}.png" for i in range(10)]
     assert val_split(names, 0.3) == val_split(list(reversed(names)), 0.3) and len(val_split(names, 0.3)) == 3
     with pytest.raises(ValueError, match="val fraction must be in"):
@@ -97,17 +100,51 @@ def test_masks_and_voc_layouts_hold_the_semantic_maps(labelled):
         voc = Image.open(out / "voc" / "SegmentationClass" / f"{names[image['file_name']]}.png")
         assert voc.mode == "P" and np.array_equal(np.asarray(voc), semantic)
         assert np.array_equal(np.asarray(voc.getpalette()[:24]).reshape(8, 3), palette(8))
-        jpeg = out / "voc" / "JPEGImages" / (names[image["file_name"]] + Path(image["file_name"]).suffix)
-        assert jpeg.read_bytes() == (folder / image["file_name"]).read_bytes()
+        jpeg = out / "voc" / "JPEGImages" / f"{names[image['file_name']]}.jpg"  # VOC's loaders read ID.jpg
+        source = folder / image["file_name"]
+        if source.suffix == ".jpg":
+            assert jpeg.read_bytes() == source.read_bytes()  # linked, not re-encoded
+        with Image.open(jpeg) as written:
+            assert written.format == "JPEG" and written.size == (image["width"], image["height"])
         stem = Path(image["semantic_file"]).relative_to("semantic").with_suffix("")
-        assert np.array_equal(np.asarray(Image.open(out / "masks" / f"{stem}.png")), semantic)
-        present = {p.stem for p in (out / "masks" / stem).glob("*.png")}
+        assert np.array_equal(np.asarray(Image.open(out / "masks" / "label" / f"{stem}.png")), semantic)
+        present = {p.stem for p in (out / "masks" / "class" / stem).glob("*.png")}
         classes = (out / "classes.txt").read_text().split()
         assert present == {classes[v] for v in np.unique(semantic) if v}
         for name in present:
-            binary = np.asarray(Image.open(out / "masks" / stem / f"{name}.png"))
+            binary = np.asarray(Image.open(out / "masks" / "class" / stem / f"{name}.png"))
             assert set(np.unique(binary)) <= {0, 255}
             assert np.array_equal(binary == 255, semantic == classes.index(name))
+
+
+def test_a_rerun_with_another_split_leaves_nothing_stale(labelled, tmp_path):
+    folder, out, _ = labelled
+    args = ["label", str(folder), "--labels-file", str(VOCABULARY), "--model", "shapes", "--out", str(out),
+            "--device", "cpu", "--min-area", "4", "--format", "yolo-seg", "--val-fraction", "0.5"]
+    try:
+        assert main(args) == 0
+        train = {p.stem for p in (out / "yolo" / "labels" / "train").glob("*.txt")}
+        val = {p.stem for p in (out / "yolo" / "labels" / "val").glob("*.txt")}
+        assert len(val) == 4 and not train & val and len(train | val) == 8
+        assert {p.stem for p in (out / "yolo" / "images" / "val").iterdir()} == val
+    finally:  # the module's other tests read the 0.25 split
+        assert main([*args[:-1], "0.25"]) == 0
+
+
+def test_truncating_and_rounding_yolo_readers_fill_a_part_back_exactly():
+    from promptseg.io.layouts import yolo_line
+
+    rng = np.random.default_rng(3)
+    for width, height in ((333, 97), (640, 480), (1919, 61)):
+        mask = np.zeros((height, width), bool)
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        mask[y0:y0 + height // 3, x0:x0 + width // 3] = True
+        mask[y0 + 2:y0 + 5, x0 + 3:x0 + 9] = False  # a hole
+        coords = np.array(yolo_line(0, mask).split()[1:], float).reshape(-1, 2) * (width, height)
+        for read in (np.round, np.trunc):  # supervision rounds, Ultralytics' polygon2mask truncates
+            filled = np.zeros_like(mask, np.uint8)
+            cv2.fillPoly(filled, [read(coords).astype(np.int32)], 1)
+            assert np.array_equal(filled.astype(bool), mask), (width, height, read.__name__)
 
 
 def test_bad_formats_are_refused_before_labelling(tmp_path, capsys):
@@ -116,4 +153,6 @@ def test_bad_formats_are_refused_before_labelling(tmp_path, capsys):
     assert "unknown dataset format(s) ['yolo']: choose from coco, yolo-seg, masks, voc" in capsys.readouterr().err
     assert main([*args, "--format", "voc", "--val-fraction", "1"]) == 2
     assert "val fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert main([*args, "--format", "yolo-seg", "--polygons"]) == 2
+    assert "'coco' is not among the formats ['yolo-seg']" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -248,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve_labelstudio(args: argparse.Namespace) -> int:
     from promptseg.integrations.labelstudio import serve
 
-    serve(args.model, args.method, host=args.host, port=args.port, settings=_settings(args.settings),
+    serve(args.model, args.method, host=args.host, port=args.port, min_area=args.min_area, settings=_settings(args.settings),
           filter=args.filter, filter_settings=_settings(args.filter_settings), refine=args.refine,
           refine_settings=_settings(args.refine_settings), device=args.device, dtype=args.dtype, offload=args.offload,
           quantize=args.quantize, allow_pickle=args.allow_pickle)
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "in the project's classes (the 'labelstudio' extra)")
     studio.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for Label Studio in Docker)")
     studio.add_argument("--port", type=int, default=9090, help="port (default 9090, label-studio-ml's)")
+    studio.add_argument("--min-area", type=int, default=16,
+                        help="smallest region, in pixels, that becomes a result (default 16, as label's)")
     _model_args(studio)
     _filter_args(studio, "the one the model recommends")
     _refine_args(studio)

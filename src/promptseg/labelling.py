@@ -39,7 +39,7 @@ from PIL import Image
 from promptseg import __version__
 from promptseg.eval.runs import Shard, atomic_write, check_run_file
 from promptseg.io.files import collect_images
-from promptseg.io.layouts import FORMATS, VOC_MAX_CATEGORIES, val_split
+from promptseg.io.layouts import FORMATS, VOC_MAX_CATEGORIES, check_class_files, val_split
 from promptseg.methods.batching import check_batch_size
 from promptseg.models import DEFAULT_MODEL
 
@@ -123,6 +123,9 @@ def _setup(run: LabelRun, backbone=None):
     if unknown or not run.formats:
         raise ValueError(f"unknown dataset format(s) {unknown or list(run.formats)}: choose from {', '.join(FORMATS)}")
     val_split([], run.val_fraction)  # checks the fraction
+    if run.polygons and "coco" not in run.formats:
+        raise ValueError("polygons=True (--polygons) shapes the COCO annotations, but 'coco' is not among the formats "
+                         f"{list(run.formats)}: add it, or drop --polygons")
     labels = parse_labels(run.vocabulary, shared_synonyms=run.shared_synonyms)
     if "voc" in run.formats and len(labels) > VOC_MAX_CATEGORIES:
         raise ValueError(f"VOC's class PNGs hold at most {VOC_MAX_CATEGORIES} categories, this vocabulary has "
@@ -133,7 +136,10 @@ def _setup(run: LabelRun, backbone=None):
                     quantize=run.quantize)
     signature = {**pipe.signature, "prompt": run.prompt, "vocabulary": [", ".join(label.synonyms) for label in labels],
                  "min_area": int(run.min_area)}
-    return pipe, labels, category_table(labels), signature
+    categories = category_table(labels)
+    if "masks" in run.formats:
+        check_class_files(categories)
+    return pipe, labels, categories, signature
 
 
 def label_images(run: LabelRun, progress: bool = True, backbone=None) -> dict | None:
@@ -233,23 +239,21 @@ def _merge(out: Path, root: Path, relative: list[str], categories: list[dict], s
     if run.polygons:
         annotations = [[layouts.coco_polygons(a) for a in found] for found in annotations]
     dataset = assemble(images, annotations, categories, info)
+    atomic_write(out / "classes.txt", "\n".join(["background"] + [c["name"] for c in categories]) + "\n")
+    atomic_write(out / "skipped.json", json.dumps(skipped, indent=1))
+    atomic_write(out / "failed.json", json.dumps(failed, indent=1))
     written = {}
     if "coco" in run.formats:
         atomic_write(out / "annotations.json", json.dumps(dataset))
         written["coco"] = str(out / "annotations.json")
     val = layouts.val_split(relative, run.val_fraction)
-    if "yolo-seg" in run.formats:
-        layouts.write_yolo(out / "yolo", root, entries, categories, val)
-        written["yolo-seg"] = str(out / "yolo" / "data.yaml")
-    if "voc" in run.formats:
-        layouts.write_voc(out / "voc", root, entries, categories, val, out)
-        written["voc"] = str(out / "voc")
-    if "masks" in run.formats:
-        layouts.write_masks(out / "masks", out, entries, categories)
-        written["masks"] = str(out / "masks")
-    atomic_write(out / "classes.txt", "\n".join(["background"] + [c["name"] for c in categories]) + "\n")
-    atomic_write(out / "skipped.json", json.dumps(skipped, indent=1))
-    atomic_write(out / "failed.json", json.dumps(failed, indent=1))
+    writers = {"yolo-seg": ("yolo", lambda d: layouts.write_yolo(d, root, entries, categories, val)),
+               "voc": ("voc", lambda d: layouts.write_voc(d, root, entries, categories, val, out)),
+               "masks": ("masks", lambda d: layouts.write_masks(d, out, entries, categories))}
+    for name, (folder, write) in writers.items():
+        if name in run.formats:
+            layouts.fresh(out / folder, write)
+            written[name] = str(out / folder / ("data.yaml" if name == "yolo-seg" else ""))
     per_category = Counter(a["category_id"] for a in dataset["annotations"])
     return {
         "images": len(images),

@@ -134,7 +134,7 @@ class Pipeline:
         fixed = sorted(set(kwargs) & {"device", "dtype", "offload", "quantize", "backbone", "allow_pickle"})
         if fixed:
             raise ValueError(f"from_pipe takes the loaded pipeline as it is; {fixed} cannot be set here: move or "
-                             "quantize the diffusers pipeline itself (pipe.to(...), its enable_*_offload)")
+                             "quantize the diffusers pipeline itself first (pipe.to('cuda'), a quantized transformer)")
         backbone = backbone_from_pipe(pipe, settings_from)
         return cls(backbone.name, method, backbone=backbone, **kwargs)
 

@@ -15,6 +15,8 @@ class, the index of its first caption), with masks, so `label` writes YOLO segme
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from promptseg.integrations import require
 
 _detection = require("autodistill.detection", "autodistill", "the autodistill base model")
@@ -38,6 +40,7 @@ class PromptSeg(_detection.DetectionBaseModel):
 
     def __init__(self, ontology, model: str = "shapes", method: str = "baseline", min_area: int = 16, **pipeline):
         from promptseg.pipeline import Pipeline
+        from promptseg.text import parse_labels
 
         self.ontology = ontology
         classes, captions = ontology.classes(), ontology.prompts()
@@ -48,6 +51,7 @@ class PromptSeg(_detection.DetectionBaseModel):
         self.class_names = list(dict.fromkeys(classes))
         self.labels = [", ".join(p for p, c in zip(captions, classes) if c == name) for name in self.class_names]
         self.class_ids = [classes.index(name) for name in self.class_names]
+        self.names = [label.name for label in parse_labels(self.labels)]  # checked now: a caption used twice fails here
         self.min_area = int(min_area)
         self.pipeline = Pipeline(model, method, **pipeline)
 
@@ -55,13 +59,16 @@ class PromptSeg(_detection.DetectionBaseModel):
         """`sv.Detections` of an image (a path, a PIL image, or a BGR array as autodistill's loop passes)."""
         import numpy as np
 
+        from promptseg.io import load_image
         from promptseg.io.detections import to_detections
 
-        image = _helpers.load_image(input, return_format="PIL")
+        if isinstance(input, (str, Path)) and not str(input).startswith(("http://", "https://")):
+            image = load_image(input)  # EXIF-rotated, as autodistill's own loop (OpenCV) reads it
+        else:
+            image = _helpers.load_image(input, return_format="PIL")
         result = self.pipeline.segment(image, self.labels)
-        names = [label.split(",")[0] for label in self.labels]  # promptseg names a label by its first phrase
-        detections = to_detections(result, classes=names, min_area=self.min_area)
+        detections = to_detections(result, classes=self.names, min_area=self.min_area)
         detections.class_id = np.array([self.class_ids[i] for i in detections.class_id], int)
-        detections.data["class_name"] = np.array([self.class_names[names.index(n)]
+        detections.data["class_name"] = np.array([self.class_names[self.names.index(n)]
                                                   for n in detections.data["class_name"]], dtype=str)
         return detections

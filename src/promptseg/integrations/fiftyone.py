@@ -49,7 +49,8 @@ class FiftyOneModel(_models.Model):
         self.names = [label.name for label in parse_labels(self.labels)]
         self.output, self.min_area = output, int(min_area)
         self.pipeline = Pipeline(model, method, **pipeline)
-        self.config = SimpleNamespace(classes=self.names)  # apply_model(classes=...) filters by these names
+        # apply_model(classes=..., confidence_thresh=...) reads these two from the model's config (None: no filter)
+        self.config = SimpleNamespace(classes=self.names, filter_classes=None, confidence_thresh=None)
         self._preprocess = False
 
     @property

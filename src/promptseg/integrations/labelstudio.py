@@ -12,16 +12,20 @@ is one result: brush labels in Label Studio's own RLE (`brush_rle`, which `label
 reads back to the mask exactly; not COCO's RLE), or a polygon in percent of the image (pixel-corner coordinates,
 holes and parts joined by zero-width cuts); each with the instance's score, and the prediction with their mean.
 
-Images: a local path; `/data/local-files/?d=REL` under `LOCAL_FILES_DOCUMENT_ROOT` (Label Studio's local storage);
-`/data/upload/...` and other relative URLs from `LABEL_STUDIO_URL`; http(s) URLs downloaded, with
-`Authorization: Token $LABEL_STUDIO_API_KEY` sent to Label Studio's own host. Errors: a request without tasks or
-without a config, or a task whose image cannot be read, is answered 400 or 422 with {"status", "detail", "errors"}
-naming the task and the fix; the results are all or nothing, as Label Studio expects one per task. Needs the extra
-`labelstudio`.
+Images: `/data/local-files/?d=REL` (Label Studio's local storage) and plain file paths, both only inside
+`LOCAL_FILES_DOCUMENT_ROOT` (the same folder Label Studio serves; nothing outside it is read); `/data/upload/...` and
+other relative URLs from `LABEL_STUDIO_URL`; http(s) URLs downloaded, with `Authorization: Token
+$LABEL_STUDIO_API_KEY` sent to Label Studio's own host; every image EXIF-rotated as Label Studio shows it. Errors: a
+request without tasks or without a config, a config whose classes promptseg cannot use, or a task whose image
+cannot be read is answered 400 or 422, and a failure while predicting 500, each with {"status", "detail",
+"errors"} naming the task and the fix; the results are all or nothing, as Label Studio expects one per task.
+Predictions run one at a time on the one model, in the server's thread pool, so `/health` answers while one
+runs. Instances under `min_area` pixels are left out (16, as `promptseg label`).
+Needs the extra `labelstudio`.
 """
 
-import io
 import os
+import threading
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from promptseg.integrations import require
+from promptseg.text import parse_labels
 
 RLE_SIZES = (3, 4, 8, 16)  # run-length field widths Label Studio's brush RLE uses (label_studio_converter.brush)
 TAGS = ("BrushLabels", "PolygonLabels")
@@ -86,6 +91,10 @@ def parse_config(config: str) -> Control:
         labels = [label.get("value") for label in tag.iter("Label") if label.get("value")]
         if not labels:
             raise ValueError(f"the config's <{kind} name={tag.get('name')!r}> has no <Label value=...>; add the classes")
+        try:
+            parse_labels(labels)
+        except ValueError as err:
+            raise ValueError(f"the config's <{kind}> classes cannot be segmented: {err}") from err
         to_name = tag.get("toName", "").split(",")[0]
         image = next((i for i in root.iter("Image") if i.get("name") == to_name), None)
         if image is None:
@@ -95,10 +104,21 @@ def parse_config(config: str) -> Control:
                      "(e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"cat\"/></BrushLabels>)")
 
 
+def _inside_root(relative: str, task) -> Path:
+    """A path under `LOCAL_FILES_DOCUMENT_ROOT`, refused when it leaves it or the root is not set."""
+    root = os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
+    if not root:
+        raise ValueError(f"task {task.get('id')}: {relative} is a local file; set LOCAL_FILES_DOCUMENT_ROOT to the "
+                         "folder Label Studio serves local files from (nothing outside it is read)")
+    base = Path(root).resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"task {task.get('id')}: {relative} is outside LOCAL_FILES_DOCUMENT_ROOT ({base}); refused")
+    return path
+
+
 def read_task_image(task: dict, key: str):
     """The PIL image a task's `data[key]` points at (see the module's docstring for the URL forms)."""
-    from PIL import Image
-
     from promptseg.io import load_image
 
     url = (task.get("data") or {}).get(key)
@@ -106,14 +126,11 @@ def read_task_image(task: dict, key: str):
         raise ValueError(f"task {task.get('id')} has no data[{key!r}] image, which the config's <Image> names")
     parsed = urllib.parse.urlparse(url)
     if parsed.path.startswith("/data/local-files"):
-        relative = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-        root = os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
-        if not root:
-            raise ValueError(f"task {task.get('id')}: {url} is in Label Studio's local storage; set "
-                             "LOCAL_FILES_DOCUMENT_ROOT to the same folder as Label Studio's")
-        return load_image(Path(root) / relative)
-    if not parsed.scheme and Path(url).is_file():
-        return load_image(url)
+        return load_image(_inside_root(urllib.parse.parse_qs(parsed.query).get("d", [""])[0], task))
+    if not parsed.scheme and Path(url).is_absolute() and not url.startswith("/data/"):
+        return load_image(_inside_root(url, task))
+    if parsed.scheme not in ("", "http", "https"):
+        raise ValueError(f"task {task.get('id')}: {url} is neither a Label Studio URL nor http(s); refused")
     host = os.environ.get("LABEL_STUDIO_URL", "").rstrip("/")
     if not parsed.scheme:
         if not host:
@@ -125,17 +142,17 @@ def read_task_image(task: dict, key: str):
     if token and host and urllib.parse.urlparse(url).netloc == urllib.parse.urlparse(host).netloc:
         request.add_header("Authorization", f"Token {token}")
     with urllib.request.urlopen(request, timeout=60) as response:
-        return Image.open(io.BytesIO(response.read())).convert("RGB")
+        return load_image(response.read(), name=url)
 
 
-def task_prediction(pipeline, control: Control, image, model_version: str) -> dict:
+def task_prediction(pipeline, control: Control, image, model_version: str, min_area: int = 16) -> dict:
     """One task's prediction: a result per instance of the control's classes, with scores."""
     from promptseg.io.detections import to_detections
-    from promptseg.io.polygons import join_rings, mask_polygons
+    from promptseg.io.polygons import joined_polygon
 
     result = pipeline.segment(image, control.labels)
-    names = [label.split(",")[0].strip() for label in control.labels]  # promptseg's name of each label
-    detections = to_detections(result, classes=names)
+    names = [label.name for label in parse_labels(control.labels)]  # promptseg's name of each label
+    detections = to_detections(result, classes=names, min_area=min_area)
     width, height = image.size
     items = []
     for i, (mask, class_id, score) in enumerate(zip(detections.mask, detections.class_id, detections.confidence)):
@@ -146,20 +163,21 @@ def task_prediction(pipeline, control: Control, image, model_version: str) -> di
             items.append({**common, "type": "brushlabels",
                           "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": label}})
         else:
-            rings = mask_polygons(mask)
-            ring = join_rings(rings[0], rings[1:]) / np.array([width, height]) * 100
+            ring = joined_polygon(mask) / np.array([width, height]) * 100  # pixel corners, as Label Studio draws
             items.append({**common, "type": "polygonlabels",
                           "value": {"points": ring.round(4).tolist(), "closed": True, "polygonlabels": label}})
     score = float(detections.confidence.mean()) if len(detections) else 0.0
     return {"result": items, "score": score, "model_version": model_version}
 
 
-def create_app(pipeline, model_version: str):
+def create_app(pipeline, model_version: str, min_area: int = 16):
     """The FastAPI app answering Label Studio with `pipeline` (a loaded `promptseg.Pipeline`)."""
     fastapi = require("fastapi", "labelstudio", "the Label Studio backend")
     responses = require("fastapi.responses", "labelstudio", "the Label Studio backend")
+    concurrency = require("starlette.concurrency", "labelstudio", "the Label Studio backend")
     app = fastapi.FastAPI(title="promptseg Label Studio ML backend")
     schemas: dict[str, str] = {}
+    model_lock = threading.Lock()  # one prediction at a time on the one model
 
     def error(status: int, detail: str, errors: list | None = None):
         return responses.JSONResponse({"status": status, "detail": detail, "errors": errors or []}, status_code=status)
@@ -191,6 +209,10 @@ def create_app(pipeline, model_version: str):
     @app.post("/predict")
     async def predict(request: fastapi.Request):
         data = await body(request)
+        # reading images and running the model happen in the thread pool, so /health answers meanwhile
+        return await concurrency.run_in_threadpool(predict_tasks, data)
+
+    def predict_tasks(data: dict | None):
         if data is None or not isinstance(data.get("tasks"), list) or not data["tasks"]:
             return error(400, "POST /predict takes JSON with a non-empty 'tasks' list")
         config = data.get("label_config") or schemas.get(str(data.get("project", "")).split(".")[0])
@@ -210,12 +232,18 @@ def create_app(pipeline, model_version: str):
         if errors:
             return error(422, f"{len(errors)} of {len(data['tasks'])} task(s) could not be read; nothing was "
                          "predicted", errors)
-        return {"results": [task_prediction(pipeline, control, image, model_version) for image in images]}
+        try:
+            with model_lock:
+                return {"results": [task_prediction(pipeline, control, image, model_version, min_area)
+                                    for image in images]}
+        except Exception as err:  # noqa: BLE001 - out of memory, a model that refuses the input: JSON, not a trace
+            return error(500, f"prediction failed: {type(err).__name__}: {err}")
 
     return app
 
 
-def serve(model: str, method: str = "baseline", host: str = "127.0.0.1", port: int = 9090, **pipeline) -> None:
+def serve(model: str, method: str = "baseline", host: str = "127.0.0.1", port: int = 9090, min_area: int = 16,
+          **pipeline) -> None:
     """Load the pipeline, then serve the backend until interrupted."""
     from promptseg import __version__
     from promptseg.pipeline import Pipeline
@@ -223,5 +251,5 @@ def serve(model: str, method: str = "baseline", host: str = "127.0.0.1", port: i
     uvicorn = require("uvicorn", "labelstudio", "the Label Studio backend")
     require("fastapi", "labelstudio", "the Label Studio backend")
     pipe = Pipeline(model, method, **pipeline).load()
-    app = create_app(pipe, f"promptseg-{__version__}:{method}:{Path(model).name or model}")
+    app = create_app(pipe, f"promptseg-{__version__}:{method}:{Path(model).name or model}", min_area)
     uvicorn.run(app, host=host, port=port, log_level="info")

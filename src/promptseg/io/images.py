@@ -6,6 +6,7 @@ Outputs per image (see `save_result`): ``NAME.png`` palette label map, ``NAME_ov
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -20,8 +21,9 @@ class ImageLoadError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open any image PIL reads as RGB, with EXIF orientation applied.
+def load_image(path: str | Path | bytes, name: str = "the image") -> Image.Image:
+    """Open any image PIL reads as RGB, with EXIF orientation applied: a file, or its bytes (`name` names them in
+    errors: a download).
 
     Modes: RGB, L, RGBA/LA (alpha composited over white), P (palette expanded), 16-bit (I;16, I: scaled to 8 bits
     from the image's own range), CMYK, float (F).
@@ -30,15 +32,20 @@ def load_image(path: str | Path) -> Image.Image:
         ImageLoadError: missing, empty, corrupt, unsupported, or a decompression bomb (larger than
             `PIL.Image.MAX_IMAGE_PIXELS`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: the file is empty (0 bytes)")
+    if isinstance(path, (bytes, bytearray)):
+        source, path = io.BytesIO(path), name
+        if not source.getbuffer().nbytes:
+            raise ImageLoadError(f"{name}: empty (0 bytes)")
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise ImageLoadError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{path}: the file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as handle:
+            with Image.open(source) as handle:
                 handle.load()
                 image = ImageOps.exif_transpose(handle)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -15,6 +15,8 @@ A model whose profile leaves T5 out (SD3-medium's Seg4Diff read-out) conditions 
 
 from __future__ import annotations
 
+import torch
+
 from promptseg.models.zoo import model_settings
 
 
@@ -39,6 +41,12 @@ def backbone_from_pipe(pipe, settings_from: str | None = None):
     from promptseg.models import flux, mmdit, unet
 
     family = _family(pipe)
+    hooked = [name for name, module in getattr(pipe, "components", {}).items()
+              if isinstance(module, torch.nn.Module) and any(hasattr(m, "_hf_hook") for m in module.modules())]
+    if hooked:
+        raise ValueError(f"the pipeline's {hooked} run under offload hooks (enable_model_cpu_offload / "
+                         "enable_sequential_cpu_offload), whose weights promptseg cannot place: pass the pipeline before "
+                         "enabling them, or let promptseg load and offload the model: Pipeline(MODEL, offload='model')")
     name = str(settings_from or getattr(pipe, "name_or_path", None) or type(pipe).__name__)
     settings = model_settings(name) if (settings_from or getattr(pipe, "name_or_path", None)) else {}
     device, dtype = pipe.device, pipe.dtype
