@@ -1,7 +1,7 @@
 """promptseg's attention capture checked against a peer's: attention-map-diffusers 1.0.0 (MIT, PyPI) captures the
 same diffusers models, and is the oracle here (not a by-hand computation of our own).
 
-For reduced random-weight copies of SD-1.5, SD-2.1, SDXL, SD3, SD3.5, FLUX.1-dev and FLUX.1-schnell, built by
+For reduced random-weight copies of SD-1.5, SD-2.1, SDXL, SD3, SD3.5, FLUX.1-dev, FLUX.1-schnell and FLUX.2-klein-4B, built by
 promptseg's own config writers, one denoiser forward at the same latents, timestep and prompt is captured by both;
 per layer (UNet) or block (transformer) and per token, promptseg's image->text and image->image maps equal the
 peer's. Conventions, and the conversion the test applies where they differ:
@@ -15,7 +15,8 @@ peer's. Conventions, and the conversion the test applies where they differ:
   the component ("unet.down_blocks.0....attn2");
 - FLUX.1's single-stream blocks are not compared: the peer installs its processor there but records nothing (its
   FLUX processor records only calls with `encoder_hidden_states`, which a single block does not pass). They are
-  checked against the block's own attention output in tests/test_flux.py.
+  checked against the block's own attention output in tests/test_flux.py. FLUX.2's single-stream blocks are
+  compared (the peer reads their fused projection through the text length it records).
 """
 
 from types import SimpleNamespace
@@ -56,6 +57,15 @@ def _flux(name: str, dtype: torch.dtype):
                                method_defaults=defaults)
 
 
+def _flux2(name: str, dtype: torch.dtype):
+    from promptseg.models.flux2 import backbone_from_parts
+    from promptseg.models.flux2_configs import build_flux2, flux2_configs
+
+    defaults = {"sample_size": 8, "max_sequence_length": flux2_configs(name, reduced=True)["max_sequence_length"]}
+    return backbone_from_parts(name, build_flux2(name, reduced=True, dtype=dtype), device="cpu", dtype=dtype,
+                               method_defaults=defaults)
+
+
 ARCHITECTURES = {  # name -> (builder, latent shape); small latents: the maps, not the size, are under test
     "sd15": (_unet, (1, 4, 32, 32)),
     "sd21": (_unet, (1, 4, 32, 32)),
@@ -64,6 +74,7 @@ ARCHITECTURES = {  # name -> (builder, latent shape); small latents: the maps, n
     "sd35": (_dit, (1, 16, 16, 16)),
     "flux1": (_flux, (1, 16, 16, 16)),
     "flux1-schnell": (_flux, (1, 16, 16, 16)),
+    "flux2-klein-4b": (_flux2, (1, 128, 8, 8)),
 }
 CASES = [(name, torch.float32) for name in ARCHITECTURES] + [
     pytest.param(name, torch.bfloat16, id=f"{name}-bf16") for name in ARCHITECTURES]
@@ -103,7 +114,7 @@ def test_captured_maps_equal_attention_map_diffusers(name, dtype):
         by_name.setdefault(layer.name, []).append(layer)
     compared = 0
     for name_, layers in by_name.items():
-        if layers[0].place == "single":
+        if layers[0].place == "single" and backbone.family == "flux":
             continue  # the peer records nothing in FLUX.1's single-stream blocks (module docstring)
         module = name_.removesuffix(".processor")
         ours = promptseg_maps(backbone, layers, latents, t, text)
@@ -119,5 +130,6 @@ def test_captured_maps_equal_attention_map_diffusers(name, dtype):
             difference = (ours[kind] - theirs).abs().max().item()
             assert difference <= TOLERANCE[dtype], f"{module} {relation}: max difference {difference:.2e}"
             compared += 1
-    # every attention layer (UNet) or double/joint block (transformer) had both relations compared
-    assert compared == len([layer for layer in backbone.attention_layers() if layer.place != "single"]) > 0
+    # every attention layer (UNet) or double/joint block (transformer; FLUX.2's single blocks too) had both relations
+    assert compared == len([layer for layer in backbone.attention_layers()
+                            if layer.place != "single" or backbone.family != "flux"]) > 0

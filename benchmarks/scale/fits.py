@@ -35,6 +35,16 @@ def components(name: str) -> dict[str, int]:
             out["text_encoder" + ("" if i == 0 else f"_{i + 1}")] = module_parameters(CLIPTextModelWithProjection, clip)
         out["text_encoder_3"] = module_parameters(T5EncoderModel, flux_configs("flux1")["t5"])  # T5-XXL
         return out
+    if name.startswith("flux2"):
+        from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+        from transformers import Qwen3ForCausalLM
+
+        from promptseg.models.flux2_configs import flux2_configs
+
+        spec = flux2_configs(name)
+        return {"transformer": module_parameters(Flux2Transformer2DModel, spec["transformer"]),
+                "vae": module_parameters(AutoencoderKLFlux2, spec["vae"]),
+                "text_encoder": module_parameters(Qwen3ForCausalLM, spec["qwen3"])}
     if name.startswith("flux"):
         spec = flux_configs(name)
         return {"transformer": module_parameters(FluxTransformer2DModel, spec["transformer"]),
@@ -75,7 +85,7 @@ def activation_table(results: Path = HERE / "results") -> dict:
 
 
 ARCHITECTURES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL", "sd3": "SD3-medium", "sd35-large": "SD3.5-large",
-                 "flux1": "FLUX.1-dev / schnell"}
+                 "flux1": "FLUX.1-dev / schnell", "flux2-klein-4b": "FLUX.2-klein-4B", "flux2-klein-9b": "FLUX.2-klein-9B"}
 
 
 def main() -> None:

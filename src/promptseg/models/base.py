@@ -166,11 +166,11 @@ class DiffusionBackbone(abc.ABC):
         return self.add_noise(latents, eps, t)
 
 
-def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
-    """`encoder(ids)` with every hidden state; `token_embeds` = (positions, rows) replaces its input embeddings at
-    those positions, differentiably in `rows`."""
+def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None, **kwargs):
+    """`encoder(ids, **kwargs)` with every hidden state; `token_embeds` = (positions, rows) replaces its input
+    embeddings at those positions, differentiably in `rows`."""
     if token_embeds is None:
-        return encoder(ids, output_hidden_states=True)
+        return encoder(ids, output_hidden_states=True, **kwargs)
     positions, rows = token_embeds
 
     def replace(module, args, output):
@@ -184,6 +184,6 @@ def run_text_encoder(encoder, ids: torch.Tensor, token_embeds=None):
     embedding = getattr(stack, "embed_tokens", None) or encoder.get_input_embeddings()
     handle = embedding.register_forward_hook(replace)
     try:
-        return encoder(ids, output_hidden_states=True)
+        return encoder(ids, output_hidden_states=True, **kwargs)
     finally:
         handle.remove()

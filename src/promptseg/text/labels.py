@@ -282,7 +282,8 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
     """Token indices in the tokenized `text` (special tokens included: CLIP's start token is 0) of each character
     span [start, end) of it.
 
-    A span must start and end at word boundaries (CLIP's BPE and T5's SentencePiece split words, never across them).
+    A span must start and end at word boundaries (CLIP's BPE, T5's SentencePiece and an LLM's byte-level BPE split
+    words, never across them).
 
     Raises:
         ValueError: `text` does not fit the text encoder, or a span's tokens do not match the tokenized text.
@@ -296,9 +297,13 @@ def span_positions(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> li
     out = []
     lead = leading_specials(tokenizer)
     for start, end in spans:
-        first = lead + len(_pieces(tokenizer, text[:start].rstrip()))  # a trailing space is a piece of its own
-        # in some SentencePiece-style tokenizers ("▁"), never a piece of the word after it
-        pieces = _pieces(tokenizer, text[start:end])
+        # a trailing space is a piece of its own in some SentencePiece-style tokenizers ("▁"), never a piece of the
+        # word after it; a byte-level BPE (an LLM's: Qwen, Mistral) puts the space inside the word's first token
+        # ("Ġcat"), so the word's tokens are those its text adds to the text before it, not those of the word alone
+        before = _pieces(tokenizer, text[:start].rstrip())
+        upto = _pieces(tokenizer, text[:end])
+        first = lead + len(before)
+        pieces = upto[len(before):] if upto[:len(before)] == before else []
         if not pieces or ids[first : first + len(pieces)] != pieces:
             raise ValueError(f"{text[start:end]!r} at characters {start}-{end} is not a whole word of {text!r}")
         out.append(list(range(first, first + len(pieces))))

@@ -12,7 +12,8 @@ diffusers' SDPA processor (`AttnProcessor2_0`) and its query and key are read fr
 own `to_q` / `to_k` (head-split, `norm_q` / `norm_k` applied as the processor applies them).
 
 A transformer's joint-attention block (SD3's `JointAttnProcessor2_0`, FLUX's `FluxAttnProcessor` in double- and
-single-stream blocks) keeps its own processor too: a `JointRecordingProcessor` runs it and reads the image queries,
+single-stream blocks, FLUX.2's `Flux2AttnProcessor` and, in its single-stream blocks, `Flux2ParallelSelfAttnProcessor`,
+whose one fused projection is read instead: `ParallelRecordingProcessor`) keeps its own processor too: a `JointRecordingProcessor` runs it and reads the image queries,
 image keys and text keys from hooks on `to_q`, `to_k` and `add_k_proj` (a single-stream block: `to_q`/`to_k` over
 [text; image], split at the text length), normed and rotated (FLUX's rotary embedding) as the processor does. The "cross" record is the image-to-text block of
 the joint softmax (over image and text keys together: Seg4Diff's I2T attention, `SOFTMAX: True` in its eval
@@ -187,14 +188,19 @@ class JointRecordingProcessor:
         if single and not self.text_tokens:
             raise ValueError("a single-stream block's text length is unknown; the FLUX family records it")
         rope = args[0] if args else kwargs.get("image_rotary_emb")
-        seen = {}
         names = ("to_q", "to_k") + (("to_v",) if single or self.cross_readout == "output" else ())
         if not single:
             names += ("add_k_proj",) + (("add_q_proj", "add_v_proj") if self.cross_readout == "output" else ())
+        return self._record(attn, names, single, rope,
+                            lambda: self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs))
+
+    def _record(self, attn, names: tuple[str, ...], single: bool, rope, run):
+        """Run the stock processor (`run`) with hooks on the projections `names`, then record its maps."""
+        seen = {}
         hooks = [getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
                  for name in names]
         try:
-            out = self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+            out = run()
         finally:
             for hook in hooks:
                 hook.remove()
@@ -243,6 +249,9 @@ class JointRecordingProcessor:
         heads, out = attn.heads, {}
         if single:  # [text; image] in one projection
             n = self.text_tokens
+            if "to_qkv_mlp_proj" in seen:  # FLUX.2: q, k, v and the MLP's input from one fused projection
+                q, k, v = seen["to_qkv_mlp_proj"][..., :3 * attn.inner_dim].chunk(3, dim=-1)
+                seen = {"to_q": q, "to_k": k, "to_v": v}
             parts = {"q": (seen["to_q"], attn.norm_q), "k": (seen["to_k"], attn.norm_k), "v": (seen["to_v"], None)}
             for name, (x, norm) in parts.items():
                 rotated = rope if name != "v" else None  # queries and keys are rotated, values are not
@@ -283,6 +292,18 @@ class JointRecordingProcessor:
             return text_logits.softmax(dim=-1)
         # the text's share of the joint softmax from one fused attention call: no N x N matrix is formed
         return text_logits.softmax(dim=-1) * text_share(query, key, text_key, scale, window)[..., None]
+
+
+class ParallelRecordingProcessor(JointRecordingProcessor):
+    """`JointRecordingProcessor` for FLUX.2's single-stream blocks (`Flux2ParallelSelfAttention`): one fused projection
+    gives q, k, v and the MLP's input over [text; image], and the block calls its processor as (attn, hidden_states,
+    attention_mask, image_rotary_emb)."""
+
+    def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None, **kwargs):
+        if not self.text_tokens:
+            raise ValueError("a single-stream block's text length is unknown; the FLUX.2 family records it")
+        return self._record(attn, ("to_qkv_mlp_proj",), True, image_rotary_emb,
+                            lambda: self.stock(attn, hidden_states, attention_mask, image_rotary_emb, **kwargs))
 
 
 def text_share(query: torch.Tensor, key: torch.Tensor, text_key: torch.Tensor, scale: float,
@@ -393,7 +414,8 @@ def capture(
         for name, names_kinds in kinds.items():
             target = store[name] if isinstance(store, dict) else store
             if name in joint:
-                processor = JointRecordingProcessor(target, names_kinds, originals[name], hook,
+                kind = ParallelRecordingProcessor if hasattr(modules[name], "to_qkv_mlp_proj") else JointRecordingProcessor
+                processor = kind(target, names_kinds, originals[name], hook,
                                                     getattr(denoiser, "promptseg_cross_readout", "joint"),
                                                     getattr(denoiser, "promptseg_text_tokens", None))
             else:

@@ -1,0 +1,62 @@
+"""An LLM's tokenizer as the diffusion pipeline uses it: the prompt inside the chat template, padded to the length the
+transformer sees, so that word positions are found among the tokens the transformer actually receives.
+
+    tokens = ChatTokenizer(qwen_tokenizer, max_length=512, template_kwargs={"enable_thinking": False})
+    tokens("a cat").input_ids      # "<|im_start|>user\\na cat<|im_end|>\\n<|im_start|>assistant\\n..." as ids
+
+It is the `tokenizer` a backbone with an LLM text encoder exposes (FLUX.2-klein's Qwen3): `tokenizer(text)` gives
+the templated ids (the template's tokens play the part CLIP's start and end tokens play: `leading_specials` counts
+those before the prompt), `tokenizer(text, add_special_tokens=False)` the prompt's own pieces; everything else is
+the wrapped tokenizer's. A byte-level BPE puts a word's leading space inside its first token; `span_positions` reads
+a word's tokens in context for that.
+"""
+
+from __future__ import annotations
+
+
+class ChatTokenizer:
+    """A view of `tokenizer` that wraps every text in its chat template as one user message.
+
+    Args:
+        tokenizer: a `transformers` tokenizer with a chat template.
+        max_length (`int`): the padded length the text encoder runs with (`model_max_length`).
+        template_kwargs (`dict`, *optional*): extra arguments of `apply_chat_template` (Qwen3: `enable_thinking`).
+        system (`str`, *optional*): a system message before the user's (FLUX.2-dev's).
+
+    Raises:
+        ValueError: the tokenizer has no chat template, or pads on the left (positions are read from the left).
+    """
+
+    def __init__(self, tokenizer, max_length: int, template_kwargs: dict | None = None, system: str | None = None):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{type(tokenizer).__name__} has no chat template; the model's tokenizer folder must "
+                             "carry the one its pipeline applies (tokenizer_config.json or chat_template.jinja)")
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            raise ValueError(f"the tokenizer pads on the {tokenizer.padding_side}; promptseg reads word positions "
+                             "from the left: set padding_side='right' in its tokenizer_config.json")
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        self.template_kwargs, self.system = dict(template_kwargs or {}), system
+
+    def template(self, text: str) -> str:
+        """`text` as the pipeline's chat template renders it (a string, not yet tokenized)."""
+        messages = ([{"role": "system", "content": self.system}] if self.system else [])
+        messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **self.template_kwargs)
+
+    def __call__(self, text, add_special_tokens: bool = True, **kwargs):
+        if add_special_tokens:
+            text = [self.template(t) for t in text] if isinstance(text, (list, tuple)) else self.template(text)
+        return self.tokenizer(text, add_special_tokens=add_special_tokens, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def model_max_length(self) -> int:
+        return self.max_length
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("tokenizer", "max_length", "template_kwargs", "system"):
+            raise AttributeError(name)  # copy / pickle before __init__
+        return getattr(self.tokenizer, name)
