@@ -82,7 +82,7 @@ def test_segment_anyword_refers_on_klein(folder, image):
 def test_conceptattention_refuses_flux2_by_name(klein):
     from promptseg.methods.base import build_method
 
-    with pytest.raises(ValueError, match="FLUX.2, whose blocks share one modulation"):
+    with pytest.raises(ValueError, match="is FLUX.2, whose blocks share one modulation across the model, not adapted"):
         build_method("conceptattention", klein)
 
 
@@ -96,3 +96,10 @@ def test_the_cli_segments_and_writes_word_maps(folder, image, tmp_path):
     assert main(["maps", str(path), "--words", "cat,red dog", "--out", str(tmp_path / "maps"), *common]) == 0
     maps = np.load(next(Path(tmp_path / "maps").glob("*.npz")))
     assert maps["maps"].shape == (2, 96, 128)
+
+
+def test_klein_draws_images_for_dpseg_with_guidance_against_the_empty_prompt(klein):
+    images = klein.generate(["a cat", "a cat"], steps=2, guidance=2.0,
+                            generators=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
+    assert [i.size for i in images] == [(256, 256)] * 2
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))  # each its own seeded noise

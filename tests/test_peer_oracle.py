@@ -1,7 +1,8 @@
 """promptseg's attention capture checked against a peer's: attention-map-diffusers 1.0.0 (MIT, PyPI) captures the
 same diffusers models, and is the oracle here (not a by-hand computation of our own).
 
-For reduced random-weight copies of SD-1.5, SD-2.1, SDXL, SD3, SD3.5, FLUX.1-dev, FLUX.1-schnell and FLUX.2-klein-4B, built by
+For reduced random-weight copies of SD-1.5, SD-2.1, SDXL, SD3, SD3.5, FLUX.1-dev, FLUX.1-schnell, FLUX.2-klein-4B and
+Z-Image-Turbo, built by
 promptseg's own config writers, one denoiser forward at the same latents, timestep and prompt is captured by both;
 per layer (UNet) or block (transformer) and per token, promptseg's image->text and image->image maps equal the
 peer's. Conventions, and the conversion the test applies where they differ:
@@ -16,7 +17,9 @@ peer's. Conventions, and the conversion the test applies where they differ:
 - FLUX.1's single-stream blocks are not compared: the peer installs its processor there but records nothing (its
   FLUX processor records only calls with `encoder_hidden_states`, which a single block does not pass). They are
   checked against the block's own attention output in tests/test_flux.py. FLUX.2's single-stream blocks are
-  compared (the peer reads their fused projection through the text length it records).
+  compared (the peer reads their fused projection through the text length it records). Z-Image's 30 main layers are
+  compared on the caption's own tokens (the peer's text range also holds the caption's pad tokens, which both
+  softmaxes include).
 """
 
 from types import SimpleNamespace
@@ -66,6 +69,15 @@ def _flux2(name: str, dtype: torch.dtype):
                                method_defaults=defaults)
 
 
+def _zimage(name: str, dtype: torch.dtype):
+    from promptseg.models.zimage import backbone_from_parts
+    from promptseg.models.zimage_configs import build_zimage, zimage_configs
+
+    defaults = {"sample_size": 16, "max_sequence_length": zimage_configs(name, reduced=True)["max_sequence_length"]}
+    return backbone_from_parts(name, build_zimage(name, reduced=True, dtype=dtype), device="cpu", dtype=dtype,
+                               method_defaults=defaults)
+
+
 ARCHITECTURES = {  # name -> (builder, latent shape); small latents: the maps, not the size, are under test
     "sd15": (_unet, (1, 4, 32, 32)),
     "sd21": (_unet, (1, 4, 32, 32)),
@@ -75,6 +87,7 @@ ARCHITECTURES = {  # name -> (builder, latent shape); small latents: the maps, n
     "flux1": (_flux, (1, 16, 16, 16)),
     "flux1-schnell": (_flux, (1, 16, 16, 16)),
     "flux2-klein-4b": (_flux2, (1, 128, 8, 8)),
+    "zimage-turbo": (_zimage, (1, 16, 16, 16)),
 }
 CASES = [(name, torch.float32) for name in ARCHITECTURES] + [
     pytest.param(name, torch.bfloat16, id=f"{name}-bf16") for name in ARCHITECTURES]
@@ -125,7 +138,7 @@ def test_captured_maps_equal_attention_map_diffusers(name, dtype):
             theirs = peer[(f"{component}.{module}", relation)]  # (B, heads, Q, K)
             if backbone.family != "unet" and kind == "self":  # the joint softmax's image slice, renormalised
                 theirs = theirs / theirs.sum(dim=-1, keepdim=True)
-            theirs = theirs.mean(dim=1)
+            theirs = theirs.mean(dim=1)[..., :ours[kind].shape[-1]]  # Z-Image: the peer's text range has the pads
             assert ours[kind].shape == theirs.shape, (module, kind)
             difference = (ours[kind] - theirs).abs().max().item()
             assert difference <= TOLERANCE[dtype], f"{module} {relation}: max difference {difference:.2e}"

@@ -35,6 +35,16 @@ def components(name: str) -> dict[str, int]:
             out["text_encoder" + ("" if i == 0 else f"_{i + 1}")] = module_parameters(CLIPTextModelWithProjection, clip)
         out["text_encoder_3"] = module_parameters(T5EncoderModel, flux_configs("flux1")["t5"])  # T5-XXL
         return out
+    if name.startswith("zimage"):
+        from diffusers import ZImageTransformer2DModel
+        from transformers import Qwen3Model
+
+        from promptseg.models.zimage_configs import zimage_configs
+
+        spec = zimage_configs(name)
+        return {"transformer": module_parameters(ZImageTransformer2DModel, spec["transformer"]),
+                "vae": module_parameters(AutoencoderKL, spec["vae"]),
+                "text_encoder": module_parameters(Qwen3Model, spec["qwen3"])}
     if name.startswith("flux2"):
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
         from transformers import Qwen3ForCausalLM
@@ -85,7 +95,8 @@ def activation_table(results: Path = HERE / "results") -> dict:
 
 
 ARCHITECTURES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL", "sd3": "SD3-medium", "sd35-large": "SD3.5-large",
-                 "flux1": "FLUX.1-dev / schnell", "flux2-klein-4b": "FLUX.2-klein-4B", "flux2-klein-9b": "FLUX.2-klein-9B"}
+                 "flux1": "FLUX.1-dev / schnell", "flux2-klein-4b": "FLUX.2-klein-4B", "flux2-klein-9b": "FLUX.2-klein-9B",
+                 "zimage-turbo": "Z-Image-Turbo"}
 
 
 def main() -> None:

@@ -67,6 +67,15 @@ FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5
 """FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,
 T5 and CLIP 64 and 32 wide), so every method's cost in transformer forwards can be measured here; seconds and memory
 are not FLUX's (its 12B transformer does not fit this machine)."""
+FLUX2_ROWS = AT_1024 + [("invseg", 1024, 5, "none"), ("anyword", 1024, 5, "none")]
+"""FLUX.2-klein's rows (`--arch flux2-klein-4b`): its 5 double and 20 single blocks at reduced width (2 heads of 16
+channels, Qwen3 32 wide with its 36 layers), 512 text tokens, at its native 1024 px (a 64x64 token grid); as FLUX.1's,
+forwards are measured here, seconds and memory are not klein's. ConceptAttention refuses FLUX.2; DPSeg has no
+weights trained for it."""
+ZIMAGE_ROWS = FLUX2_ROWS
+"""Z-Image-Turbo's rows (`--arch zimage-turbo`): its 30 single-stream layers (and 2 + 2 refiner layers) at reduced
+width (2 heads of 16 channels, a 4-layer Qwen3 32 wide), 512 text tokens, at its native 1024 px (a 64x64 token grid);
+as FLUX.1's, forwards are measured here, seconds and memory are not Z-Image's. ConceptAttention refuses Z-Image."""
 
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
@@ -98,10 +107,12 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
 
     from promptseg.data.base import bundled_class_names
     from promptseg.diffusion.encode import prepare_pixels
-    from promptseg.models import backbone_from_parts, flux, mmdit
+    from promptseg.models import backbone_from_parts, flux, flux2, mmdit, zimage
     from promptseg.models.dit_configs import DIT_NAMES, build_dit
+    from promptseg.models.flux2_configs import FLUX2_NAMES, build_flux2, flux2_configs
     from promptseg.models.flux_configs import FLUX_NAMES, build_flux, flux_configs
     from promptseg.models.sd_configs import build_sd
+    from promptseg.models.zimage_configs import ZIMAGE_NAMES, build_zimage, zimage_configs
     from promptseg.pipeline import Pipeline
     from promptseg.text import parse_labels
 
@@ -115,6 +126,16 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         parts["t5_tokenizer"].model_max_length = length
         backbone = flux.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
                                             method_defaults={"sample_size": side // 8, "max_sequence_length": length})
+    elif arch in FLUX2_NAMES:  # FLUX.2-klein's block structure at reduced width, native 1024 px and 512 tokens
+        parts = build_flux2(arch, reduced=True)
+        length = flux2_configs(arch)["max_sequence_length"]
+        backbone = flux2.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
+                                             method_defaults={"sample_size": side // 16, "max_sequence_length": length})
+    elif arch in ZIMAGE_NAMES:  # Z-Image's layer structure at reduced width, native 1024 px and 512 tokens
+        parts = build_zimage(arch, reduced=True)
+        length = zimage_configs(arch)["max_sequence_length"]
+        backbone = zimage.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
+                                              method_defaults={"sample_size": side // 8, "max_sequence_length": length})
     else:
         parts = build_sd(arch)
         # the row's resolution is the model's working size (methods resize an image to the UNet's sample size): SD
@@ -123,8 +144,11 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         backbone = backbone_from_parts(f"random-{arch}", parts, device="cpu", dtype="fp32")
     assert backbone.image_size == (side, side), backbone.image_size
     image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8))
-    channels = 16 if arch in DIT_NAMES or arch in FLUX_NAMES else 4
-    latents = torch.randn(1, channels, side // 8, side // 8)
+    if arch in FLUX2_NAMES:  # 128 patchified channels, a token a latent cell
+        latents = torch.randn(1, 128, side // 16, side // 16)
+    else:
+        latents = torch.randn(1, 16 if arch in DIT_NAMES or arch in FLUX_NAMES or arch in ZIMAGE_NAMES else 4,
+                              side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
 
@@ -199,7 +223,9 @@ def main() -> None:
             done_rows[json.dumps(r["row"])] = r
     rows = []
     for row in (AT_1024 if args.arch == "sdxl" else DIT_ROWS if args.arch in ("sd3", "sd35")
-                else FLUX_ROWS if args.arch.startswith("flux1") else QUICK if args.quick else FULL):
+                else FLUX_ROWS if args.arch.startswith("flux1") else FLUX2_ROWS if args.arch.startswith("flux2")
+                else ZIMAGE_ROWS if args.arch.startswith("zimage")
+                else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
             continue
@@ -220,14 +246,14 @@ def main() -> None:
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale/scale.py{' --quick' if args.quick else ''}{'' if args.arch == 'sd15' else ' --arch ' + args.arch}` on this 2-core CPU. Unit: the median "
              + ("of two bare denoiser forwards in the same process, one before the method and one after; each "
-                "method run once" if args.arch in ("sdxl", "sd3", "sd35") or args.arch.startswith("flux1") else
+                "method run once" if args.arch in ("sdxl", "sd3", "sd35") or args.arch.startswith(("flux", "zimage")) else
                 "of six bare denoiser forwards in the same process, three before the method and three after")
              + "".join(f"; torch threads: {n}" for n in sorted({r["torch_threads"] for r in rows if "torch_threads" in r}))
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
              "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "
              "encode, one bare forward).",
-             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') or args.arch.startswith('flux1') else 'UNet'}"
+             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') or args.arch.startswith(('flux', 'zimage')) else 'UNet'}"
              "-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

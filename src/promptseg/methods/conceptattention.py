@@ -96,10 +96,11 @@ class ConceptAttention:
         self.config = config or ConceptAttentionConfig()
         blocks = getattr(getattr(backbone, "denoiser", None), "transformer_blocks", None)
         family = getattr(backbone, "family", None)
-        if family == "flux2":
+        if family in ("flux2", "zimage"):
+            why = ("FLUX.2, whose blocks share one modulation across the model" if family == "flux2" else
+                   "Z-Image, whose single stream has no text weights of its own to run concepts through")
             raise ValueError(f"conceptattention runs its concept stream through SD3's and FLUX.1's joint blocks; "
-                             f"{backbone.name!r} is FLUX.2, whose blocks share one modulation across the model and "
-                             "are not adapted yet: use baseline, fastseg or invseg on it")
+                             f"{backbone.name!r} is {why}, not adapted yet: use baseline, fastseg or invseg on it")
         if family not in self.families or blocks is None:
             raise ValueError(f"conceptattention reads a diffusion transformer's joint attention; {backbone.name!r} is "
                              "a UNet: use baseline, fastseg or invseg on it, or load an SD3-style or FLUX.1 model")

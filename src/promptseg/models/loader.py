@@ -23,13 +23,14 @@ import promptseg.models.flux as flux
 import promptseg.models.flux2 as flux2
 import promptseg.models.mmdit as mmdit
 import promptseg.models.unet as unet
+import promptseg.models.zimage as zimage
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
 from promptseg.models.hub import choose_device, choose_dtype, hub_offline
 from promptseg.models.zoo import BUNDLED, INSTALL_HINT, bundled, model_settings
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
-FAMILIES = ("unet", "mmdit", "flux", "flux2")
+FAMILIES = ("unet", "mmdit", "flux", "flux2", "zimage")
 """The backbone families promptseg can load."""
 _UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline", "Flux2Pipeline")  # FLUX.2-dev: Mistral text
 _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
@@ -52,9 +53,11 @@ def family_of(folder: Path) -> str:
         return "flux"
     if pipeline in flux2.PIPELINES:
         return "flux2"
+    if pipeline in zimage.PIPELINES:
+        return "zimage"
     if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
         raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
-                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1 and FLUX.2-klein models")
+                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein and Z-Image models")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
     return "unet"
@@ -77,9 +80,11 @@ def _hub_family(name: str, local_only: bool) -> str:
         return "flux"
     if pipeline in flux2.PIPELINES:
         return "flux2"
+    if pipeline in zimage.PIPELINES:
+        return "zimage"
     if pipeline in _UNLOADED_TRANSFORMERS or ("transformer" in index and "unet" not in index):
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
-                               "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1 and FLUX.2-klein models")
+                               "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein and Z-Image models")
     return "unet"
 
 
@@ -88,10 +93,11 @@ def _load_transformer(key: str, source: str, local_only: bool, device, dtype, fa
     """An MMDiT or FLUX backbone from a folder or hub id, with the settings its folder or architecture recommends
     (read again after a hub download, which brings the configs the architecture is recognised from)."""
     settings = model_settings(key)
-    if family == "flux2":
-        parts = flux2.load_folder(source, local_only, dtype, denoiser_kwargs)
-        return flux2.backbone_from_parts(key, parts, device=device, dtype=dtype,
-                                         method_defaults=settings or model_settings(key))
+    if family in ("flux2", "zimage"):
+        module = flux2 if family == "flux2" else zimage
+        parts = module.load_folder(source, local_only, dtype, denoiser_kwargs)
+        return module.backbone_from_parts(key, parts, device=device, dtype=dtype,
+                                          method_defaults=settings or model_settings(key))
     if family == "flux":
         parts = flux.load_folder(source, local_only, dtype, denoiser_kwargs)
         return flux.backbone_from_parts(key, parts, device=device, dtype=dtype,
@@ -171,14 +177,14 @@ def load_backbone(
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}: {INSTALL_HINT}, or "
                                     f"train it: {BUNDLED[key].trained_by}")
-        if family_of(folder) in ("mmdit", "flux", "flux2"):
+        if family_of(folder) in ("mmdit", "flux", "flux2", "zimage"):
             return _load_transformer(key, str(folder), True, device, dtype, family_of(folder), quantized)
         parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"), quantized)
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
-            if family_of(path) in ("mmdit", "flux", "flux2"):
+            if family_of(path) in ("mmdit", "flux", "flux2", "zimage"):
                 return _load_transformer(key, str(path), True, device, dtype, family_of(path), quantized)
             parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"), quantized)
         elif path.is_file():
@@ -201,7 +207,7 @@ def load_backbone(
         else:
             try:
                 family = _hub_family(key, local_files_only)
-                if family in ("mmdit", "flux", "flux2"):
+                if family in ("mmdit", "flux", "flux2", "zimage"):
                     return _load_transformer(key, key, local_files_only, device, dtype, family, quantized)
                 parts = unet.load_folder(key, local_files_only, dtype, denoiser_kwargs=quantized)
             except UnsupportedModel:

@@ -231,7 +231,7 @@ class JointRecordingProcessor:
             if self.cross_readout == "output":
                 store.add("cross", self._output_space(attn, streams), 1)
             else:
-                cross = partial(self._cross, scale=_scale(attn), window=window)
+                cross = partial(self._cross, scale=_scale(attn), window=window, **self._call_context())
                 store.add("cross", *_head_mean(cross, attn.heads, checkpointed, query, key, streams["text_k"]))
         if "self" in self.kinds:
             if store.wants_lazy("self", query.shape[1]):
@@ -282,6 +282,11 @@ class JointRecordingProcessor:
         image_out, text_out = merge_heads(image_out, attn.heads), merge_heads(text_out, attn.heads)
         return (image_out @ text_out.transpose(1, 2)).softmax(dim=-1)
 
+    def _call_context(self) -> dict:
+        """What this call's `_cross` needs besides the streams, bound to it (a checkpointed map is formed again in the
+        backward pass, after other calls)."""
+        return {}
+
     def _cross(self, query, key, text_key, scale, window: int = 1) -> torch.Tensor:
         """(B * heads, N, T) image-to-text probabilities, normalised over the text keys or over all keys (the text
         softmax times the text's share of the joint one, `text_share`: no (B * heads, N, N) matrix). `window`:
@@ -304,6 +309,64 @@ class ParallelRecordingProcessor(JointRecordingProcessor):
             raise ValueError("a single-stream block's text length is unknown; the FLUX.2 family records it")
         return self._record(attn, ("to_qkv_mlp_proj",), True, image_rotary_emb,
                             lambda: self.stock(attn, hidden_states, attention_mask, image_rotary_emb, **kwargs))
+
+
+class UnifiedRecordingProcessor(JointRecordingProcessor):
+    """`JointRecordingProcessor` for Z-Image's single-stream layers (`ZSingleStreamAttnProcessor`): one sequence of
+    [image; caption] through one set of weights, image first, each part padded to a multiple of 32 with learned pad
+    tokens (which every token attends to), items padded to the longest with an attention mask. The call's layout
+    (image tokens, the image part's padded length, each item's caption length) is the one the backbone's `predict`
+    records on the transformer (`promptseg_layout`). The "cross" record is the image-to-caption part of the softmax
+    over every unmasked key (pad tokens included, as the layer computes it), columns zero-padded to the longest
+    caption of the batch; the "self" record the softmax over the image tokens."""
+
+    def __init__(self, *args, layout_source=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.cross_readout == "output":
+            raise ValueError("the output-space read-out (ConceptAttention's) is not adapted to Z-Image's single stream")
+        self.layout_source, self._other, self._lengths = layout_source, [], []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
+        return self._record(attn, ("to_q", "to_k"), False, freqs_cis,
+                            lambda: self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis))
+
+    def _streams(self, attn, seen: dict, single: bool, rope) -> dict:
+        n, padded, lengths = self.layout_source.promptseg_layout
+        heads = attn.heads
+
+        def rotated(x, norm):  # (B, S, heads, d), normed and rotated as the processor does (complex, in float32)
+            x = norm(x.unflatten(-1, (heads, -1)))
+            pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+            return torch.view_as_real(pairs * rope.unsqueeze(2)).flatten(3).type_as(x)
+
+        q, k = rotated(seen["to_q"], attn.norm_q), rotated(seen["to_k"], attn.norm_k)
+        flat = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731 - (B, N, heads, d) -> (B * heads, N, d)
+        longest = max(lengths)
+        text = k.new_zeros(k.shape[0], longest, heads, k.shape[-1])
+        self._other = []
+        for b, length in enumerate(lengths):
+            text[b, :length] = k[b, padded:padded + length]
+            captions = padded + math.ceil(length / 32) * 32  # the item's caption pads end there
+            self._other.append(flat(torch.cat([k[b:b + 1, n:padded], k[b:b + 1, padded + length:captions]], dim=1)))
+        self._lengths = list(lengths)
+        return {"q": flat(q[:, :n]), "k": flat(k[:, :n]), "text_k": flat(text)}
+
+    def _call_context(self) -> dict:
+        return {"lengths": self._lengths, "other": [o.float() for o in self._other]}
+
+    def _cross(self, query, key, text_key, scale, window: int = 1, lengths=(), other=()) -> torch.Tensor:
+        heads = query.shape[0] // len(lengths)
+        out = []
+        for b, length in enumerate(lengths):
+            rows = slice(b * heads, (b + 1) * heads)
+            q, t = query[rows], text_key[rows, :length]
+            probs = (q @ t.transpose(1, 2) * scale).softmax(dim=-1)
+            if self.cross_readout == "joint":  # over every unmasked key; with pooled image keys (InvSeg's coarse
+                # loss) the pad tokens' keys are weighed as pooled keys too, a small difference in that loss only
+                other_b = other[b].to(key.dtype)
+                probs = probs * text_share(q, torch.cat([key[rows], other_b], dim=1), t, scale, window)[..., None]
+            out.append(torch.nn.functional.pad(probs, (0, text_key.shape[1] - length)))
+        return torch.cat(out)
 
 
 def text_share(query: torch.Tensor, key: torch.Tensor, text_key: torch.Tensor, scale: float,
@@ -414,10 +477,14 @@ def capture(
         for name, names_kinds in kinds.items():
             target = store[name] if isinstance(store, dict) else store
             if name in joint:
-                kind = ParallelRecordingProcessor if hasattr(modules[name], "to_qkv_mlp_proj") else JointRecordingProcessor
-                processor = kind(target, names_kinds, originals[name], hook,
-                                                    getattr(denoiser, "promptseg_cross_readout", "joint"),
-                                                    getattr(denoiser, "promptseg_text_tokens", None))
+                common = (target, names_kinds, originals[name], hook, getattr(denoiser, "promptseg_cross_readout", "joint"),
+                          getattr(denoiser, "promptseg_text_tokens", None))
+                if type(originals[name]).__name__ == "ZSingleStreamAttnProcessor":
+                    processor = UnifiedRecordingProcessor(*common, layout_source=denoiser)
+                elif hasattr(modules[name], "to_qkv_mlp_proj"):
+                    processor = ParallelRecordingProcessor(*common)
+                else:
+                    processor = JointRecordingProcessor(*common)
             else:
                 (kind,) = names_kinds
                 processor = RecordingProcessor(target, kind, hook)

@@ -1,0 +1,173 @@
+"""The Z-Image family of backbones (Z-Image-Turbo): a `ZImageTransformer2DModel`, one stream of [image; caption]
+tokens through 30 layers of one set of weights (after two image-only and two caption-only refiner layers), Qwen3's
+second-to-last hidden states inside its chat template, FLUX.1's 16-channel VAE, rectified flow.
+
+What the interface means here (`promptseg.models.base.DiffusionBackbone`), as `ZImagePipeline` builds it:
+- **latents**: the VAE's latents, shifted and scaled (B, 16, H/8, W/8); the transformer patchifies them 2x2, so the
+  token grid is half the latent grid;
+- **timesteps**: t in [0, 1000) is sigma = t / 1000; the transformer is called with 1 - sigma (Z-Image counts time
+  from the noise), and its output is the negative of the velocity (the pipeline negates it): `predict` returns
+  the velocity eps - x_0, as every flow backbone here;
+- **text**: each prompt in Qwen3's chat template as one user turn (`enable_thinking=True`, as the pipeline renders
+  it), the second-to-last hidden states of the tokens the attention mask keeps (the template's included, the
+  padding not): `encode_text` returns them zero-padded to `max_sequence_length` rows (512), and `predict` passes
+  each prompt's own rows (up to its last non-zero row) as the pipeline passes its list. Words are found among the
+  tokens inside the template (`promptseg.text.ChatTokenizer`);
+- **attention**: each of the 30 main layers (`layers.i.attention`) is one "cross" layer (image queries against the
+  caption's keys, in the softmax over every key of the layer, pad tokens included) and one "self" layer
+  (`UnifiedRecordingProcessor`, laid out by `promptseg_layout`, which `predict` records); places name them
+  "block0".."block29", "joint" = every layer. The refiner layers see one modality each and are not read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
+from promptseg.models.base import run_text_encoder
+from promptseg.models.mmdit import DiTBackbone, folder_parts
+from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
+
+PIPELINES = ("ZImagePipeline",)
+"""The diffusers pipelines whose folders this family loads."""
+DEFAULT_SAMPLE_SIZE = 128
+"""Latent side at the native 1024 px."""
+SEQUENCE_MULTIPLE = 32
+"""Z-Image pads the image part and the caption part of its sequence to multiples of this (`SEQ_MULTI_OF`)."""
+
+
+@dataclass
+class ZImageBackbone(DiTBackbone):
+    """A frozen Z-Image transformer's parts (the `DiffusionBackbone` interface; module docstring). `text_encoders`
+    holds Qwen3 and `tokenizers` its tokenizer (with its chat template)."""
+
+    family = "zimage"
+
+    # -- sizes ------------------------------------------------------------------------------------------------
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        size = int(self.method_defaults.get("sample_size", DEFAULT_SAMPLE_SIZE))
+        return (size, size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.transformer.config.all_patch_size[0])
+
+    @property
+    def tokenizer(self):
+        """Qwen3's tokenizer inside its chat template (`ChatTokenizer`), at `text_length`."""
+        view = self.__dict__.get("_chat_view")
+        if view is None or view.max_length != self.text_length:
+            from promptseg.text.chat import ChatTokenizer
+
+            view = ChatTokenizer(self.tokenizers[0], self.text_length, {"enable_thinking": True})
+            self.__dict__["_chat_view"] = view
+        return view
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.text_encoders[0]
+
+    @property
+    def text_length(self) -> int:
+        return int(self.method_defaults.get("max_sequence_length", 512))
+
+    @property
+    def t5_length(self) -> int:
+        return self.text_length
+
+    # -- text -------------------------------------------------------------------------------------------------
+    def encode_text(self, prompts, token_embeds=None) -> torch.Tensor:
+        """(B, L, D): Qwen3's second-to-last hidden states of `prompts` in the chat template, the kept tokens' rows
+        first and zeros after them. `token_embeds` = (positions, rows) replaces Qwen3's input embeddings there.
+
+        Raises:
+            ValueError: a prompt longer than `text_length` tokens in its template.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        length = self.text_length
+        encoded = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False)
+        too_long = [p for p, row in zip(prompts, encoded.input_ids) if len(row) > length]
+        if too_long:
+            raise ValueError(f"prompt(s) longer than the {length} tokens the text encoder runs with: {too_long}")
+        ids = torch.tensor(encoded.input_ids, device=self.device)
+        mask = torch.tensor(encoded.attention_mask, device=self.device).bool()
+        states = run_text_encoder(self.text_encoder, ids, token_embeds, attention_mask=mask).hidden_states[-2]
+        return (states * mask[..., None]).to(self.dtype)
+
+    def split_text(self, text: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return text, None
+
+    def context_of(self, text: torch.Tensor) -> torch.Tensor:
+        return text
+
+    @staticmethod
+    def caption_lengths(text: torch.Tensor) -> list[int]:
+        """Each prompt's kept tokens: the rows up to its last non-zero one (`encode_text` zeroes the rest)."""
+        filled = text.detach().abs().amax(dim=-1) > 0
+        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
+        return [max(int((row * positions).max()), 1) for row in filled]
+
+    # -- prediction -------------------------------------------------------------------------------------------
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The velocity eps - x_0 (B, C, h, w) for `noisy` at `t` (B,), conditioned on an `encode_text` result."""
+        b, _, h, w = noisy.shape
+        states = text.to(self.dtype)
+        lengths = self.caption_lengths(states)
+        tokens = (h // self.patch_size) * (w // self.patch_size)
+        self.transformer.promptseg_layout = (tokens, math.ceil(tokens / SEQUENCE_MULTIPLE) * SEQUENCE_MULTIPLE,
+                                             lengths)
+        sigma = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(b).to(self.dtype) / self.num_train_timesteps
+        out = self.transformer([x[:, None] for x in noisy.to(self.dtype)], 1 - sigma,
+                               [s[:n] for s, n in zip(states, lengths)]).sample
+        return -torch.stack([o[:, 0] for o in out])
+
+    # -- attention --------------------------------------------------------------------------------------------
+    @property
+    def grid(self) -> tuple[int, int]:
+        return grid_at_level(self.latent_size, int(math.log2(self.patch_size)))
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        """Each main layer's cross (image-to-caption) and self (image-to-image) layer."""
+        level = int(math.log2(self.patch_size))
+        return [AttentionLayer(name=f"layers.{i}.attention.processor", place="joint", kind=kind, level=level, block=i)
+                for i in range(len(self.transformer.layers)) for kind in ("cross", "self")]
+
+    def blocks_for(self, places) -> list[int]:
+        """The layers `places` names ("block7", "joint" = every layer); none named: the model's `"blocks"` setting,
+        else every layer.
+
+        Raises:
+            ValueError: an unknown place or a layer this transformer does not have.
+        """
+        n = len(self.transformer.layers)
+        named = set()
+        for place in places:
+            if place in PLACES:
+                continue
+            if place == "joint":
+                named.update(range(n))
+            elif place.startswith("block") and place[5:].isdigit() and int(place[5:]) < n:
+                named.add(int(place[5:]))
+            else:
+                raise ValueError(f"unknown place {place!r} for this transformer: name layers 'block0'..'block{n - 1}' "
+                                 "or 'joint' (every layer)")
+        return sorted(named or set(self.method_defaults.get("blocks") or range(n)))
+
+
+def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
+    """The components of a Z-Image diffusers folder or hub id: transformer, VAE, scheduler, Qwen3 and its tokenizer."""
+    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
+    return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
+            "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")]}
+
+
+def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None
+                        ) -> ZImageBackbone:
+    """A `ZImageBackbone` from components in memory, moved to `device` and `dtype` and frozen."""
+    return dit_backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
+                                   cls=ZImageBackbone)
