@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from promptseg.models.base import run_text_encoder
 from promptseg.models.flux import FluxBackbone
+from promptseg.models.llm_text import ChatTextEncoder
 from promptseg.models.mmdit import DiTBackbone, folder_parts
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
@@ -47,11 +47,13 @@ DEFAULT_GUIDANCE = 4.0
 
 
 @dataclass
-class Flux2Backbone(FluxBackbone):
+class Flux2Backbone(ChatTextEncoder, FluxBackbone):
     """A frozen FLUX.2 transformer's parts (the `DiffusionBackbone` interface; module docstring). `text_encoders` holds
     Qwen3 and `tokenizers` its tokenizer (with its chat template); there is no T5 and no pooled vector."""
 
     family = "flux2"
+    template_kwargs = {"enable_thinking": False}
+    default_sample_size = DEFAULT_SAMPLE_SIZE
 
     def __post_init__(self):
         DiTBackbone.__post_init__(self)
@@ -59,11 +61,6 @@ class Flux2Backbone(FluxBackbone):
             raise ValueError("a FLUX.2 model needs its text encoder (text_encoder: Qwen3) and tokenizer")
 
     # -- sizes ------------------------------------------------------------------------------------------------
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        size = int(self.method_defaults.get("sample_size", DEFAULT_SAMPLE_SIZE))
-        return (size, size)
-
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1) * 2  # the VAE's, then 2x2 patches
@@ -76,57 +73,14 @@ class Flux2Backbone(FluxBackbone):
     def grid(self) -> tuple[int, int]:
         return self.latent_size  # every latent cell is a token
 
-    @property
-    def tokenizer(self):
-        """Qwen3's tokenizer inside its chat template (`ChatTokenizer`), at `text_length`."""
-        view = self.__dict__.get("_chat_view")
-        if view is None or view.max_length != self.text_length:
-            from promptseg.text.chat import ChatTokenizer
-
-            view = ChatTokenizer(self.tokenizers[0], self.text_length, {"enable_thinking": False})
-            self.__dict__["_chat_view"] = view
-        return view
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        """Qwen3, whose input embeddings `encode_text(token_embeds=...)` replaces."""
-        return self.text_encoders[0]
-
-    @property
-    def text_length(self) -> int:
-        return int(self.method_defaults.get("max_sequence_length", 512))
-
-    @property
-    def t5_length(self) -> int:
-        return self.text_length
-
     # -- text -------------------------------------------------------------------------------------------------
     def encode_text(self, prompts, token_embeds=None) -> torch.Tensor:
         """(B, L, 3 x width): Qwen3's hidden states at `"text_layers"` for `prompts` in the chat template, padded to
-        `text_length`. `token_embeds` = (positions, rows) replaces Qwen3's input embeddings there.
-
-        Raises:
-            ValueError: a prompt longer than `text_length` tokens in its template.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        length = self.text_length
-        encoded = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False)
-        too_long = [p for p, row in zip(prompts, encoded.input_ids) if len(row) > length]
-        if too_long:
-            raise ValueError(f"prompt(s) longer than the {length} tokens the text encoder runs with: {too_long}")
-        ids = torch.tensor(encoded.input_ids, device=self.device)
-        mask = torch.tensor(encoded.attention_mask, device=self.device)
-        out = run_text_encoder(self.text_encoder, ids, token_embeds, attention_mask=mask, use_cache=False)
+        `text_length` (`run_llm`). `token_embeds` = (positions, rows) replaces Qwen3's input embeddings there."""
+        out, _ = self.run_llm(prompts, token_embeds, use_cache=False)
         layers = self.method_defaults.get("text_layers", DEFAULT_TEXT_LAYERS)
         states = torch.stack([out.hidden_states[k] for k in layers], dim=1)  # (B, layers, L, D)
-        return states.permute(0, 2, 1, 3).reshape(states.shape[0], length, -1).to(self.dtype)
-
-    def split_text(self, text: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return text, None
-
-    def context_of(self, text: torch.Tensor) -> torch.Tensor:
-        return text
+        return states.permute(0, 2, 1, 3).reshape(states.shape[0], self.text_length, -1).to(self.dtype)
 
     # -- images -----------------------------------------------------------------------------------------------
     def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:

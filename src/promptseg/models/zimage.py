@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
-from promptseg.models.base import run_text_encoder
+from promptseg.models.llm_text import ChatTextEncoder
 from promptseg.models.mmdit import DiTBackbone, folder_parts
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
@@ -40,70 +40,26 @@ SEQUENCE_MULTIPLE = 32
 
 
 @dataclass
-class ZImageBackbone(DiTBackbone):
+class ZImageBackbone(ChatTextEncoder, DiTBackbone):
     """A frozen Z-Image transformer's parts (the `DiffusionBackbone` interface; module docstring). `text_encoders`
     holds Qwen3 and `tokenizers` its tokenizer (with its chat template)."""
 
     family = "zimage"
+    template_kwargs = {"enable_thinking": True}
+    default_sample_size = DEFAULT_SAMPLE_SIZE
 
     # -- sizes ------------------------------------------------------------------------------------------------
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        size = int(self.method_defaults.get("sample_size", DEFAULT_SAMPLE_SIZE))
-        return (size, size)
-
     @property
     def patch_size(self) -> int:
         return int(self.transformer.config.all_patch_size[0])
 
-    @property
-    def tokenizer(self):
-        """Qwen3's tokenizer inside its chat template (`ChatTokenizer`), at `text_length`."""
-        view = self.__dict__.get("_chat_view")
-        if view is None or view.max_length != self.text_length:
-            from promptseg.text.chat import ChatTokenizer
-
-            view = ChatTokenizer(self.tokenizers[0], self.text_length, {"enable_thinking": True})
-            self.__dict__["_chat_view"] = view
-        return view
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.text_encoders[0]
-
-    @property
-    def text_length(self) -> int:
-        return int(self.method_defaults.get("max_sequence_length", 512))
-
-    @property
-    def t5_length(self) -> int:
-        return self.text_length
-
     # -- text -------------------------------------------------------------------------------------------------
     def encode_text(self, prompts, token_embeds=None) -> torch.Tensor:
-        """(B, L, D): Qwen3's second-to-last hidden states of `prompts` in the chat template, the kept tokens' rows
-        first and zeros after them. `token_embeds` = (positions, rows) replaces Qwen3's input embeddings there.
-
-        Raises:
-            ValueError: a prompt longer than `text_length` tokens in its template.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        length = self.text_length
-        encoded = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False)
-        too_long = [p for p, row in zip(prompts, encoded.input_ids) if len(row) > length]
-        if too_long:
-            raise ValueError(f"prompt(s) longer than the {length} tokens the text encoder runs with: {too_long}")
-        ids = torch.tensor(encoded.input_ids, device=self.device)
-        mask = torch.tensor(encoded.attention_mask, device=self.device).bool()
-        states = run_text_encoder(self.text_encoder, ids, token_embeds, attention_mask=mask).hidden_states[-2]
-        return (states * mask[..., None]).to(self.dtype)
-
-    def split_text(self, text: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return text, None
-
-    def context_of(self, text: torch.Tensor) -> torch.Tensor:
-        return text
+        """(B, L, D): Qwen3's second-to-last hidden states of `prompts` in the chat template (`run_llm`), the kept
+        tokens' rows first and zeros after them. `token_embeds` = (positions, rows) replaces Qwen3's input
+        embeddings there."""
+        out, mask = self.run_llm(prompts, token_embeds)
+        return (out.hidden_states[-2] * mask[..., None]).to(self.dtype)
 
     @staticmethod
     def caption_lengths(text: torch.Tensor) -> list[int]:
