@@ -141,7 +141,7 @@ def test_folders_of_families_not_loaded_yet_are_refused_by_name(tmp_path):
         folder = tmp_path / pipeline
         (folder / "transformer").mkdir(parents=True)
         (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-        with pytest.raises(ValueError, match=f"diffusion transformer .*{pipeline}.* SD3/SD3.5 \\(MMDiT\\), FLUX.1, FLUX.2-klein and Z-Image"):
+        with pytest.raises(ValueError, match=f"diffusion transformer .*{pipeline}.* SD3/SD3.5 \\(MMDiT\\), FLUX.1, FLUX.2-klein, Z-Image and Qwen-Image"):
             load_backbone(str(folder), device="cpu")
 
 
@@ -150,7 +150,7 @@ def test_hub_ids_of_other_diffusion_transformers_are_refused_by_name(monkeypatch
 
     from promptseg.models.loader import UnsupportedModel
 
-    indexes = {"black-forest-labs/FLUX.2-dev": "Flux2Pipeline", "Qwen/Qwen-Image": "QwenImagePipeline",
+    indexes = {"black-forest-labs/FLUX.2-dev": "Flux2Pipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "WanPipeline",
                "PixArt-alpha/PixArt-XL-2-1024-MS": "PixArtAlphaPipeline"}
     monkeypatch.setattr(DiffusionPipeline, "load_config", classmethod(
         lambda cls, name, **kwargs: {"_class_name": indexes[name], "transformer": ["diffusers", "X"], "vae": []}))

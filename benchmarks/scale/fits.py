@@ -35,6 +35,17 @@ def components(name: str) -> dict[str, int]:
             out["text_encoder" + ("" if i == 0 else f"_{i + 1}")] = module_parameters(CLIPTextModelWithProjection, clip)
         out["text_encoder_3"] = module_parameters(T5EncoderModel, flux_configs("flux1")["t5"])  # T5-XXL
         return out
+    if name.startswith("qwen"):
+        from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from promptseg.models.qwenimage_configs import qwenimage_configs
+
+        spec = qwenimage_configs(name)
+        return {"transformer": module_parameters(QwenImageTransformer2DModel, spec["transformer"]),
+                "vae": module_parameters(AutoencoderKLQwenImage, spec["vae"]),
+                "text_encoder": module_parameters(Qwen2_5_VLForConditionalGeneration,
+                                                  {"text_config": spec["text"], "vision_config": spec["vision"]})}
     if name.startswith("zimage"):
         from diffusers import ZImageTransformer2DModel
         from transformers import Qwen3Model
@@ -96,7 +107,7 @@ def activation_table(results: Path = HERE / "results") -> dict:
 
 ARCHITECTURES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL", "sd3": "SD3-medium", "sd35-large": "SD3.5-large",
                  "flux1": "FLUX.1-dev / schnell", "flux2-klein-4b": "FLUX.2-klein-4B", "flux2-klein-9b": "FLUX.2-klein-9B",
-                 "zimage-turbo": "Z-Image-Turbo"}
+                 "zimage-turbo": "Z-Image-Turbo", "qwen-image": "Qwen-Image"}
 
 
 def main() -> None:

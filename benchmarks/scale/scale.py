@@ -72,10 +72,12 @@ FLUX2_ROWS = AT_1024 + [("invseg", 1024, 5, "none"), ("anyword", 1024, 5, "none"
 channels, Qwen3 32 wide with its 36 layers), 512 text tokens, at its native 1024 px (a 64x64 token grid); as FLUX.1's,
 forwards are measured here, seconds and memory are not klein's. ConceptAttention refuses FLUX.2; DPSeg has no
 weights trained for it."""
-ZIMAGE_ROWS = FLUX2_ROWS
+ZIMAGE_ROWS = QWENIMAGE_ROWS = FLUX2_ROWS
 """Z-Image-Turbo's rows (`--arch zimage-turbo`): its 30 single-stream layers (and 2 + 2 refiner layers) at reduced
 width (2 heads of 16 channels, a 4-layer Qwen3 32 wide), 512 text tokens, at its native 1024 px (a 64x64 token grid);
 as FLUX.1's, forwards are measured here, seconds and memory are not Z-Image's. ConceptAttention refuses Z-Image."""
+"""Qwen-Image's rows (`--arch qwen-image`) are the same: its 60 dual-stream blocks at reduced width (2 heads of 16
+channels, a 2-layer Qwen2.5-VL text tower 32 wide), the kept prompt tokens, at 1024 px (a 64x64 token grid)."""
 
 REFERRING = "the red car left of the big tree"
 """anyword's expression: one referring pass (what the issue's bar is for); its semantic mode refers once per label."""
@@ -107,10 +109,11 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
 
     from promptseg.data.base import bundled_class_names
     from promptseg.diffusion.encode import prepare_pixels
-    from promptseg.models import backbone_from_parts, flux, flux2, mmdit, zimage
+    from promptseg.models import backbone_from_parts, flux, flux2, mmdit, qwenimage, zimage
     from promptseg.models.dit_configs import DIT_NAMES, build_dit
     from promptseg.models.flux2_configs import FLUX2_NAMES, build_flux2, flux2_configs
     from promptseg.models.flux_configs import FLUX_NAMES, build_flux, flux_configs
+    from promptseg.models.qwenimage_configs import QWENIMAGE_NAMES, build_qwenimage
     from promptseg.models.sd_configs import build_sd
     from promptseg.models.zimage_configs import ZIMAGE_NAMES, build_zimage, zimage_configs
     from promptseg.pipeline import Pipeline
@@ -131,6 +134,10 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
         length = flux2_configs(arch)["max_sequence_length"]
         backbone = flux2.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
                                              method_defaults={"sample_size": side // 16, "max_sequence_length": length})
+    elif arch in QWENIMAGE_NAMES:  # Qwen-Image's block structure at reduced width, native 1024 px
+        parts = build_qwenimage(arch, reduced=True)
+        backbone = qwenimage.backbone_from_parts(f"random-{arch}-reduced-width", parts, device="cpu", dtype="fp32",
+                                                 method_defaults={"sample_size": side // 8})
     elif arch in ZIMAGE_NAMES:  # Z-Image's layer structure at reduced width, native 1024 px and 512 tokens
         parts = build_zimage(arch, reduced=True)
         length = zimage_configs(arch)["max_sequence_length"]
@@ -147,7 +154,8 @@ def one_row(method: str, side: int, n_labels: int, label_filter: str, arch: str,
     if arch in FLUX2_NAMES:  # 128 patchified channels, a token a latent cell
         latents = torch.randn(1, 128, side // 16, side // 16)
     else:
-        latents = torch.randn(1, 16 if arch in DIT_NAMES or arch in FLUX_NAMES or arch in ZIMAGE_NAMES else 4,
+        latents = torch.randn(1, 16 if arch in DIT_NAMES or arch in FLUX_NAMES or arch in ZIMAGE_NAMES
+                              or arch in QWENIMAGE_NAMES else 4,
                               side // 8, side // 8)
     text = backbone.encode_text("a photograph of a cat")
     forwards = []
@@ -224,7 +232,7 @@ def main() -> None:
     rows = []
     for row in (AT_1024 if args.arch == "sdxl" else DIT_ROWS if args.arch in ("sd3", "sd35")
                 else FLUX_ROWS if args.arch.startswith("flux1") else FLUX2_ROWS if args.arch.startswith("flux2")
-                else ZIMAGE_ROWS if args.arch.startswith("zimage")
+                else ZIMAGE_ROWS if args.arch.startswith("zimage") else QWENIMAGE_ROWS if args.arch.startswith("qwen")
                 else QUICK if args.quick else FULL):
         key = json.dumps(list(row))
         if key not in done_rows and (args.recorded or (args.only and row[0] not in args.only.split(","))):
@@ -246,14 +254,14 @@ def main() -> None:
     lines = [f"# Cost at SD's scale ({args.arch} architecture, random weights, CPU)", "",
              f"Made by `python benchmarks/scale/scale.py{' --quick' if args.quick else ''}{'' if args.arch == 'sd15' else ' --arch ' + args.arch}` on this 2-core CPU. Unit: the median "
              + ("of two bare denoiser forwards in the same process, one before the method and one after; each "
-                "method run once" if args.arch in ("sdxl", "sd3", "sd35") or args.arch.startswith(("flux", "zimage")) else
+                "method run once" if args.arch in ("sdxl", "sd3", "sd35") or args.arch.startswith(("flux", "zimage", "qwen")) else
                 "of six bare denoiser forwards in the same process, three before the method and three after")
              + "".join(f"; torch threads: {n}" for n in sorted({r["torch_threads"] for r in rows if "torch_threads" in r}))
              + (" (rows marked *earlier*: of three before it, no untimed first run, and older code; see the README)"
                 if any("bare_forwards_s" not in r for r in rows if "error" not in r) else "") + ". Memory: the "
              "process's peak RSS; the bound is 1.5x the reference process at the row's resolution (weights, image "
              "encode, one bare forward).",
-             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') or args.arch.startswith(('flux', 'zimage')) else 'UNet'}"
+             "", f"| method | side | labels | filter | seconds | {'transformer' if args.arch in ('sd3', 'sd35') or args.arch.startswith(('flux', 'zimage', 'qwen')) else 'UNet'}"
              "-forward equiv. | peak RSS (GB) | x reference memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -96,9 +96,11 @@ class ConceptAttention:
         self.config = config or ConceptAttentionConfig()
         blocks = getattr(getattr(backbone, "denoiser", None), "transformer_blocks", None)
         family = getattr(backbone, "family", None)
-        if family in ("flux2", "zimage"):
-            why = ("FLUX.2, whose blocks share one modulation across the model" if family == "flux2" else
-                   "Z-Image, whose single stream has no text weights of its own to run concepts through")
+        if family in ("flux2", "zimage", "qwenimage"):
+            why = {"flux2": "FLUX.2, whose blocks share one modulation across the model",
+                   "zimage": "Z-Image, whose single stream has no text weights of its own to run concepts through",
+                   "qwenimage": "Qwen-Image, whose blocks (complex rotary tables, a text mask) the concept stream"
+                                " does not run"}[family]
             raise ValueError(f"conceptattention runs its concept stream through SD3's and FLUX.1's joint blocks; "
                              f"{backbone.name!r} is {why}, not adapted yet: use baseline, fastseg or invseg on it")
         if family not in self.families or blocks is None:

@@ -22,6 +22,7 @@ import torch
 import promptseg.models.flux as flux
 import promptseg.models.flux2 as flux2
 import promptseg.models.mmdit as mmdit
+import promptseg.models.qwenimage as qwenimage
 import promptseg.models.unet as unet
 import promptseg.models.zimage as zimage
 from promptseg.models.base import DEFAULT_MODEL, DiffusionBackbone
@@ -30,7 +31,7 @@ from promptseg.models.zoo import BUNDLED, INSTALL_HINT, bundled, model_settings
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
-FAMILIES = ("unet", "mmdit", "flux", "flux2", "zimage")
+FAMILIES = ("unet", "mmdit", "flux", "flux2", "zimage", "qwenimage")
 """The backbone families promptseg can load."""
 _UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline", "Flux2Pipeline")  # FLUX.2-dev: Mistral text
 _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
@@ -55,9 +56,11 @@ def family_of(folder: Path) -> str:
         return "flux2"
     if pipeline in zimage.PIPELINES:
         return "zimage"
+    if pipeline in qwenimage.PIPELINES:
+        return "qwenimage"
     if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
         raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
-                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein and Z-Image models")
+                         "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein, Z-Image and Qwen-Image models")
     if not index.is_file() and not (folder / "unet").is_dir():
         raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json or unet/ inside)")
     return "unet"
@@ -82,9 +85,11 @@ def _hub_family(name: str, local_only: bool) -> str:
         return "flux2"
     if pipeline in zimage.PIPELINES:
         return "zimage"
+    if pipeline in qwenimage.PIPELINES:
+        return "qwenimage"
     if pipeline in _UNLOADED_TRANSFORMERS or ("transformer" in index and "unet" not in index):
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
-                               "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein and Z-Image models")
+                               "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein, Z-Image and Qwen-Image models")
     return "unet"
 
 
@@ -93,8 +98,8 @@ def _load_transformer(key: str, source: str, local_only: bool, device, dtype, fa
     """An MMDiT or FLUX backbone from a folder or hub id, with the settings its folder or architecture recommends
     (read again after a hub download, which brings the configs the architecture is recognised from)."""
     settings = model_settings(key)
-    if family in ("flux2", "zimage"):
-        module = flux2 if family == "flux2" else zimage
+    if family in ("flux2", "zimage", "qwenimage"):
+        module = {"flux2": flux2, "zimage": zimage, "qwenimage": qwenimage}[family]
         parts = module.load_folder(source, local_only, dtype, denoiser_kwargs)
         return module.backbone_from_parts(key, parts, device=device, dtype=dtype,
                                           method_defaults=settings or model_settings(key))
@@ -177,14 +182,14 @@ def load_backbone(
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the bundled model {key!r} is missing from {folder}: {INSTALL_HINT}, or "
                                     f"train it: {BUNDLED[key].trained_by}")
-        if family_of(folder) in ("mmdit", "flux", "flux2", "zimage"):
+        if family_of(folder) in ("mmdit", "flux", "flux2", "zimage", "qwenimage"):
             return _load_transformer(key, str(folder), True, device, dtype, family_of(folder), quantized)
         parts = unet.load_folder(str(folder), True, dtype, model_settings(key).get("text_encoder"), quantized)
     else:
         path = Path(key).expanduser()
         looks_like_path = path.suffix in SINGLE_FILE_SUFFIXES or key.startswith((".", "/", "~")) or os.sep + os.sep in key
         if path.is_dir():
-            if family_of(path) in ("mmdit", "flux", "flux2", "zimage"):
+            if family_of(path) in ("mmdit", "flux", "flux2", "zimage", "qwenimage"):
                 return _load_transformer(key, str(path), True, device, dtype, family_of(path), quantized)
             parts = unet.load_folder(str(path), True, dtype, model_settings(key).get("text_encoder"), quantized)
         elif path.is_file():
@@ -207,7 +212,7 @@ def load_backbone(
         else:
             try:
                 family = _hub_family(key, local_files_only)
-                if family in ("mmdit", "flux", "flux2", "zimage"):
+                if family in ("mmdit", "flux", "flux2", "zimage", "qwenimage"):
                     return _load_transformer(key, key, local_files_only, device, dtype, family, quantized)
                 parts = unet.load_folder(key, local_files_only, dtype, denoiser_kwargs=quantized)
             except UnsupportedModel:

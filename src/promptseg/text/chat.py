@@ -60,3 +60,48 @@ class ChatTokenizer:
         if name.startswith("__") or name in ("tokenizer", "max_length", "template_kwargs", "system"):
             raise AttributeError(name)  # copy / pickle before __init__
         return getattr(self.tokenizer, name)
+
+
+class PrefixTemplateTokenizer:
+    """A view of an LLM's tokenizer for a pipeline that fills a fixed template string and drops its first tokens
+    (Qwen-Image: a system message and the user turn's opening, 34 tokens of Qwen's vocabulary): `tokenizer(text)`
+    gives the ids the transformer sees (the template's tail after the prompt kept), `tokenizer(text,
+    add_special_tokens=False)` the prompt's own pieces.
+
+    Args:
+        tokenizer: the LLM's tokenizer.
+        template (`str`): the template, `{}` where the prompt goes.
+        max_length (`int`): the text states' length (`model_max_length`).
+    """
+
+    def __init__(self, tokenizer, template: str, max_length: int):
+        if template.count("{}") != 1:
+            raise ValueError(f"the prompt template must hold '{{}}' once, got {template!r}")
+        self.tokenizer, self.template, self.max_length = tokenizer, template, int(max_length)
+        self.drop = len(tokenizer(template.split("{}")[0], add_special_tokens=False).input_ids)
+
+    def __call__(self, text, add_special_tokens: bool = True, **kwargs):
+        if not add_special_tokens:
+            return self.tokenizer(text, add_special_tokens=False, **kwargs)
+        many = isinstance(text, (list, tuple))
+        encoded = self.tokenizer([self.template.format(t) for t in (text if many else [text])], **kwargs)
+        encoded["input_ids"] = [row[self.drop:] for row in encoded["input_ids"]]
+        if "attention_mask" in encoded:
+            encoded["attention_mask"] = [row[self.drop:] for row in encoded["attention_mask"]]
+        if not many:
+            encoded["input_ids"] = encoded["input_ids"][0]
+            if "attention_mask" in encoded:
+                encoded["attention_mask"] = encoded["attention_mask"][0]
+        return encoded
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def model_max_length(self) -> int:
+        return self.max_length
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("tokenizer", "template", "max_length", "drop"):
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)

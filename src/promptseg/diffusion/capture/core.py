@@ -369,6 +369,42 @@ class UnifiedRecordingProcessor(JointRecordingProcessor):
         return torch.cat(out)
 
 
+class MaskedJointRecordingProcessor(UnifiedRecordingProcessor):
+    """`JointRecordingProcessor` for Qwen-Image's dual-stream blocks (`QwenDoubleStreamAttnProcessor2_0`): image and
+    text projections as SD3's, text first, the rotary embedding a pair of complex tables (image, text) applied as the
+    processor applies them (diffusers' `apply_rotary_emb_qwen`), and a text mask: a batch's shorter prompts' padded
+    keys take no part in the softmax, so each item's map is read over its own text (`UnifiedRecordingProcessor`'s
+    per-item read-out, with no pad tokens)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
+                 attention_mask=None, image_rotary_emb=None):
+        if encoder_hidden_states is None:
+            raise ValueError("MaskedJointRecordingProcessor records joint (image + text) attention; this call had no text")
+        n = encoder_hidden_states.shape[1]
+        mask = encoder_hidden_states_mask
+        self._call_lengths = [n] * hidden_states.shape[0] if mask is None else [int(m) for m in mask.sum(dim=1)]
+        return self._record(attn, ("to_q", "to_k", "add_k_proj"), False, image_rotary_emb,
+                            lambda: self.stock(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
+                                               attention_mask, image_rotary_emb))
+
+    def _streams(self, attn, seen: dict, single: bool, rope) -> dict:
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        image_rope, text_rope = rope if rope is not None else (None, None)
+
+        def heads(x, norm, table):  # (B, N, heads * d) -> (B * heads, N, d), normed and rotated as the processor does
+            x = x.unflatten(-1, (attn.heads, -1))
+            x = norm(x) if norm is not None else x
+            x = apply_rotary_emb_qwen(x, table, use_real=False) if table is not None else x
+            return x.transpose(1, 2).flatten(0, 1)
+
+        self._lengths = list(self._call_lengths)
+        query = heads(seen["to_q"], attn.norm_q, image_rope)
+        self._other = [query.new_zeros(attn.heads, 0, query.shape[-1]) for _ in self._lengths]
+        return {"q": query, "k": heads(seen["to_k"], attn.norm_k, image_rope),
+                "text_k": heads(seen["add_k_proj"], attn.norm_added_k, text_rope)}
+
+
 def text_share(query: torch.Tensor, key: torch.Tensor, text_key: torch.Tensor, scale: float,
                window: int = 1) -> torch.Tensor:
     """(B * heads, N): the share of each image query's joint softmax (over the image keys `key` and the text keys
@@ -481,6 +517,8 @@ def capture(
                           getattr(denoiser, "promptseg_text_tokens", None))
                 if type(originals[name]).__name__ == "ZSingleStreamAttnProcessor":
                     processor = UnifiedRecordingProcessor(*common, layout_source=denoiser)
+                elif type(originals[name]).__name__ == "QwenDoubleStreamAttnProcessor2_0":
+                    processor = MaskedJointRecordingProcessor(*common)
                 elif hasattr(modules[name], "to_qkv_mlp_proj"):
                     processor = ParallelRecordingProcessor(*common)
                 else:
