@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from promptseg.models.flux import FluxBackbone
-from promptseg.models.llm_text import ChatTextEncoder
-from promptseg.models.mmdit import DiTBackbone, folder_parts
+from promptseg.models.llm_text import ChatTextEncoder, load_llm_folder
+from promptseg.models.mmdit import DiTBackbone
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
 PIPELINES = ("Flux2KleinPipeline",)
@@ -164,12 +164,8 @@ class Flux2Backbone(ChatTextEncoder, FluxBackbone):
         return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
-    """The components of a FLUX.2-klein diffusers folder or hub id: transformer, VAE, scheduler, Qwen3 and its
-    tokenizer."""
-    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
-    return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
-            "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")]}
+load_folder = load_llm_folder
+"""The components of its diffusers folder or hub id (`llm_text.load_llm_folder`)."""
 
 
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None

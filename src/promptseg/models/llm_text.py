@@ -71,8 +71,26 @@ class ChatTextEncoder:
         mask = torch.tensor(encoded.attention_mask, device=self.device).bool()
         return run_text_encoder(self.text_encoder, ids, token_embeds, attention_mask=mask, **kwargs), mask
 
+    @staticmethod
+    def caption_lengths(text: torch.Tensor) -> list[int]:
+        """Each prompt's kept tokens in a family whose `encode_text` zeroes the rows past them: the rows up to its
+        last non-zero one."""
+        filled = text.detach().abs().amax(dim=-1) > 0
+        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
+        return [max(int((row * positions).max()), 1) for row in filled]
+
     def split_text(self, text: torch.Tensor) -> tuple[torch.Tensor, None]:
         return text, None
 
     def context_of(self, text: torch.Tensor) -> torch.Tensor:
         return text
+
+
+def load_llm_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
+    """The components of a diffusers folder or hub id of a family with one LLM text encoder (FLUX.2-klein, Z-Image,
+    Qwen-Image): transformer, VAE, scheduler, the LLM and its tokenizer."""
+    from promptseg.models.mmdit import folder_parts
+
+    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
+    return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
+            "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")]}

@@ -37,6 +37,15 @@ _UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline", "Flux2Pi
 _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
 
 
+def _transformer_family(pipeline: str) -> str | None:
+    """The family of a diffusion transformer's pipeline class, or None when it is no transformer promptseg loads."""
+    for module, family in ((mmdit, "mmdit"), (flux, "flux"), (flux2, "flux2"), (zimage, "zimage"),
+                           (qwenimage, "qwenimage")):
+        if pipeline in module.PIPELINES:
+            return family
+    return None
+
+
 def family_of(folder: Path) -> str:
     """The family of the diffusers folder `folder` ("unet": SD 1.x/2.x and SDXL; "mmdit": SD3/SD3.5; "flux":
     FLUX.1), from its `model_index.json` and subfolders.
@@ -48,16 +57,8 @@ def family_of(folder: Path) -> str:
     """
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
-    if pipeline in mmdit.PIPELINES:
-        return "mmdit"
-    if pipeline in flux.PIPELINES:
-        return "flux"
-    if pipeline in flux2.PIPELINES:
-        return "flux2"
-    if pipeline in zimage.PIPELINES:
-        return "zimage"
-    if pipeline in qwenimage.PIPELINES:
-        return "qwenimage"
+    if _transformer_family(pipeline):
+        return _transformer_family(pipeline)
     if pipeline in _UNLOADED_TRANSFORMERS or ((folder / "transformer").is_dir() and not (folder / "unet").is_dir()):
         raise ValueError(f"{folder} holds a diffusion transformer ({pipeline or 'transformer/'}) that promptseg does "
                          "not load yet; it loads Stable Diffusion 1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein, Z-Image and Qwen-Image models")
@@ -77,16 +78,8 @@ def _hub_family(name: str, local_only: bool) -> str:
 
     index = DiffusionPipeline.load_config(name, local_files_only=local_only)
     pipeline = index.get("_class_name", "")
-    if pipeline in mmdit.PIPELINES:
-        return "mmdit"
-    if pipeline in flux.PIPELINES:
-        return "flux"
-    if pipeline in flux2.PIPELINES:
-        return "flux2"
-    if pipeline in zimage.PIPELINES:
-        return "zimage"
-    if pipeline in qwenimage.PIPELINES:
-        return "qwenimage"
+    if _transformer_family(pipeline):
+        return _transformer_family(pipeline)
     if pipeline in _UNLOADED_TRANSFORMERS or ("transformer" in index and "unet" not in index):
         raise UnsupportedModel(f"{name} is a {pipeline} model, which promptseg does not load yet; it loads Stable Diffusion "
                                "1.x/2.x and SDXL (UNet), SD3/SD3.5 (MMDiT), FLUX.1, FLUX.2-klein, Z-Image and Qwen-Image models")

@@ -24,8 +24,8 @@ import torch
 
 from promptseg.models.base import run_text_encoder
 from promptseg.models.flux import FluxBackbone
-from promptseg.models.llm_text import ChatTextEncoder
-from promptseg.models.mmdit import DiTBackbone, folder_parts
+from promptseg.models.llm_text import ChatTextEncoder, load_llm_folder
+from promptseg.models.mmdit import DiTBackbone
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
 PIPELINES = ("QwenImagePipeline",)
@@ -86,11 +86,6 @@ class QwenImageBackbone(ChatTextEncoder, DiTBackbone):
             out[i, :n] = states[i, view.drop:view.drop + n]
         return out.to(self.dtype)
 
-    @staticmethod
-    def caption_lengths(text: torch.Tensor) -> list[int]:
-        filled = text.detach().abs().amax(dim=-1) > 0
-        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
-        return [max(int((row * positions).max()), 1) for row in filled]
 
     # -- images -----------------------------------------------------------------------------------------------
     def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,12 +119,8 @@ class QwenImageBackbone(ChatTextEncoder, DiTBackbone):
         return FluxBackbone.unpack(out, h, w)
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
-    """The components of a Qwen-Image diffusers folder or hub id: transformer, VAE, scheduler, Qwen2.5-VL and its
-    tokenizer."""
-    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
-    return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
-            "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")]}
+load_folder = load_llm_folder
+"""The components of its diffusers folder or hub id (`llm_text.load_llm_folder`)."""
 
 
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
-from promptseg.models.llm_text import ChatTextEncoder
-from promptseg.models.mmdit import DiTBackbone, folder_parts
+from promptseg.models.llm_text import ChatTextEncoder, load_llm_folder
+from promptseg.models.mmdit import DiTBackbone
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
 PIPELINES = ("ZImagePipeline",)
@@ -61,12 +61,6 @@ class ZImageBackbone(ChatTextEncoder, DiTBackbone):
         out, mask = self.run_llm(prompts, token_embeds)
         return (out.hidden_states[-2] * mask[..., None]).to(self.dtype)
 
-    @staticmethod
-    def caption_lengths(text: torch.Tensor) -> list[int]:
-        """Each prompt's kept tokens: the rows up to its last non-zero one (`encode_text` zeroes the rest)."""
-        filled = text.detach().abs().amax(dim=-1) > 0
-        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
-        return [max(int((row * positions).max()), 1) for row in filled]
 
     # -- prediction -------------------------------------------------------------------------------------------
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -115,11 +109,8 @@ class ZImageBackbone(ChatTextEncoder, DiTBackbone):
         return sorted(named or set(self.method_defaults.get("blocks") or range(n)))
 
 
-def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwargs: dict | None = None) -> dict:
-    """The components of a Z-Image diffusers folder or hub id: transformer, VAE, scheduler, Qwen3 and its tokenizer."""
-    _, part = folder_parts(source, local_only, dtype, denoiser_kwargs)
-    return {"transformer": part("transformer"), "vae": part("vae"), "scheduler": part("scheduler"),
-            "text_encoders": [part("text_encoder")], "tokenizers": [part("tokenizer")]}
+load_folder = load_llm_folder
+"""The components of its diffusers folder or hub id (`llm_text.load_llm_folder`)."""
 
 
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None

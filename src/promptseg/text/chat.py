@@ -14,7 +14,26 @@ a word's tokens in context for that.
 from __future__ import annotations
 
 
-class ChatTokenizer:
+class _TokenizerView:
+    """What both views share: the wrapped tokenizer's length and attributes, and the text states' length as
+    `model_max_length`."""
+
+    _own = ("tokenizer", "max_length")
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def model_max_length(self) -> int:
+        return self.max_length
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in self._own:  # copy / pickle before __init__
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+
+class ChatTokenizer(_TokenizerView):
     """A view of `tokenizer` that wraps every text in its chat template as one user message.
 
     Args:
@@ -49,20 +68,8 @@ class ChatTokenizer:
             text = [self.template(t) for t in text] if isinstance(text, (list, tuple)) else self.template(text)
         return self.tokenizer(text, add_special_tokens=add_special_tokens, **kwargs)
 
-    def __len__(self) -> int:
-        return len(self.tokenizer)
 
-    @property
-    def model_max_length(self) -> int:
-        return self.max_length
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("tokenizer", "max_length", "template_kwargs", "system"):
-            raise AttributeError(name)  # copy / pickle before __init__
-        return getattr(self.tokenizer, name)
-
-
-class PrefixTemplateTokenizer:
+class PrefixTemplateTokenizer(_TokenizerView):
     """A view of an LLM's tokenizer for a pipeline that fills a fixed template string and drops its first tokens
     (Qwen-Image: a system message and the user turn's opening, 34 tokens of Qwen's vocabulary): `tokenizer(text)`
     gives the ids the transformer sees (the template's tail after the prompt kept), `tokenizer(text,
@@ -93,15 +100,3 @@ class PrefixTemplateTokenizer:
             if "attention_mask" in encoded:
                 encoded["attention_mask"] = encoded["attention_mask"][0]
         return encoded
-
-    def __len__(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def model_max_length(self) -> int:
-        return self.max_length
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("tokenizer", "template", "max_length", "drop"):
-            raise AttributeError(name)
-        return getattr(self.tokenizer, name)
