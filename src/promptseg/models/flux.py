@@ -149,7 +149,7 @@ class FluxBackbone(DiTBackbone):
         states, pooled = self.split_text(text.to(self.dtype))
         b, _, h, w = noisy.shape
         image_ids, text_ids = self._ids(h, w, states.shape[1])
-        sigma = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(b).to(self.dtype) / self.num_train_timesteps
+        sigma = self.call_sigma(t, noisy)
         embedded = None
         if self.transformer.config.get("guidance_embeds"):
             scale = self.method_defaults.get("guidance", DEFAULT_GUIDANCE) if guidance is None else guidance
@@ -220,10 +220,11 @@ def load_folder(source: str, local_only: bool, dtype: torch.dtype, denoiser_kwar
             "t5_encoder": part("text_encoder_2"), "t5_tokenizer": part("tokenizer_2")}
 
 
-def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None
-                        ) -> FluxBackbone:
-    """A `FluxBackbone` from components in memory, moved to `device` and `dtype` and frozen."""
+def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None,
+                        cls: type = FluxBackbone) -> FluxBackbone:
+    """A `FluxBackbone` (or subclass `cls`, FLUX.2's) from components in memory, moved to `device` and `dtype` and
+    frozen."""
     backbone = dit_backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
-                                       cls=FluxBackbone)
+                                       cls=cls)
     backbone.transformer.promptseg_text_tokens = backbone.text_length  # single-stream blocks' text, for capture
     return backbone

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from promptseg.models.flux import FluxBackbone
+from promptseg.models.flux import backbone_from_parts as flux_backbone_from_parts
 from promptseg.models.llm_text import ChatTextEncoder, load_llm_folder
 from promptseg.models.mmdit import DiTBackbone
-from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
 
 PIPELINES = ("Flux2KleinPipeline",)
 """The diffusers pipelines whose folders this family loads."""
@@ -125,7 +125,7 @@ class Flux2Backbone(ChatTextEncoder, FluxBackbone):
             raise ValueError(f"text of {states.shape[1]} tokens; this backbone's single-stream blocks are captured with "
                              f"{self.transformer.promptseg_text_tokens} (encode it with encode_text)")
         image_ids, text_ids = self._ids(h, w, states.shape[1])
-        sigma = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(b).to(self.dtype) / self.num_train_timesteps
+        sigma = self.call_sigma(t, noisy)
         embedded = None
         if self.transformer.config.get("guidance_embeds"):
             scale = self.method_defaults.get("guidance", DEFAULT_GUIDANCE) if guidance is None else guidance
@@ -170,8 +170,6 @@ load_folder = load_llm_folder
 
 def backbone_from_parts(name: str, parts: dict, *, device=None, dtype=None, method_defaults: dict | None = None
                         ) -> Flux2Backbone:
-    """A `Flux2Backbone` from components in memory, moved to `device` and `dtype` and frozen."""
-    backbone = dit_backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
-                                       cls=Flux2Backbone)
-    backbone.transformer.promptseg_text_tokens = backbone.text_length  # single-stream blocks' text, for capture
-    return backbone
+    """A `Flux2Backbone` from components in memory, moved to `device` and `dtype` and frozen (as FLUX.1's)."""
+    return flux_backbone_from_parts(name, parts, device=device, dtype=dtype, method_defaults=method_defaults,
+                                    cls=Flux2Backbone)

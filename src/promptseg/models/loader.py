@@ -33,7 +33,7 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 FAMILIES = ("unet", "mmdit", "flux", "flux2", "zimage", "qwenimage")
 """The backbone families promptseg can load."""
-_UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline", "Flux2Pipeline")  # FLUX.2-dev: Mistral text
+_UNLOADED_TRANSFORMERS = ("PixArtAlphaPipeline", "PixArtSigmaPipeline") + flux2.UNLOADED
 _GATED = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
 
 

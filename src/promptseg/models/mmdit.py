@@ -157,6 +157,12 @@ class DiTBackbone(DiffusionBackbone):
         return self.split_text(text)[0]
 
     # -- noise and prediction ---------------------------------------------------------------------------------
+    def call_sigma(self, t, noisy: torch.Tensor) -> torch.Tensor:
+        """(B,) sigma = t / 1000 in the model's dtype, one per item of `noisy`: what a flow transformer that takes
+        sigma as its timestep (FLUX.1, FLUX.2, Qwen-Image; Z-Image takes 1 - sigma) is called with."""
+        t = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(noisy.shape[0]).to(self.dtype)
+        return t / self.num_train_timesteps
+
     def _sigma(self, t, like: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=like.device, dtype=torch.float32).reshape(-1)
         return (t / self.num_train_timesteps).view(-1, *([1] * (like.ndim - 1)))
@@ -219,6 +225,11 @@ class DiTBackbone(DiffusionBackbone):
                                block=i)
                 for i in range(len(self.transformer.transformer_blocks)) for kind in ("cross", "self")]
 
+    @property
+    def joint_blocks(self) -> torch.nn.ModuleList:
+        """The transformer's blocks that places name "block0".. and "joint" (SD3's and FLUX's double-stream blocks)."""
+        return self.transformer.transformer_blocks
+
     def attention_grids(self, kind: str) -> list[tuple[int, int]]:
         return [self.grid]
 
@@ -231,7 +242,7 @@ class DiTBackbone(DiffusionBackbone):
         Raises:
             ValueError: an unknown place or a block this transformer does not have.
         """
-        n = len(self.transformer.transformer_blocks)
+        n = len(self.joint_blocks)
         singles = len(getattr(self.transformer, "single_transformer_blocks", None) or [])
         named = set()
         for place in places:

@@ -86,7 +86,6 @@ class QwenImageBackbone(ChatTextEncoder, DiTBackbone):
             out[i, :n] = states[i, view.drop:view.drop + n]
         return out.to(self.dtype)
 
-
     # -- images -----------------------------------------------------------------------------------------------
     def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.vae.config
@@ -111,8 +110,8 @@ class QwenImageBackbone(ChatTextEncoder, DiTBackbone):
         b, _, h, w = noisy.shape
         lengths = self.caption_lengths(text)
         states = text[:, :max(lengths)].to(self.dtype)
-        mask = torch.tensor([[i < n for i in range(states.shape[1])] for n in lengths], device=noisy.device)
-        sigma = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(b).to(self.dtype) / self.num_train_timesteps
+        mask = torch.arange(states.shape[1], device=noisy.device)[None] < torch.tensor(lengths, device=noisy.device)[:, None]
+        sigma = self.call_sigma(t, noisy)
         out = self.transformer(hidden_states=FluxBackbone.pack(noisy.to(self.dtype)), encoder_hidden_states=states,
                                encoder_hidden_states_mask=None if bool(mask.all()) else mask.long(), timestep=sigma,
                                img_shapes=[[(1, h // 2, w // 2)]] * b).sample

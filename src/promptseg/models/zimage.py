@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from promptseg.models.attention_layers import PLACES, AttentionLayer, grid_at_level
+from promptseg.models.attention_layers import AttentionLayer
 from promptseg.models.llm_text import ChatTextEncoder, load_llm_folder
 from promptseg.models.mmdit import DiTBackbone
 from promptseg.models.mmdit import backbone_from_parts as dit_backbone_from_parts
@@ -61,7 +61,6 @@ class ZImageBackbone(ChatTextEncoder, DiTBackbone):
         out, mask = self.run_llm(prompts, token_embeds)
         return (out.hidden_states[-2] * mask[..., None]).to(self.dtype)
 
-
     # -- prediction -------------------------------------------------------------------------------------------
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The velocity eps - x_0 (B, C, h, w) for `noisy` at `t` (B,), conditioned on an `encode_text` result."""
@@ -71,42 +70,22 @@ class ZImageBackbone(ChatTextEncoder, DiTBackbone):
         tokens = (h // self.patch_size) * (w // self.patch_size)
         self.transformer.promptseg_layout = (tokens, math.ceil(tokens / SEQUENCE_MULTIPLE) * SEQUENCE_MULTIPLE,
                                              lengths)
-        sigma = torch.as_tensor(t, device=noisy.device).reshape(-1).expand(b).to(self.dtype) / self.num_train_timesteps
+        sigma = self.call_sigma(t, noisy)
         out = self.transformer([x[:, None] for x in noisy.to(self.dtype)], 1 - sigma,
                                [s[:n] for s, n in zip(states, lengths)]).sample
         return -torch.stack([o[:, 0] for o in out])
 
     # -- attention --------------------------------------------------------------------------------------------
     @property
-    def grid(self) -> tuple[int, int]:
-        return grid_at_level(self.latent_size, int(math.log2(self.patch_size)))
+    def joint_blocks(self) -> torch.nn.ModuleList:
+        """The 30 main layers (the refiners see one modality each and are not read)."""
+        return self.transformer.layers
 
     def attention_layers(self) -> list[AttentionLayer]:
         """Each main layer's cross (image-to-caption) and self (image-to-image) layer."""
         level = int(math.log2(self.patch_size))
         return [AttentionLayer(name=f"layers.{i}.attention.processor", place="joint", kind=kind, level=level, block=i)
-                for i in range(len(self.transformer.layers)) for kind in ("cross", "self")]
-
-    def blocks_for(self, places) -> list[int]:
-        """The layers `places` names ("block7", "joint" = every layer); none named: the model's `"blocks"` setting,
-        else every layer.
-
-        Raises:
-            ValueError: an unknown place or a layer this transformer does not have.
-        """
-        n = len(self.transformer.layers)
-        named = set()
-        for place in places:
-            if place in PLACES:
-                continue
-            if place == "joint":
-                named.update(range(n))
-            elif place.startswith("block") and place[5:].isdigit() and int(place[5:]) < n:
-                named.add(int(place[5:]))
-            else:
-                raise ValueError(f"unknown place {place!r} for this transformer: name layers 'block0'..'block{n - 1}' "
-                                 "or 'joint' (every layer)")
-        return sorted(named or set(self.method_defaults.get("blocks") or range(n)))
+                for i in range(len(self.joint_blocks)) for kind in ("cross", "self")]
 
 
 load_folder = load_llm_folder

@@ -40,13 +40,12 @@ class ChatTokenizer(_TokenizerView):
         tokenizer: a `transformers` tokenizer with a chat template.
         max_length (`int`): the padded length the text encoder runs with (`model_max_length`).
         template_kwargs (`dict`, *optional*): extra arguments of `apply_chat_template` (Qwen3: `enable_thinking`).
-        system (`str`, *optional*): a system message before the user's (FLUX.2-dev's).
 
     Raises:
         ValueError: the tokenizer has no chat template, or pads on the left (positions are read from the left).
     """
 
-    def __init__(self, tokenizer, max_length: int, template_kwargs: dict | None = None, system: str | None = None):
+    def __init__(self, tokenizer, max_length: int, template_kwargs: dict | None = None):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"{type(tokenizer).__name__} has no chat template; the model's tokenizer folder must "
                              "carry the one its pipeline applies (tokenizer_config.json or chat_template.jinja)")
@@ -54,14 +53,12 @@ class ChatTokenizer(_TokenizerView):
             raise ValueError(f"the tokenizer pads on the {tokenizer.padding_side}; promptseg reads word positions "
                              "from the left: set padding_side='right' in its tokenizer_config.json")
         self.tokenizer, self.max_length = tokenizer, int(max_length)
-        self.template_kwargs, self.system = dict(template_kwargs or {}), system
+        self.template_kwargs = dict(template_kwargs or {})
 
     def template(self, text: str) -> str:
         """`text` as the pipeline's chat template renders it (a string, not yet tokenized)."""
-        messages = ([{"role": "system", "content": self.system}] if self.system else [])
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                  **self.template_kwargs)
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True, **self.template_kwargs)
 
     def __call__(self, text, add_special_tokens: bool = True, **kwargs):
         if add_special_tokens:

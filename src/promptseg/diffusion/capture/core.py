@@ -382,7 +382,7 @@ class MaskedJointRecordingProcessor(UnifiedRecordingProcessor):
             raise ValueError("MaskedJointRecordingProcessor records joint (image + text) attention; this call had no text")
         n = encoder_hidden_states.shape[1]
         mask = encoder_hidden_states_mask
-        self._call_lengths = [n] * hidden_states.shape[0] if mask is None else [int(m) for m in mask.sum(dim=1)]
+        self._lengths = [n] * hidden_states.shape[0] if mask is None else [int(m) for m in mask.sum(dim=1)]
         return self._record(attn, ("to_q", "to_k", "add_k_proj"), False, image_rotary_emb,
                             lambda: self.stock(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
                                                attention_mask, image_rotary_emb))
@@ -398,7 +398,6 @@ class MaskedJointRecordingProcessor(UnifiedRecordingProcessor):
             x = apply_rotary_emb_qwen(x, table, use_real=False) if table is not None else x
             return x.transpose(1, 2).flatten(0, 1)
 
-        self._lengths = list(self._call_lengths)
         query = heads(seen["to_q"], attn.norm_q, image_rope)
         self._other = [query.new_zeros(attn.heads, 0, query.shape[-1]) for _ in self._lengths]
         return {"q": query, "k": heads(seen["to_k"], attn.norm_k, image_rope),
