@@ -63,10 +63,13 @@ DIT_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("baseline", 1024, 
 built from parts, so SD3-medium's architecture profile (`"blocks": [9]`, which a user's SD3-medium gets) is not
 applied: the plain rows read every block; the block-9 rows are what the profile gives."""
 FLUX_ROWS = AT_1024 + [("conceptattention", 1024, 5, "none"), ("invseg", 1024, 5, "none"),
-                       ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none")]
+                       ("anyword", 1024, 5, "none"), ("dpseg", 1024, 5, "none"),
+                       ("invseg", 1024, 5, "none", {"inversion_side": 1024}),
+                       ("anyword", 1024, 5, "none", {"inversion_side": 1024})]
 """FLUX.1's rows (`--arch flux1`): its 19 double and 38 single blocks at reduced width (2 heads of 16 channels,
 T5 and CLIP 64 and 32 wide), so every method's cost in transformer forwards can be measured here; seconds and memory
-are not FLUX's (its 12B transformer does not fit this machine)."""
+are not FLUX's (its 12B transformer does not fit this machine). The inversions run at 512 px by default
+(`inversion_side`, `promptseg.diffusion.memory`); the `inversion_side` 1024 rows invert at the native size."""
 FLUX2_ROWS = AT_1024 + [("invseg", 1024, 5, "none"), ("anyword", 1024, 5, "none")]
 """FLUX.2-klein's rows (`--arch flux2-klein-4b`): its 5 double and 20 single blocks at reduced width (2 heads of 16
 channels, Qwen3 32 wide with its 36 layers), 512 text tokens, at its native 1024 px (a 64x64 token grid); as FLUX.1's,

@@ -9,6 +9,16 @@ it computes its maps again without recording them or stopping the forward.
 
     with recomputed(backbone, config.recompute) as blocks_recomputed:
         loss = ...; loss.backward()
+
+On a diffusion transformer whose native size is above 512 px (SD3, FLUX.1, FLUX.2, Qwen-Image, Z-Image: 1024 px)
+the optimisation also runs on the image at 512 px (`inversion_size`): a quarter of the image tokens, so about a
+ninth of the joint attention and a third of the rest, forwards and backwards, and a fraction of the kept maps. The
+segmentation itself is read at the native size with the optimised embeddings. 512 px is the image size of the
+papers' optimisation (InvSeg and Segment Anyword run SD-1.5 at 512 px; InvSeg's 16x16 loss grid is a quarter of
+its latent side, which FLUX.1 and SD3 have at 512 px too), and the size the field adapts these transformers at
+(diffusers' DreamBooth example for FLUX.1, `examples/dreambooth/README_flux.md`, trains at `--resolution=512`);
+both were trained at 512 px among other sizes. A UNet keeps its native size (SDXL at 512 px is out of its
+training). `inversion_side` (a method setting) names another size; the native size or more turns it off.
 """
 
 from __future__ import annotations
@@ -36,3 +46,38 @@ def recomputed(backbone, enabled: bool | None = None) -> Iterator[bool]:
     finally:
         if not before:
             denoiser.disable_gradient_checkpointing()
+
+
+INVERSION_SIDE = 512
+"""The longest image side, in pixels, of prompt inversion on a diffusion transformer whose native size is larger
+(module docstring)."""
+
+
+def inversion_latent(backbone, side: int | None = None) -> tuple[int, int] | None:
+    """The latent grid (h, w) prompt inversion runs at on `backbone`, or None for its native size.
+
+    `side` (pixels, the longest side): None picks `INVERSION_SIDE` on a diffusion transformer whose native image is
+    larger, the native size on a UNet; a side at or above the native one is the native size. The grid keeps the
+    native aspect ratio, in whole patches (the transformer's token grid).
+    """
+    native = backbone.native_latent_size
+    longest = max(native) * backbone.vae_scale_factor
+    if side is None:
+        if backbone.family == "unet":
+            return None
+        side = INVERSION_SIDE
+    if side <= 0:
+        raise ValueError(f"inversion_side must be a positive number of pixels or None, got {side}")
+    if side >= longest:
+        return None
+    step = int(getattr(backbone, "patch_size", 1))
+    return tuple(max(step, round(n * side / longest / step) * step) for n in native)
+
+
+@contextmanager
+def inversion_size(backbone, side: int | None = None) -> Iterator[bool]:
+    """`backbone` at `inversion_latent(backbone, side)` inside the block (`DiffusionBackbone.working_size`); yields
+    whether that is smaller than the native size."""
+    latent = inversion_latent(backbone, side)
+    with backbone.working_size(latent):
+        yield latent is not None

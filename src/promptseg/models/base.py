@@ -6,7 +6,7 @@ transformers: SD3, FLUX) implements the same methods. Nothing above `promptseg.m
 (`unet`, `vae`, ...) except through this interface or the module it names as `denoiser` for attention capture.
 
 The interface, in five parts:
-- sizes: `latent_size`, `image_size`, `vae_scale_factor`, `text_length`, `num_train_timesteps`, `prediction_type`;
+- sizes: `latent_size` (`native_latent_size`, `working_size`), `image_size`, `vae_scale_factor`, `text_length`, `num_train_timesteps`, `prediction_type`;
 - images: `preprocess` (PIL -> pixels), `encode_image` (pixels -> latents), `decode_image` (latents -> pixels);
 - text: `encode_text` (prompts -> conditioning, optionally with learnt input embeddings) and `tokenizer`, with which
   `promptseg.text` finds a word's tokens in a prompt;
@@ -19,6 +19,8 @@ The interface, in five parts:
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -51,9 +53,27 @@ class DiffusionBackbone(abc.ABC):
     # has `sample_size`, so these defaults serve them.
     @property
     def latent_size(self) -> tuple[int, int]:
+        """The latent grid (h, w) the backbone works at: `native_latent_size`, or the size `working_size` sets for
+        the duration of its block (prompt inversion at a smaller size, `promptseg.diffusion.memory`). Every size
+        below (`image_size`, the attention grids, `preprocess`) follows it."""
+        return self.__dict__.get("_working_latent") or self.native_latent_size
+
+    @property
+    def native_latent_size(self) -> tuple[int, int]:
         """The denoiser's native latent grid (h, w)."""
         size = self.denoiser.config.sample_size
         return (size, size) if isinstance(size, int) else tuple(size)
+
+    @contextmanager
+    def working_size(self, latent_hw: tuple[int, int] | None) -> Iterator[None]:
+        """Work at the latent grid `latent_hw` inside the block (None: no change), the native size after."""
+        before = self.__dict__.get("_working_latent")
+        if latent_hw is not None:
+            self.__dict__["_working_latent"] = tuple(int(s) for s in latent_hw)
+        try:
+            yield
+        finally:
+            self.__dict__["_working_latent"] = before
 
     @property
     def vae_scale_factor(self) -> int:

@@ -58,7 +58,7 @@ class FluxBackbone(DiTBackbone):
 
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
-    def latent_size(self) -> tuple[int, int]:
+    def native_latent_size(self) -> tuple[int, int]:
         size = int(self.method_defaults.get("sample_size", DEFAULT_SAMPLE_SIZE))
         return (size, size)
 

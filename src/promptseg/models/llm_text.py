@@ -23,7 +23,7 @@ class ChatTextEncoder:
     """The latent side at the native size, unless the model's `"sample_size"` setting says otherwise."""
 
     @property
-    def latent_size(self) -> tuple[int, int]:
+    def native_latent_size(self) -> tuple[int, int]:
         size = int(self.method_defaults.get("sample_size", self.default_sample_size))
         return (size, size)
 

@@ -28,6 +28,12 @@ class AnywordConfig:
     """Noise draws per UNet pass of the inversion, their gradients accumulated over `batch` (the same gradient):
     1 keeps the activation memory of one draw (half of a batch of 2: issue 22's memory bound); None: all `batch`
     draws in one pass (faster on a GPU with memory to spare)."""
+    inversion_side: int | None = None
+    """Longest image side, in pixels, of the mask-prompt inversion (the image VAE-encoded at that size for the
+    denoising loss); the word maps are read at the model's native size. None: 512 px on a diffusion transformer whose
+    native size is larger (FLUX.1, SD3 at 1024 px: the paper's SD-1.5 size, a quarter of the image tokens), the
+    native size on a UNet and on smaller models (`promptseg.diffusion.memory.inversion_size`); the native size or
+    more: the native size."""
     recompute: bool | None = None
     """Recompute the denoiser's blocks in the backward pass of the inversion instead of keeping their activations
     (gradient checkpointing, `promptseg.diffusion.memory`): about one more forward a step for the memory of one
@@ -110,6 +116,8 @@ class AnywordConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.inversion_side is not None and self.inversion_side <= 0:
+            raise ValueError(f"inversion_side must be a positive number of pixels or None, got {self.inversion_side}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
         if not self.timesteps:

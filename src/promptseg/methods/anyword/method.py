@@ -11,7 +11,7 @@ import torch
 from promptseg.diffusion.attention import attention_pass
 from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
 from promptseg.diffusion.evidence import DenoisingEvidence
-from promptseg.diffusion.memory import recomputed
+from promptseg.diffusion.memory import inversion_size, recomputed
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import minmax, resize_maps
 from promptseg.methods.anyword.config import AnywordConfig
@@ -217,8 +217,12 @@ class Anyword:
         positions = span_positions(self.backbone.tokenizer, prompt, spans)
         # the words' input embeddings are learnt (other encoders' rows, SD3's T5, are read, not learnt)
         flat = input_positions(self.backbone.tokenizer, sorted({p for span in positions for p in span}))
-        with recomputed(self.backbone, c.recompute):
-            text, log = invert_tokens(self.backbone, prepared.latents, prompt, flat, c.steps, c.lr, c.batch,
+        with inversion_size(self.backbone, c.inversion_side) as smaller, recomputed(self.backbone, c.recompute):
+            latents = prepared.latents
+            if smaller and c.steps:  # the image encoded at the inversion size
+                with torch.no_grad():
+                    latents = self.backbone.encode_image(self.backbone.preprocess(prepared.extra["image"]))
+            text, log = invert_tokens(self.backbone, latents, prompt, flat, c.steps, c.lr, c.batch,
                                       c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():
             maps = self.word_maps(prepared, text, positions)

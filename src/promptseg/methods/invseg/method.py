@@ -10,7 +10,8 @@ Beyond the paper (same maths, less work): the optimisation's forward pass stops 
 reads (`stop_forward_early`), so neither it nor the backward pass visits the rest of the UNet; with
 `view_pool > 0` (the default, 2: the paper's two augmented views) the views are drawn once and their VAE latents
 cached, not drawn afresh each step; with `views_from="latents"` they are
-cropped from the image's latents (no VAE encode a step; measured on shapes, `benchmarks/scale/results/savings.md`).
+cropped from the image's latents (no VAE encode a step; measured on shapes, `benchmarks/scale/results/savings.md`);
+on a diffusion transformer of 1024 px the optimisation runs at 512 px (`inversion_side`), the read-out at 1024.
 
 The paper against this code, checked equation by equation (issue 14; measurements in
 `benchmarks/shapes/results/invseg_diagnosis.md`):
@@ -40,7 +41,7 @@ import torch
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.encode import PreparedImage, to_pil
-from promptseg.diffusion.memory import recomputed
+from promptseg.diffusion.memory import inversion_size, recomputed
 from promptseg.diffusion.precision import loss_scaler
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -115,6 +116,11 @@ class InvSegConfig:
     "latents": the crop of the image's latents, resampled to the latent size (no VAE encode after the first: at
     SD-1.5's 512 px one encode costs 1.36 UNet forwards on this CPU). Its effect on shapes:
     `benchmarks/scale/results/savings.md`."""
+    inversion_side: int | None = None
+    """Longest image side, in pixels, of the optimisation (its views, its loss grid); the final read-out stays at the
+    model's native size. None: 512 px on a diffusion transformer whose native size is larger (FLUX.1, SD3 at 1024 px:
+    the paper's 512 px and 16x16 loss grid, a quarter of the image tokens), the native size on a UNet and on smaller
+    models (`promptseg.diffusion.memory.inversion_size`); the native size or more: the native size. Beyond the paper."""
     recompute: bool | None = None
     """Recompute the denoiser's blocks in the backward pass instead of keeping their activations (gradient
     checkpointing, `promptseg.diffusion.memory`): about one more forward a step for the memory of one block. None:
@@ -133,6 +139,8 @@ class InvSegConfig:
                              f"view_pool >= {self.num_views}, or 0 for fresh views every step")
         if self.views_from not in ("pixels", "latents"):
             raise ValueError(f"views_from must be 'pixels' or 'latents', got {self.views_from!r}")
+        if self.inversion_side is not None and self.inversion_side <= 0:
+            raise ValueError(f"inversion_side must be a positive number of pixels or None, got {self.inversion_side}")
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
 
@@ -163,7 +171,14 @@ class InvSeg:
                 seed=c.seed,
             ),
         )
-        plan = plan_attention(backbone, c.loss_cross_weights, c.loss_self_weights, c.loss_places or c.places)
+        self._plan_loss()
+
+    def _plan_loss(self) -> None:
+        """The loss's layers and grids at the backbone's working size (`loss_layers`, `loss_cross`, `loss_self`,
+        `loss_grid`, `pool_grid`): at the native size when built (bad settings fail there), at the inversion size
+        inside `invert`."""
+        c = self.config
+        plan = plan_attention(self.backbone, c.loss_cross_weights, c.loss_self_weights, c.loss_places or c.places)
         self.loss_cross, self.loss_self, self.loss_grid, self.loss_layers = plan.cross, plan.self, plan.target, plan.layers
         self.pool_grid = self._transformer_loss_grid()
         if self.pool_grid is not None:  # the loss's coarse grid, read by pooling the blocks' image tokens
@@ -201,7 +216,8 @@ class InvSeg:
         original = prepared.extra["original"]
         if self.config.views_from == "latents":
             image_hw = tuple(original.shape[-2:])
-            return torch.cat([crop_resize_scaled(prepared.latents, box, image_hw) for box in boxes])
+            size = self.backbone.latent_size
+            return torch.cat([crop_resize_scaled(prepared.latents, box, image_hw, size) for box in boxes])
         size = self.backbone.image_size
         views = torch.cat([crop_resize(original, box, size) for box in boxes])
         with torch.no_grad():
@@ -233,7 +249,16 @@ class InvSeg:
         return loss, {"cluster": float(clusters.mean().detach()), "entropy": float(entropy.detach())}
 
     def invert(self, prepared: PreparedImage, tokens) -> tuple[torch.Tensor, dict]:
-        """Optimise the class-token embeddings for this image; returns the text (1, T, D) and a log."""
+        """Optimise the class-token embeddings for this image at the inversion size (`inversion_side`); returns
+        the text (1, T, D) and a log."""
+        try:
+            with inversion_size(self.backbone, self.config.inversion_side):
+                self._plan_loss()
+                return self._invert(prepared, tokens)
+        finally:
+            self._plan_loss()  # back to the native size's
+
+    def _invert(self, prepared: PreparedImage, tokens) -> tuple[torch.Tensor, dict]:
         c = self.config
         backbone = self.backbone
         generator = torch.Generator().manual_seed(c.seed)
