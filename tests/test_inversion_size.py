@@ -87,11 +87,14 @@ def test_anyword_inverts_the_image_encoded_at_the_inversion_size(flux, image, mo
     monkeypatch.setattr(type(flux), "encode_image", lambda self, pixels: encoded.append(tuple(pixels.shape[-2:]))
                         or real(self, pixels))
     anyword = build_method("anyword", flux, sam=None, steps=2, inversion_side=128)
-    answer = anyword.refer(anyword.prepare(image), "the red cat")
+    prepared = anyword.prepare(image)
+    answer = anyword.refer(prepared, "the red cat")
     assert encoded == [(256, 256), (128, 128)]  # the image for the read-out, then for the inversion
     assert [s for grad, s in sizes if grad] == [(16, 16)] * 2
     assert {s for grad, s in sizes if not grad} == {(32, 32)}  # the word maps at every read-out timestep
     assert len(answer.extra["inversion_loss"]) == 2 and flux.latent_size == (32, 32)
+    anyword.segment(prepared, ["cat", "dog"])  # an inversion a label, the image encoded once
+    assert encoded == [(256, 256), (128, 128)] and len([s for grad, s in sizes if grad]) == 6
 
 
 def test_the_native_size_comes_back_when_the_inversion_fails(flux, image, monkeypatch):
@@ -136,3 +139,52 @@ def test_every_transformer_family_inverts_at_half_its_side(family, tmp_path, ima
     assert {s for grad, s in sizes if not grad} == {native}
     assert result.label_map.shape == answer.mask.shape == (96, 128)
     assert backbone.latent_size == native
+
+
+class _AttentionCalls:
+    """Counts the fused attention kernels run inside a backward pass (a recomputed block's; the kernels' own
+    backward is another op)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from promptseg.diffusion.memory import ATTENTION_OPS
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.n += func in ATTENTION_OPS and torch._C._current_graph_task_id() != -1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_recomputed_blocks_keep_their_attention_and_rerun_the_rest(flux, image, monkeypatch):
+    """The backward pass re-runs a block's projections and MLP but none of its fused attention calls (selective
+    checkpointing keeps their outputs), and the optimisation is the one with kept activations; plain checkpointing
+    would run them again."""
+    import promptseg.diffusion.memory as memory
+
+    def run(recompute):
+        with _AttentionCalls() as calls:
+            result = build_method("invseg", flux, steps=2, recompute=recompute)(image, ["cat", "dog"])
+            anyword = build_method("anyword", flux, sam=None, steps=2, recompute=recompute)
+            answer = anyword.refer(anyword.prepare(image), "the red cat")
+        return calls.n, result, answer
+
+    _, kept, kept_answer = run(False)
+    selective_n, selective, selective_answer = run(True)
+    assert selective_n == 0
+    assert np.allclose(selective.extra["loss"], kept.extra["loss"], rtol=1e-5)
+    assert np.allclose(selective.extra["grad_norm"], kept.extra["grad_norm"], rtol=1e-4)
+    assert np.allclose(selective_answer.extra["inversion_loss"], kept_answer.extra["inversion_loss"], rtol=1e-5)
+    monkeypatch.setattr(memory, "keep_attention", lambda module, *args: torch.utils.checkpoint.checkpoint(
+        module.__call__, *args, use_reentrant=False))
+    plain_n, _, _ = run(True)
+    assert plain_n > selective_n

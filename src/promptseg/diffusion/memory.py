@@ -5,7 +5,10 @@ every block's activations for that backward pass: at FLUX.1's size, 4608 tokens 
 tensors a block, tens of GB over its 19 double and 38 single blocks. With gradient checkpointing (diffusers' own,
 per block) only each block's inputs are kept and the block runs again in the backward pass: about one more forward
 a step, for the memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
-it computes its maps again without recording them or stopping the forward.
+it computes its maps again without recording them or stopping the forward. The re-run is selective (PyTorch's
+selective activation checkpointing, `keep_attention`): the fused attention calls' outputs (the block's own and the
+capture's) are kept from the forward, so the backward pass re-runs the projections, norms and MLPs but no attention;
+about 4608 x 3072 values a call at FLUX.1's 1024 px, and the same gradients.
 
     with recomputed(backbone, config.recompute) as blocks_recomputed:
         loss = ...; loss.backward()
@@ -26,11 +29,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+ATTENTION_OPS = tuple(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable") if hasattr(torch.ops.aten, name))
+"""The fused attention kernels `scaled_dot_product_attention` dispatches to (CPU, CUDA flash, memory-efficient,
+cuDNN, other backends): what a recomputed block keeps from its forward. The math fallback (matmul, softmax) is
+recomputed."""
+
+
+def _keep_attention_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def keep_attention(module, *args):
+    """diffusers' gradient-checkpointing function with the fused attention calls' outputs kept: the block re-runs
+    in the backward pass without its attention (`torch.utils.checkpoint`, non-reentrant, selective)."""
+    return checkpoint(module.__call__, *args, use_reentrant=False,
+                      context_fn=lambda: create_selective_checkpoint_contexts(_keep_attention_policy))
+
 
 @contextmanager
 def recomputed(backbone, enabled: bool | None = None) -> Iterator[bool]:
-    """Gradient checkpointing on `backbone`'s denoiser (diffusers' `enable_gradient_checkpointing`) inside the block,
-    its previous state restored after. `enabled` None: on a transformer (FLUX.1's kept activations are tens of GB),
+    """Gradient checkpointing on `backbone`'s denoiser (diffusers' `enable_gradient_checkpointing`, attention kept:
+    `keep_attention`) inside the block, its previous state restored after (a denoiser already checkpointing keeps
+    its own function). `enabled` None: on a transformer (FLUX.1's kept activations are tens of GB),
     off on a UNet (SD's fit). Yields whether the blocks are recomputed (False when off or unsupported)."""
     denoiser = backbone.denoiser
     if enabled is None:
@@ -40,7 +66,7 @@ def recomputed(backbone, enabled: bool | None = None) -> Iterator[bool]:
         return
     before = denoiser.is_gradient_checkpointing
     if not before:
-        denoiser.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=keep_attention)
     try:
         yield True
     finally:

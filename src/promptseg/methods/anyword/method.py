@@ -219,9 +219,12 @@ class Anyword:
         flat = input_positions(self.backbone.tokenizer, sorted({p for span in positions for p in span}))
         with inversion_size(self.backbone, c.inversion_side) as smaller, recomputed(self.backbone, c.recompute):
             latents = prepared.latents
-            if smaller and c.steps:  # the image encoded at the inversion size
-                with torch.no_grad():
-                    latents = self.backbone.encode_image(self.backbone.preprocess(prepared.extra["image"]))
+            if smaller and c.steps:  # the image encoded at the inversion size, once per image
+                key = "latents@{}x{}".format(*self.backbone.latent_size)
+                if key not in prepared.extra:
+                    with torch.no_grad():
+                        prepared.extra[key] = self.backbone.encode_image(self.backbone.preprocess(prepared.extra["image"]))
+                latents = prepared.extra[key]
             text, log = invert_tokens(self.backbone, latents, prompt, flat, c.steps, c.lr, c.batch,
                                       c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():
