@@ -69,7 +69,7 @@ def test_invseg_optimises_at_the_inversion_size_and_reads_at_the_native_one(flux
     assert invseg.loss_grid == (8, 8)  # the native size's plan: 1/4 of the 32x32 latent
     result = invseg(image, ["cat", "dog"])
     assert [s for grad, s in sizes if grad] == [(16, 16)] * 2  # each step: the views at 128 px
-    assert [s for grad, s in sizes if not grad][-1] == (32, 32)  # the read-out at 256 px
+    assert {s for grad, s in sizes if not grad} == {(32, 32)}  # the read-out at 256 px
     assert result.label_map.shape == (96, 128) and len(result.extra["loss"]) == 2
     assert flux.latent_size == (32, 32) and invseg.loss_grid == (8, 8) and invseg.pool_grid == (8, 8)
     # the loss grid at 128 px: 1/4 of the 16x16 latent, pooled from 8x8 tokens
@@ -98,16 +98,24 @@ def test_anyword_inverts_the_image_encoded_at_the_inversion_size(flux, image, mo
 
 
 def test_the_native_size_comes_back_when_the_inversion_fails(flux, image, monkeypatch):
-    invseg = build_method("invseg", flux, steps=1, inversion_side=128)
+    import promptseg.methods.anyword.method as anyword_method
 
-    def fail(self, *args):
+    invseg = build_method("invseg", flux, steps=1, inversion_side=128)
+    anyword = build_method("anyword", flux, sam=None, steps=1, inversion_side=128)
+
+    def fail(*args, **kwargs):
         assert flux.latent_size == (16, 16) and flux.image_size == (128, 128)
+        assert flux.transformer.is_gradient_checkpointing
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(type(invseg), "_loss_maps", fail)
+    monkeypatch.setattr(anyword_method, "invert_tokens", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
         invseg(image, ["cat"])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        anyword.refer(anyword.prepare(image), "the cat")
     assert flux.latent_size == (32, 32) and flux.image_size == (256, 256) and invseg.loss_grid == (8, 8)
+    assert not flux.transformer.is_gradient_checkpointing
 
 
 def _reduced(family, folder):
@@ -142,8 +150,9 @@ def test_every_transformer_family_inverts_at_half_its_side(family, tmp_path, ima
 
 
 class _AttentionCalls:
-    """Counts the fused attention kernels run inside a backward pass (a recomputed block's; the kernels' own
-    backward is another op)."""
+    """Counts, inside a backward pass, the fused attention kernels run (a recomputed block's; the kernels' own
+    backward is another op) and the biased linear layers' forwards (`addmm`: a recomputed projection's; a linear
+    layer's backward is `mm`)."""
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -154,10 +163,12 @@ class _AttentionCalls:
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter.n += func in ATTENTION_OPS and torch._C._current_graph_task_id() != -1
+                if torch._C._current_graph_task_id() != -1:
+                    counter.n += func in ATTENTION_OPS
+                    counter.linear += func is torch.ops.aten.addmm.default
                 return func(*args, **(kwargs or {}))
 
-        self.n, self.mode = 0, Mode()
+        self.n, self.linear, self.mode = 0, 0, Mode()
         self.mode.__enter__()
         return self
 
@@ -176,11 +187,15 @@ def test_recomputed_blocks_keep_their_attention_and_rerun_the_rest(flux, image, 
             result = build_method("invseg", flux, steps=2, recompute=recompute)(image, ["cat", "dog"])
             anyword = build_method("anyword", flux, sam=None, steps=2, recompute=recompute)
             answer = anyword.refer(anyword.prepare(image), "the red cat")
+        assert (calls.linear > 0) == bool(recompute)  # the projections run again only when recomputed
         return calls.n, result, answer
 
     _, kept, kept_answer = run(False)
     selective_n, selective, selective_answer = run(True)
     assert selective_n == 0
+    # with the global early stop off, a block the capture stopped inside is still re-run only up to its stop
+    with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+        assert run(True)[0] == 0
     assert np.allclose(selective.extra["loss"], kept.extra["loss"], rtol=1e-5)
     assert np.allclose(selective.extra["grad_norm"], kept.extra["grad_norm"], rtol=1e-4)
     assert np.allclose(selective_answer.extra["inversion_loss"], kept_answer.extra["inversion_loss"], rtol=1e-5)

@@ -236,6 +236,8 @@ def memory_pass(arch: str, key: str, timed: dict) -> dict:
 
 
 def main() -> None:
+    from fits import reference_memory  # beside this script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arch", default="sd15")
@@ -303,11 +305,12 @@ def main() -> None:
             lines.append(f"| {r['method']} | {r['side']} | {r['labels']} | {r['filter']} | failed | - | - | - |")
             continue
         reference = references.get(r["side"])
-        ratio = f"{r['peak_rss_gb'] / reference['peak_rss_gb']:.2f}" if reference else "-"
+        ratio = f"{r['peak_rss_gb'] / reference_memory(reference, r):.2f}" if reference else "-"
         used = r.get("filter_used", r["filter"])
         named = r["method"] + "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())
         named += "" if "bare_forwards_s" in r else " *earlier*"
         named += " *memory pass*" if "memory_pass" in r else ""
+        named += " (memory pass failed: the timed run's memory)" if "memory_pass_error" in r else ""
         lines.append(f"| {named} | {r['side']} | {r['labels']} | {used} | {r['seconds']:.1f} | "
                      f"{r['forward_equivalents']:.2f} | {r['peak_rss_gb']:.1f} | {ratio} |")
     gen = [r for r in rows if "prompt_generation_s" in r]

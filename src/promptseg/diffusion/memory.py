@@ -6,9 +6,11 @@ tensors a block, tens of GB over its 19 double and 38 single blocks. With gradie
 per block) only each block's inputs are kept and the block runs again in the backward pass: about one more forward
 a step, for the memory of one block. The attention capture knows a re-run block (`promptseg.diffusion.capture.core._recomputing`):
 it computes its maps again without recording them or stopping the forward. The re-run is selective (PyTorch's
-selective activation checkpointing, `keep_attention`): the fused attention calls' outputs (the block's own and the
-capture's) are kept from the forward, so the backward pass re-runs the projections, norms and MLPs but no attention;
-about 4608 x 3072 values a call at FLUX.1's 1024 px, and the same gradients.
+selective activation checkpointing, `keep_attention`): the outputs of PyTorch's fused attention kernels (the block's
+own call and the capture's) are kept from the forward, so the backward pass re-runs the projections, norms and MLPs
+but not those kernels (about 1536 x 3072 values a call at FLUX.1's 512 px), with the same gradients. Attention that
+runs elsewhere (diffusers' flash-attn, xformers or sage backends, PyTorch's math fallback) is recomputed as before,
+and a denoiser the caller already checkpoints keeps its own function.
 
     with recomputed(backbone, config.recompute) as blocks_recomputed:
         loss = ...; loss.backward()
@@ -21,7 +23,10 @@ papers' optimisation (InvSeg and Segment Anyword run SD-1.5 at 512 px; InvSeg's 
 its latent side, which FLUX.1 and SD3 have at 512 px too), and the size the field adapts these transformers at
 (diffusers' DreamBooth example for FLUX.1, `examples/dreambooth/README_flux.md`, trains at `--resolution=512`);
 both were trained at 512 px among other sizes. A UNet keeps its native size (SDXL at 512 px is out of its
-training). `inversion_side` (a method setting) names another size; the native size or more turns it off.
+training). `inversion_side` (a method setting) names another size; the native size or more turns it off. The
+methods' timesteps keep their meaning at both sizes (sigma = t / 1000 on a flow model); FLUX's sampler shifts sigma
+with the token count (more noise for more tokens), so the same sigma is a little noisier to the model at 512 px than
+at 1024: not compensated.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    set_checkpoint_early_stop,
+)
 
 ATTENTION_OPS = tuple(getattr(torch.ops.aten, name).default for name in (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
@@ -46,10 +56,13 @@ def _keep_attention_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 def keep_attention(module, *args):
-    """diffusers' gradient-checkpointing function with the fused attention calls' outputs kept: the block re-runs
-    in the backward pass without its attention (`torch.utils.checkpoint`, non-reentrant, selective)."""
-    return checkpoint(module.__call__, *args, use_reentrant=False,
-                      context_fn=lambda: create_selective_checkpoint_contexts(_keep_attention_policy))
+    """diffusers' gradient-checkpointing function with the fused attention kernels' outputs kept: the block re-runs
+    in the backward pass without them (`torch.utils.checkpoint`, non-reentrant, selective). Early stop on: the
+    re-run ends at the last kept tensor, so a block the capture stopped inside (`StopForward` after the last read
+    layer) is not re-run past the point its forward reached."""
+    with set_checkpoint_early_stop(True):
+        return checkpoint(module.__call__, *args, use_reentrant=False,
+                          context_fn=lambda: create_selective_checkpoint_contexts(_keep_attention_policy))
 
 
 @contextmanager
@@ -92,12 +105,30 @@ def inversion_latent(backbone, side: int | None = None) -> tuple[int, int] | Non
         if backbone.family == "unet":
             return None
         side = INVERSION_SIDE
-    if side <= 0:
-        raise ValueError(f"inversion_side must be a positive number of pixels or None, got {side}")
+    check_inversion_side(side)
     if side >= longest:
         return None
     step = int(getattr(backbone, "patch_size", 1))
     return tuple(max(step, round(n * side / longest / step) * step) for n in native)
+
+
+def check_inversion_side(side: int | None) -> None:
+    """Raise where `side` (a method's `inversion_side`) is neither None nor a positive number of pixels."""
+    if side is not None and side <= 0:
+        raise ValueError(f"inversion_side must be a positive number of pixels or None, got {side}")
+
+
+def working_latents(backbone, prepared):
+    """The prepared image's latents at the backbone's working size: `prepared.latents` at the native size, else the
+    image (`prepared.extra["image"]`, PIL) resized and VAE-encoded at it, once per image and size (cached in
+    `prepared.extra`)."""
+    if tuple(prepared.latents.shape[-2:]) == tuple(backbone.latent_size):
+        return prepared.latents
+    key = "latents@{}x{}".format(*backbone.latent_size)
+    if key not in prepared.extra:
+        with torch.no_grad():
+            prepared.extra[key] = backbone.encode_image(backbone.preprocess(prepared.extra["image"]))
+    return prepared.extra[key]
 
 
 @contextmanager

@@ -66,7 +66,8 @@ class DiffusionBackbone(abc.ABC):
 
     @contextmanager
     def working_size(self, latent_hw: tuple[int, int] | None) -> Iterator[None]:
-        """Work at the latent grid `latent_hw` inside the block (None: no change), the native size after."""
+        """Work at the latent grid `latent_hw` inside the block (None: no change); the size before it is restored
+        after, also when the block fails. Not thread-safe: one backbone serves one call at a time."""
         before = self.__dict__.get("_working_latent")
         if latent_hw is not None:
             self.__dict__["_working_latent"] = tuple(int(s) for s in latent_hw)
@@ -82,7 +83,7 @@ class DiffusionBackbone(abc.ABC):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """The native image size (h, w) in pixels."""
+        """The image size (h, w) in pixels the backbone works at (`latent_size`'s; native outside `working_size`)."""
         return tuple(s * self.vae_scale_factor for s in self.latent_size)
 
     @property
@@ -104,7 +105,8 @@ class DiffusionBackbone(abc.ABC):
     # Both families decode with a diffusers `AutoencoderKL` at `self.vae`: these defaults serve them (shift and
     # scale from the VAE's config: SD3/FLUX have a shift, SD 1.x/2.x none).
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image at the native size as (1, 3, H, W) in [-1, 1] on the backbone's device."""
+        """An RGB PIL image at `image_size` (native outside `working_size`) as (1, 3, H, W) in [-1, 1] on the
+        backbone's device."""
         h, w = self.image_size
         array = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.dtype)

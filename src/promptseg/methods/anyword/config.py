@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from promptseg.diffusion.memory import check_inversion_side
+
 
 @dataclass
 class AnywordConfig:
@@ -116,8 +118,7 @@ class AnywordConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.inversion_side is not None and self.inversion_side <= 0:
-            raise ValueError(f"inversion_side must be a positive number of pixels or None, got {self.inversion_side}")
+        check_inversion_side(self.inversion_side)
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
         if not self.timesteps:

@@ -11,7 +11,7 @@ import torch
 from promptseg.diffusion.attention import attention_pass
 from promptseg.diffusion.encode import PreparedImage, prepare_pixels, to_pil
 from promptseg.diffusion.evidence import DenoisingEvidence
-from promptseg.diffusion.memory import inversion_size, recomputed
+from promptseg.diffusion.memory import inversion_size, recomputed, working_latents
 from promptseg.diffusion.noise import noised_latents
 from promptseg.diffusion.readout import minmax, resize_maps
 from promptseg.methods.anyword.config import AnywordConfig
@@ -218,13 +218,8 @@ class Anyword:
         # the words' input embeddings are learnt (other encoders' rows, SD3's T5, are read, not learnt)
         flat = input_positions(self.backbone.tokenizer, sorted({p for span in positions for p in span}))
         with inversion_size(self.backbone, c.inversion_side) as smaller, recomputed(self.backbone, c.recompute):
-            latents = prepared.latents
-            if smaller and c.steps:  # the image encoded at the inversion size, once per image
-                key = "latents@{}x{}".format(*self.backbone.latent_size)
-                if key not in prepared.extra:
-                    with torch.no_grad():
-                        prepared.extra[key] = self.backbone.encode_image(self.backbone.preprocess(prepared.extra["image"]))
-                latents = prepared.extra[key]
+            # the image encoded at the inversion size, once per image (nothing to learn: nothing encoded)
+            latents = working_latents(self.backbone, prepared) if smaller and c.steps and flat else prepared.latents
             text, log = invert_tokens(self.backbone, latents, prompt, flat, c.steps, c.lr, c.batch,
                                       c.train_timesteps, c.seed, self.on_step, micro_batch=c.micro_batch)
         with torch.no_grad():

@@ -42,14 +42,12 @@ def crop_resize(pixels: torch.Tensor, box: tuple[int, int, int, int], size: tupl
     return F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(pixels.dtype)
 
 
-def crop_resize_scaled(tensor: torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int],
-                       size: tuple[int, int] | None = None) -> torch.Tensor:
+def crop_resize_scaled(tensor: torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int]) -> torch.Tensor:
     """Crop (B, C, h, w) `tensor`, a grid over an image of `image_hw` pixels (latents, say), to the pixel `box` and
-    resample it (bilinear) to (B, C, *size), by default back to (B, C, h, w): the box need not fall on the tensor's
-    cells."""
+    resample it (bilinear) back to (B, C, h, w): the box need not fall on the tensor's cells."""
     top, left, h, w = box
     height, width = image_hw
-    gh, gw = size or tensor.shape[-2:]
+    gh, gw = tensor.shape[-2:]
     ys = top + (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh  # output cell centres in image pixels
     xs = left + (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw
     grid_v, grid_u = torch.meshgrid(ys / height * 2 - 1, xs / width * 2 - 1, indexing="ij")

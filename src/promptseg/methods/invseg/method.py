@@ -41,7 +41,7 @@ import torch
 from promptseg.diffusion.attention import plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.encode import PreparedImage, to_pil
-from promptseg.diffusion.memory import inversion_size, recomputed
+from promptseg.diffusion.memory import check_inversion_side, inversion_size, recomputed, working_latents
 from promptseg.diffusion.precision import loss_scaler
 from promptseg.diffusion.readout import (
     maps_to_tokens,
@@ -139,8 +139,7 @@ class InvSegConfig:
                              f"view_pool >= {self.num_views}, or 0 for fresh views every step")
         if self.views_from not in ("pixels", "latents"):
             raise ValueError(f"views_from must be 'pixels' or 'latents', got {self.views_from!r}")
-        if self.inversion_side is not None and self.inversion_side <= 0:
-            raise ValueError(f"inversion_side must be a positive number of pixels or None, got {self.inversion_side}")
+        check_inversion_side(self.inversion_side)
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
 
@@ -206,7 +205,8 @@ class InvSeg:
     def prepare(self, image) -> PreparedImage:
         """Encode `image` for the final pass and keep its full-size pixels for the augmented views."""
         prepared = self.readout.prepare(image)
-        array = np.asarray(to_pil(image), dtype=np.float32) / 127.5 - 1.0
+        prepared.extra["image"] = to_pil(image)  # for the latents at the inversion size (`views_from="latents"`)
+        array = np.asarray(prepared.extra["image"], dtype=np.float32) / 127.5 - 1.0
         prepared.extra["original"] = torch.from_numpy(array).permute(2, 0, 1)[None]  # (1, 3, H, W) on CPU
         return prepared
 
@@ -216,8 +216,8 @@ class InvSeg:
         original = prepared.extra["original"]
         if self.config.views_from == "latents":
             image_hw = tuple(original.shape[-2:])
-            size = self.backbone.latent_size
-            return torch.cat([crop_resize_scaled(prepared.latents, box, image_hw, size) for box in boxes])
+            latents = working_latents(self.backbone, prepared)  # at the inversion size: the image encoded there
+            return torch.cat([crop_resize_scaled(latents, box, image_hw) for box in boxes])
         size = self.backbone.image_size
         views = torch.cat([crop_resize(original, box, size) for box in boxes])
         with torch.no_grad():
