@@ -49,6 +49,8 @@ class FluxBackbone(DiTBackbone):
     """
 
     family = "flux"
+    default_guidance = DEFAULT_GUIDANCE
+    """The guidance a transformer that embeds guidance gets unless the model's `"guidance"` setting says otherwise."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -150,17 +152,23 @@ class FluxBackbone(DiTBackbone):
         b, _, h, w = noisy.shape
         image_ids, text_ids = self._ids(h, w, states.shape[1])
         sigma = self.call_sigma(t, noisy)
-        embedded = None
-        if self.transformer.config.get("guidance_embeds"):
-            scale = self.method_defaults.get("guidance", DEFAULT_GUIDANCE) if guidance is None else guidance
-            embedded = torch.full((b,), float(scale), device=noisy.device, dtype=self.dtype)
-        if states.shape[1] != self.transformer.promptseg_text_tokens:
-            raise ValueError(f"text of {states.shape[1]} tokens; this backbone's single-stream blocks are captured with "
-                             f"{self.transformer.promptseg_text_tokens} (encode it with encode_text)")
+        embedded = self._call_guidance(states, b, guidance)
         out = self.transformer(hidden_states=self.pack(noisy.to(self.dtype)), encoder_hidden_states=states,
                                pooled_projections=pooled, timestep=sigma, img_ids=image_ids, txt_ids=text_ids,
                                guidance=embedded).sample
         return self.unpack(out, h, w)
+
+    def _call_guidance(self, states: torch.Tensor, batch: int, guidance: float | None) -> torch.Tensor | None:
+        """The (B,) guidance a transformer that embeds it is called with (`guidance`, else the model's setting, else
+        `default_guidance`; None where it embeds none), after checking that `states` has as many tokens as the
+        single-stream blocks are captured with."""
+        if states.shape[1] != self.transformer.promptseg_text_tokens:
+            raise ValueError(f"text of {states.shape[1]} tokens; this backbone's single-stream blocks are captured with "
+                             f"{self.transformer.promptseg_text_tokens} (encode it with encode_text)")
+        if not self.transformer.config.get("guidance_embeds"):
+            return None
+        scale = self.method_defaults.get("guidance", self.default_guidance) if guidance is None else guidance
+        return torch.full((batch,), float(scale), device=states.device, dtype=self.dtype)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], steps: int, guidance: float, generators: list) -> list:

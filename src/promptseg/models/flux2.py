@@ -52,6 +52,7 @@ class Flux2Backbone(ChatTextEncoder, FluxBackbone):
     Qwen3 and `tokenizers` its tokenizer (with its chat template); there is no T5 and no pooled vector."""
 
     family = "flux2"
+    default_guidance = DEFAULT_GUIDANCE
     template_kwargs = {"enable_thinking": False}
     default_sample_size = DEFAULT_SAMPLE_SIZE
 
@@ -121,15 +122,9 @@ class Flux2Backbone(ChatTextEncoder, FluxBackbone):
         """The transformer's velocity (B, C, h, w) for `noisy` at `t` (B,), conditioned on an `encode_text` result."""
         states = text.to(self.dtype)
         b, c, h, w = noisy.shape
-        if states.shape[1] != self.transformer.promptseg_text_tokens:
-            raise ValueError(f"text of {states.shape[1]} tokens; this backbone's single-stream blocks are captured with "
-                             f"{self.transformer.promptseg_text_tokens} (encode it with encode_text)")
+        embedded = self._call_guidance(states, b, guidance)
         image_ids, text_ids = self._ids(h, w, states.shape[1])
         sigma = self.call_sigma(t, noisy)
-        embedded = None
-        if self.transformer.config.get("guidance_embeds"):
-            scale = self.method_defaults.get("guidance", DEFAULT_GUIDANCE) if guidance is None else guidance
-            embedded = torch.full((b,), float(scale), device=noisy.device, dtype=self.dtype)
         tokens = noisy.to(self.dtype).flatten(2).transpose(1, 2)
         out = self.transformer(hidden_states=tokens, encoder_hidden_states=states, timestep=sigma, img_ids=image_ids,
                                txt_ids=text_ids, guidance=embedded).sample
