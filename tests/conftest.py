@@ -118,3 +118,35 @@ def tiny_clip_folder(tmp_path_factory):
     """A tiny random transformers CLIPModel with its processor, saved as a local folder."""
     folder = tmp_path_factory.mktemp("tiny_clip")
     return folder, make_tiny_clip(folder)
+
+
+@pytest.fixture(scope="session")
+def reduced_folder(tmp_path_factory):
+    """`reduced_folder(arch)`: the folder of a reduced copy of a real diffusion transformer ("sd3", "flux1",
+    "flux2-klein-4b", "zimage-turbo", "qwen-image": the exact block structure at tiny widths, by promptseg's config
+    writers), written once per session; each test module loads its own backbone from it."""
+    folders = {}
+
+    def folder(arch: str):
+        if arch not in folders:
+            from promptseg.models.dit_configs import save_dit
+            from promptseg.models.flux2_configs import save_flux2
+            from promptseg.models.flux_configs import save_flux
+            from promptseg.models.qwenimage_configs import save_qwenimage
+            from promptseg.models.zimage_configs import save_zimage
+
+            writer = {"sd3": save_dit, "flux1": save_flux, "flux2-klein-4b": save_flux2, "zimage-turbo": save_zimage,
+                      "qwen-image": save_qwenimage}[arch]
+            folders[arch] = writer(arch, tmp_path_factory.mktemp(arch) / f"{arch}-reduced", reduced=True)
+        return folders[arch]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image():
+    """A 96 x 128 random RGB image (seeded): not square, and not the models' size."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))

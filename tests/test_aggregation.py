@@ -9,7 +9,6 @@ from promptseg.diffusion import aggregation
 from promptseg.diffusion.capture.selfattn import QKRecord
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.dit_configs import save_dit
 
 
 def test_a_block_weighs_as_much_as_its_self_attention_agrees_with_the_reference():
@@ -51,15 +50,13 @@ def rescaling_factor(method, prepared, tokens, text):
     return rescaled, unscaled, (unscaled * lengths).sum(-1, keepdim=True)  # the mean times the count: the sum
 
 
-def test_goca_divides_by_every_label_tokens_total_even_after_a_caption(tmp_path_factory):
+def test_goca_divides_by_every_label_tokens_total_even_after_a_caption(reduced_folder):
     """On FLUX (T5: no start token) with the filter's caption appended: the factor is the summed score of every
     label token. Before, the factor was the score of the position after the label prompt's last token, which the
     caption turns into a separator."""
-    from promptseg.models.flux_configs import save_flux
     from promptseg.text import build_prompt, parse_labels
 
-    flux = load_backbone(str(save_flux("flux1", tmp_path_factory.mktemp("flux") / "f", reduced=True)), device="cpu",
-                         dtype="fp32")
+    flux = load_backbone(str(reduced_folder("flux1")), device="cpu", dtype="fp32")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     method = build_method("baseline", flux, aggregation="goca", places=["block3", "block9", "single2"])
     prepared = method.prepare(image)
@@ -71,9 +68,8 @@ def test_goca_divides_by_every_label_tokens_total_even_after_a_caption(tmp_path_
 
 
 @pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    folder = save_dit("sd3", tmp_path_factory.mktemp("sd3") / "sd3-reduced", reduced=True)
-    return load_backbone(str(folder), device="cpu", dtype="fp32")
+def sd3(reduced_folder):
+    return load_backbone(str(reduced_folder("sd3")), device="cpu", dtype="fp32")
 
 
 def test_the_baseline_weighs_a_transformers_blocks_from_its_activations(sd3, tiny):

@@ -9,14 +9,12 @@ from promptseg.diffusion.capture import run_until_captured
 from promptseg.diffusion.concepts import ConceptStream, linear_normalization
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.dit_configs import save_dit
 from promptseg.text import parse_labels
 
 
 @pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    folder = save_dit("sd3", tmp_path_factory.mktemp("sd3") / "sd3-reduced", reduced=True)
-    return load_backbone(str(folder), device="cpu", dtype="fp32")
+def sd3(reduced_folder):
+    return load_backbone(str(reduced_folder("sd3")), device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -5,28 +5,21 @@ embedding, ConceptAttention, and every method running on it."""
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.diffusion.capture.core import JointRecordingProcessor
 from promptseg.diffusion.concepts import ConceptStream
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.flux_configs import build_t5_tokenizer, flux_configs, save_flux
+from promptseg.models.flux_configs import build_t5_tokenizer, flux_configs
 from promptseg.models.loader import family_of
 from promptseg.text import build_prompt, parse_labels, span_positions
 from promptseg.text.labels import leading_specials
 
 
 @pytest.fixture(scope="module")
-def flux(tmp_path_factory):
-    folder = save_flux("flux1", tmp_path_factory.mktemp("flux") / "flux-reduced", reduced=True)
-    return load_backbone(str(folder), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+def flux(reduced_folder):
+    return load_backbone(str(reduced_folder("flux1")), device="cpu", dtype="fp32")
 
 
 def test_a_flux_folder_loads_with_its_block_structure_and_t5_words(flux):

@@ -9,27 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.cli import main
 from promptseg.models import load_backbone
-from promptseg.models.flux2_configs import save_flux2
 from promptseg.text import build_prompt, parse_labels
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return save_flux2("flux2-klein-4b", tmp_path_factory.mktemp("flux2") / "klein-reduced", reduced=True)
+def folder(reduced_folder):
+    return reduced_folder("flux2-klein-4b")
 
 
 @pytest.fixture(scope="module")
 def klein(folder):
     return load_backbone(str(folder), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
 
 
 def test_a_klein_folder_loads_with_its_block_structure(klein):

@@ -9,13 +9,12 @@ from promptseg.models.footprint import fits, folder_parameters, module_parameter
 from promptseg.models.sd_configs import configs
 
 
-def test_counts_from_configs_are_the_published_and_the_loaded_ones(tmp_path):
+def test_counts_from_configs_are_the_published_and_the_loaded_ones(reduced_folder):
     # SD 1.5's UNet has 859,520,964 parameters (its published checkpoint), counted without allocating them
     assert module_parameters(UNet2DConditionModel, configs("sd15")["unet"]) == 859_520_964
     from promptseg.models import load_backbone
-    from promptseg.models.dit_configs import save_dit
 
-    folder = save_dit("sd3", tmp_path / "sd3", reduced=True)
+    folder = reduced_folder("sd3")
     counts = folder_parameters(folder)
     loaded = load_backbone(str(folder), device="cpu", dtype="fp32")
     assert counts["transformer"] == sum(p.numel() for p in loaded.transformer.parameters())

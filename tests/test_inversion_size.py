@@ -7,23 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.diffusion.memory import INVERSION_SIDE, inversion_latent
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.flux_configs import save_flux
 
 
 @pytest.fixture(scope="module")
-def flux(tmp_path_factory):
-    folder = save_flux("flux1", tmp_path_factory.mktemp("flux") / "flux-reduced", reduced=True)
-    return load_backbone(str(folder), device="cpu", dtype="fp32")  # 256 px: 32x32 latents, 16x16 tokens
-
-
-@pytest.fixture(scope="module")
-def image():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+def flux(reduced_folder):
+    return load_backbone(str(reduced_folder("flux1")), device="cpu", dtype="fp32")  # 256 px: 32x32 latents, 16x16 tokens
 
 
 def _arch(family, latent, vae=8, patch=2):
@@ -118,24 +110,11 @@ def test_the_native_size_comes_back_when_the_inversion_fails(flux, image, monkey
     assert not flux.transformer.is_gradient_checkpointing
 
 
-def _reduced(family, folder):
-    from promptseg.models.dit_configs import save_dit
-    from promptseg.models.flux2_configs import save_flux2
-    from promptseg.models.qwenimage_configs import save_qwenimage
-    from promptseg.models.zimage_configs import save_zimage
-
-    writer = {"sd3": lambda: save_dit("sd3", folder, reduced=True),
-              "flux2": lambda: save_flux2("flux2-klein-4b", folder, reduced=True),
-              "zimage": lambda: save_zimage("zimage-turbo", folder, reduced=True),
-              "qwenimage": lambda: save_qwenimage("qwen-image", folder, reduced=True)}[family]
-    return load_backbone(str(writer()), device="cpu", dtype="fp32")
-
-
-@pytest.mark.parametrize("family", ["sd3", "flux2", "zimage", "qwenimage"])
-def test_every_transformer_family_inverts_at_half_its_side(family, tmp_path, image, monkeypatch):
+@pytest.mark.parametrize("arch", ["sd3", "flux2-klein-4b", "zimage-turbo", "qwen-image"])
+def test_every_transformer_family_inverts_at_half_its_side(arch, reduced_folder, image, monkeypatch):
     """Each family's denoiser, capture and text side run at a smaller working size: InvSeg's and Anyword's
     optimisation forwards at half the native latent side, their read-outs at the native one."""
-    backbone = _reduced(family, tmp_path / family)
+    backbone = load_backbone(str(reduced_folder(arch)), device="cpu", dtype="fp32")
     native = backbone.latent_size
     half = tuple(s // 2 for s in native)
     side = backbone.image_size[0] // 2

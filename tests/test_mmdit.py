@@ -4,27 +4,19 @@ capture, block selection, and every method and the diffusion filter running on i
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.diffusion.attention import attention_pass, plan_attention
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.dit_configs import dit_configs, save_dit
+from promptseg.models.dit_configs import dit_configs
 from promptseg.models.loader import family_of
 from promptseg.text import parse_labels
 
 
 @pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    folder = save_dit("sd3", tmp_path_factory.mktemp("sd3") / "sd3-reduced", reduced=True)
-    return load_backbone(str(folder), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def image():
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+def sd3(reduced_folder):
+    return load_backbone(str(reduced_folder("sd3")), device="cpu", dtype="fp32")
 
 
 def test_an_sd3_folder_loads_as_the_mmdit_family_with_its_topology(sd3):

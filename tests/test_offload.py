@@ -10,12 +10,11 @@ from PIL import Image
 from promptseg import Pipeline
 from promptseg.methods.base import build_method
 from promptseg.models import load_backbone
-from promptseg.models.dit_configs import save_dit
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return save_dit("sd3", tmp_path_factory.mktemp("sd3") / "sd3-reduced", reduced=True)
+def folder(reduced_folder):
+    return reduced_folder("sd3")
 
 
 @pytest.fixture(scope="module")

@@ -90,11 +90,10 @@ def test_seg4diff_readout_compares_the_joint_softmax_shares_across_labels(sd3_77
     assert np.allclose(result.scores[1], maps[1].numpy() * scale, rtol=1e-4, atol=1e-6)
 
 
-def test_goca_reads_its_reference_from_flux_single_block_8s_attention_output(tmp_path):
+def test_goca_reads_its_reference_from_flux_single_block_8s_attention_output(reduced_folder):
     from promptseg.models import load_backbone
-    from promptseg.models.flux_configs import save_flux
 
-    flux = load_backbone(str(save_flux("flux1", tmp_path / "flux", reduced=True)), device="cpu", dtype="fp32")
+    flux = load_backbone(str(reduced_folder("flux1")), device="cpu", dtype="fp32")
     settings = {**profile("flux1").settings["baseline"], "timestep": 400}
     method = build_method("baseline", flux, **settings)
     assert method.reference == "single_transformer_blocks.8.attn"

@@ -78,13 +78,12 @@ def test_a_gguf_denoiser_labels_as_float32_does(tmp_path):
         load_backbone("shapes", device="cpu", quantize=str(tmp_path / "missing.gguf"))
 
 
-def test_a_q4_flux_transformer_segments(tmp_path):
+def test_a_q4_flux_transformer_segments(tmp_path, reduced_folder):
     from PIL import Image
 
-    from promptseg.models.flux_configs import save_flux
     from promptseg.models.quantize import write_gguf
 
-    folder = save_flux("flux1", tmp_path / "flux", reduced=True)
+    folder = reduced_folder("flux1")
     plain = load_backbone(str(folder), device="cpu", dtype="fp32")
     path = write_gguf(plain.transformer, tmp_path / "transformer-Q4_0.gguf", "Q4_0")
     backbone = load_backbone(str(folder), device="cpu", dtype="fp32", quantize=path)

@@ -9,27 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.cli import main
 from promptseg.diffusion.capture import AttentionStore, capture, run_until_captured
 from promptseg.models import load_backbone
-from promptseg.models.qwenimage_configs import save_qwenimage
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return save_qwenimage("qwen-image", tmp_path_factory.mktemp("qwenimage") / "qwen-reduced", reduced=True)
+def folder(reduced_folder):
+    return reduced_folder("qwen-image")
 
 
 @pytest.fixture(scope="module")
 def qwen(folder):
     return load_backbone(str(folder), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
 
 
 def test_conditioning_is_the_pipelines_and_words_are_found_after_the_dropped_prefix(folder, qwen):

@@ -9,26 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from promptseg.cli import main
 from promptseg.models import load_backbone
-from promptseg.models.zimage_configs import save_zimage
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return save_zimage("zimage-turbo", tmp_path_factory.mktemp("zimage") / "turbo-reduced", reduced=True)
+def folder(reduced_folder):
+    return reduced_folder("zimage-turbo")
 
 
 @pytest.fixture(scope="module")
 def turbo(folder):
     return load_backbone(str(folder), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
 
 
 def test_conditioning_and_velocity_are_the_pipelines(folder, turbo, image):
